@@ -1,0 +1,399 @@
+//! Specialise a [`PolicySet`] for one workload, then decide requests.
+//!
+//! At build time: keep only the policies that select the workload and the rules
+//! that could match a TCP request to it (destination clauses are about this
+//! workload, so they are settled now), and index the rules by the endpoint
+//! group that satisfies their source identity clauses. At request time: one
+//! hash lookup finds the source's group, then only the rules that group (or no
+//! identity clause) admits are walked, in order.
+
+mod decision;
+mod facts;
+#[cfg(test)]
+mod tests;
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+pub use decision::{Decision, IdentityCheck, Reason, Verdict};
+pub use facts::{Peer, RequestFacts};
+
+use crate::config::{Action, TierDefaultAction};
+use crate::model::{Group, PolicySet, Rule, SourceView};
+use crate::path::{normalize, PathError};
+use crate::spiffe::SpiffeId;
+
+/// The workload a filter instance protects, as Istio's node metadata describes it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Workload {
+    pub namespace: String,
+    pub service_account: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A tier that selects the workload: its rules are `rules[start..end]`.
+#[derive(Debug, Clone)]
+struct TierSlice {
+    name: String,
+    default_action: TierDefaultAction,
+    start: u32,
+    end: u32,
+}
+
+/// The compiled, indexed policy of one workload.
+#[derive(Debug)]
+pub struct WorkloadPolicy {
+    set: Arc<PolicySet>,
+    tiers: Vec<TierSlice>,
+    /// Applicable rules in evaluation order (indexes into `set.rules`).
+    rules: Vec<u32>,
+    /// Positions (into `rules`) of rules without source identity clauses.
+    free: Vec<u32>,
+    /// Positions of identity rules each endpoint group satisfies, CSR layout:
+    /// group g's are `group_rules[group_offsets[g]..group_offsets[g+1]]`.
+    group_offsets: Vec<u32>,
+    group_rules: Vec<u32>,
+    /// Positions of identity rules an unknown address satisfies.
+    unknown: Vec<u32>,
+    /// Some Deny/Log rule has source identity clauses: a certificate from an
+    /// unknown address then needs the slow path (such rules take either factor).
+    deny_by_identity: bool,
+    policies_selecting: usize,
+}
+
+impl WorkloadPolicy {
+    pub fn new(set: Arc<PolicySet>, workload: &Workload) -> WorkloadPolicy {
+        let local = Group::new(&workload.namespace, &workload.service_account, &workload.labels);
+        let universe = &set.universe;
+        let ns_labels = universe.namespace_labels(&workload.namespace);
+        let sa_labels = universe.service_account_labels(&workload.namespace, &workload.service_account);
+
+        let mut tiers: Vec<TierSlice> = Vec::new();
+        let mut rules: Vec<u32> = Vec::new();
+        let mut policies_selecting = 0;
+        for policy in &set.policies {
+            let selects = policy.applies_to_ingress
+                && policy.namespace.as_deref().is_none_or(|ns| ns == workload.namespace)
+                && policy.selector.matches(&local.labels)
+                && policy.namespace_selector.as_ref().is_none_or(|s| s.matches(&ns_labels))
+                && policy.service_account_selector.as_ref().is_none_or(|s| s.matches(&sa_labels));
+            if !selects {
+                continue;
+            }
+            policies_selecting += 1;
+            let Some(tier) = set.tiers.get(policy.tier) else { continue };
+            if tiers.last().is_none_or(|t| t.name != tier.name) {
+                let at = position(rules.len());
+                tiers.push(TierSlice { name: tier.name.clone(), default_action: tier.default_action, start: at, end: at });
+            }
+            for index in policy.rules.clone() {
+                let Some(rule) = set.rules.get(index) else { continue };
+                // Settled now: protocol, and the destination identity (this workload).
+                if rule.matches_tcp && rule.destination.identity.matches(SourceView::Pod(&local), universe) {
+                    rules.push(position(index));
+                }
+            }
+            if let Some(t) = tiers.last_mut() {
+                t.end = position(rules.len());
+            }
+        }
+
+        let groups = universe.group_count();
+        let mut per_group: Vec<Vec<u32>> = vec![Vec::new(); groups];
+        let mut free = Vec::new();
+        let mut unknown = Vec::new();
+        let mut deny_by_identity = false;
+        for (pos, &index) in (0u32..).zip(&rules) {
+            let Some(rule) = set.rules.get(index as usize) else { continue };
+            let identity = &rule.source.identity;
+            if identity.is_empty() {
+                free.push(pos);
+                continue;
+            }
+            deny_by_identity |= matches!(rule.action, Action::Deny | Action::Log);
+            for g in identity.matching_groups(universe).ones() {
+                if let Some(list) = per_group.get_mut(g) {
+                    list.push(pos);
+                }
+            }
+            if identity.matches_unknown() {
+                unknown.push(pos);
+            }
+        }
+        let mut group_offsets = Vec::with_capacity(groups + 1);
+        let mut group_rules = Vec::with_capacity(per_group.iter().map(Vec::len).sum());
+        group_offsets.push(0);
+        for list in per_group {
+            group_rules.extend(list);
+            group_offsets.push(position(group_rules.len()));
+        }
+        WorkloadPolicy {
+            set,
+            tiers,
+            rules,
+            free,
+            group_offsets,
+            group_rules,
+            unknown,
+            deny_by_identity,
+            policies_selecting,
+        }
+    }
+
+    pub fn policy_set(&self) -> &PolicySet {
+        &self.set
+    }
+
+    /// How many policies select this workload.
+    pub fn policies_selecting(&self) -> usize {
+        self.policies_selecting
+    }
+
+    /// How many rules could decide a request to this workload.
+    pub fn rule_count(&self) -> usize {
+        self.rules.len()
+    }
+
+    /// Decides one request.
+    pub fn decide<'p, 'r>(&'p self, facts: &RequestFacts<'r>) -> Decision<'p, 'r> {
+        self.decide_logging(facts, &mut |_| {})
+    }
+
+    /// Decides one request; `on_log` sees every matching Log rule.
+    pub fn decide_logging<'p, 'r>(&'p self, facts: &RequestFacts<'r>, on_log: &mut dyn FnMut(&Rule)) -> Decision<'p, 'r> {
+        let (identity, group) = self.identify(facts);
+        let fast = match identity {
+            IdentityCheck::Address { owner } => Some(owner),
+            IdentityCheck::Verified { owner } => Some(Some(owner)),
+            IdentityCheck::UnknownAddress { .. } if !self.deny_by_identity => Some(None),
+            _ => None,
+        };
+        let candidates = match fast {
+            Some(owner) => Candidates::Indexed { free: &self.free, identity: self.group_list(owner.and(group)) },
+            None => Candidates::All,
+        };
+        self.walk(facts, identity, candidates, on_log)
+    }
+
+    /// The same decision without the index: every applicable rule is checked
+    /// directly. The indexed path must always agree with it (tested).
+    pub fn decide_unindexed<'p, 'r>(&'p self, facts: &RequestFacts<'r>) -> Decision<'p, 'r> {
+        let (identity, _) = self.identify(facts);
+        self.walk(facts, identity, Candidates::All, &mut |_| {})
+    }
+
+    fn group_list(&self, group: Option<u32>) -> &[u32] {
+        let Some(g) = group else { return &self.unknown };
+        let g = g as usize;
+        match (self.group_offsets.get(g), self.group_offsets.get(g + 1)) {
+            (Some(&lo), Some(&hi)) => self.group_rules.get(lo as usize..hi as usize).unwrap_or(&[]),
+            _ => &[],
+        }
+    }
+
+    /// Compares the two factors: the certificate and the owner of the address.
+    /// Also returns the owner's group id for the index.
+    fn identify<'p, 'r>(&'p self, facts: &RequestFacts<'r>) -> (IdentityCheck<'p, 'r>, Option<u32>) {
+        let universe = &self.set.universe;
+        let group = facts.source_ip.and_then(|ip| universe.owner_of(ip));
+        let owner = group.and_then(|g| universe.group(g));
+        let check = match facts.peer {
+            Peer::Plaintext => IdentityCheck::Address { owner },
+            Peer::Mtls { uri_san } => match uri_san.and_then(SpiffeId::parse) {
+                None => IdentityCheck::NoSpiffeId { uri_san, owner },
+                Some(certified) => match owner {
+                    None => IdentityCheck::UnknownAddress { certified },
+                    Some(g) if g.namespace == certified.namespace && g.service_account == certified.service_account => {
+                        IdentityCheck::Verified { owner: g }
+                    }
+                    Some(g) => IdentityCheck::Mismatch { certified, owner: g },
+                },
+            },
+        };
+        (check, group)
+    }
+
+    /// Source identity clauses under both factors. Rules that grant (Allow,
+    /// Pass) need the factors to agree; rules that restrict (Deny, Log) match
+    /// if either factor satisfies them, so a disagreement never loosens policy.
+    fn source_identity_matches(&self, rule: &Rule, identity: &IdentityCheck<'_, '_>) -> bool {
+        let clause = &rule.source.identity;
+        if clause.is_empty() {
+            return true;
+        }
+        let universe = &self.set.universe;
+        let restricts = matches!(rule.action, Action::Deny | Action::Log);
+        let by_owner = |owner: Option<&Group>| clause.matches(owner.map_or(SourceView::Unknown, SourceView::Pod), universe);
+        let by_cert = |id: &SpiffeId<'_>| {
+            clause.matches(SourceView::Certified { namespace: id.namespace, service_account: id.service_account }, universe)
+        };
+        match identity {
+            IdentityCheck::Address { owner } => by_owner(*owner),
+            IdentityCheck::Verified { owner } => by_owner(Some(owner)),
+            IdentityCheck::UnknownAddress { certified } => by_owner(None) || (restricts && by_cert(certified)),
+            IdentityCheck::Mismatch { certified, owner } => restricts && (by_owner(Some(owner)) || by_cert(certified)),
+            IdentityCheck::NoSpiffeId { owner, .. } => restricts && by_owner(*owner),
+        }
+    }
+
+    fn walk<'p, 'r>(
+        &'p self,
+        facts: &RequestFacts<'r>,
+        identity: IdentityCheck<'p, 'r>,
+        candidates: Candidates<'_>,
+        on_log: &mut dyn FnMut(&Rule),
+    ) -> Decision<'p, 'r> {
+        let decision = |reason: Reason, rule: Option<&'p Rule>, tier: Option<&'p str>| Decision {
+            verdict: reason.verdict(),
+            reason,
+            rule,
+            policy: rule.and_then(|r| self.set.policies.get(r.policy)),
+            tier,
+            identity,
+            source_ip: facts.source_ip,
+        };
+        if facts.source_ip.is_none() {
+            return decision(Reason::NoSourceAddress, None, None);
+        }
+        let mut path = PathCache::new(facts.path);
+        for tier in &self.tiers {
+            let mut cursor = candidates.cursor(tier.start);
+            let mut passed = false;
+            while let Some(pos) = cursor.next_below(tier.end) {
+                let Some(rule) = self.rules.get(pos as usize).and_then(|&i| self.set.rules.get(i as usize)) else {
+                    continue;
+                };
+                if matches!(candidates, Candidates::All) && !self.source_identity_matches(rule, &identity) {
+                    continue;
+                }
+                if !rest_matches(rule, facts, &mut path) {
+                    continue;
+                }
+                match rule.action {
+                    Action::Allow => return decision(Reason::AllowRule, Some(rule), Some(&tier.name)),
+                    Action::Deny => return decision(Reason::DenyRule, Some(rule), Some(&tier.name)),
+                    Action::Log => on_log(rule),
+                    Action::Pass => {
+                        passed = true;
+                        break;
+                    }
+                }
+            }
+            if !passed && tier.default_action == TierDefaultAction::Deny {
+                return decision(Reason::TierDefaultDeny, None, Some(&tier.name));
+            }
+        }
+        let reason = if self.tiers.is_empty() { Reason::NoPolicySelects } else { Reason::AllTiersPassed };
+        decision(reason, None, None)
+    }
+}
+
+fn position(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// Everything but source identity: IP version, addresses, ports, HTTP.
+fn rest_matches(rule: &Rule, facts: &RequestFacts<'_>, path: &mut PathCache<'_>) -> bool {
+    if let Some(version) = rule.ip_version {
+        let family = match facts.source_ip.map(|ip| ip.to_canonical()) {
+            Some(IpAddr::V4(_)) => 4,
+            Some(IpAddr::V6(_)) => 6,
+            None => 0,
+        };
+        if family != version {
+            return false;
+        }
+    }
+    if !rule.source.matches_address(facts.source_ip, facts.source_port)
+        || !rule.destination.matches_address(facts.destination_ip, facts.destination_port)
+    {
+        return false;
+    }
+    let Some(http) = &rule.http else { return true };
+    let (Some(method), Some(_)) = (facts.method, facts.path) else {
+        return false; // an http clause never matches a non-HTTP request
+    };
+    if !http.method_matches(method) {
+        return false;
+    }
+    if http.paths.is_empty() {
+        return true;
+    }
+    // A path that cannot be normalised matches no path rule (only Allow rules have them).
+    path.get().is_some_and(|p| http.path_matches(p))
+}
+
+/// The request path, normalised at most once per request and only if a rule asks.
+struct PathCache<'r> {
+    raw: Option<&'r str>,
+    normalised: Option<Result<Cow<'r, str>, PathError>>,
+}
+
+impl<'r> PathCache<'r> {
+    fn new(raw: Option<&'r str>) -> Self {
+        PathCache { raw, normalised: None }
+    }
+
+    fn get(&mut self) -> Option<&str> {
+        let raw = self.raw?;
+        self.normalised.get_or_insert_with(|| normalize(raw)).as_deref().ok()
+    }
+}
+
+/// Which rule positions a walk considers.
+#[derive(Clone, Copy)]
+enum Candidates<'a> {
+    /// Merge of two sorted lists: rules without identity clauses, and those
+    /// the source's group satisfies.
+    Indexed { free: &'a [u32], identity: &'a [u32] },
+    /// Every rule, identity checked directly.
+    All,
+}
+
+impl<'a> Candidates<'a> {
+    fn cursor(self, start: u32) -> Cursor<'a> {
+        match self {
+            Candidates::Indexed { free, identity } => Cursor::Merge {
+                a: free.get(free.partition_point(|&p| p < start)..).unwrap_or(&[]),
+                b: identity.get(identity.partition_point(|&p| p < start)..).unwrap_or(&[]),
+            },
+            Candidates::All => Cursor::Range(start),
+        }
+    }
+}
+
+enum Cursor<'a> {
+    Merge { a: &'a [u32], b: &'a [u32] },
+    Range(u32),
+}
+
+impl Cursor<'_> {
+    fn next_below(&mut self, end: u32) -> Option<u32> {
+        match self {
+            Cursor::Range(next) => {
+                let pos = *next;
+                (pos < end).then(|| {
+                    *next += 1;
+                    pos
+                })
+            }
+            Cursor::Merge { a, b } => {
+                let pick_a = match (a.first(), b.first()) {
+                    (Some(x), Some(y)) => x <= y,
+                    (Some(_), None) => true,
+                    (None, Some(_)) => false,
+                    (None, None) => return None,
+                };
+                let list = if pick_a { a } else { b };
+                let (&pos, rest) = list.split_first()?;
+                if pos >= end {
+                    return None;
+                }
+                *list = rest;
+                Some(pos)
+            }
+        }
+    }
+}

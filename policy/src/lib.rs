@@ -1,0 +1,18 @@
+//! The Krites policy engine: plain Rust, no proxy-wasm and no Kubernetes types.
+//!
+//! The Envoy filter and the `control` CLI both compile a [`config::PluginConfig`]
+//! into a [`model::PolicySet`], specialise it for a workload with
+//! [`engine::WorkloadPolicy::new`], and ask the same
+//! [`engine::WorkloadPolicy::decide`], so they cannot disagree.
+
+pub mod config;
+pub mod engine;
+pub mod model;
+pub mod path;
+pub mod ranges;
+pub mod selector;
+pub mod spiffe;
+
+pub use config::PluginConfig;
+pub use engine::{Decision, Peer, Reason, RequestFacts, Verdict, Workload, WorkloadPolicy};
+pub use model::{ConfigError, ConfigErrors, PolicySet};

@@ -1,0 +1,523 @@
+//! Validation and compilation of a plugin config into a [`PolicySet`].
+//! Every problem is reported (one bad object never hides another's errors),
+//! each naming the object and the field.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+use super::identity::{IdentityMatch, NamespaceClause, ServiceAccountClause};
+use super::universe::{Group, Universe};
+use super::{EntityMatch, HttpMatch, PathMatch, Policy, PolicySet, Rule, Tier};
+use crate::config::{
+    Action, EntityRuleSpec, HttpMatchSpec, PluginConfig, PolicySpec, PolicyType, PortSpec, ProtocolSpec, RuleSpec,
+    TierDefaultAction, CONFIG_VERSION,
+};
+use crate::ranges::{parse_port_range, NetSet, PortSet};
+use crate::selector::Selector;
+
+/// One problem in one object.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{object}: {field}: {problem}")]
+pub struct ConfigError {
+    /// e.g. `GlobalNetworkPolicy database`, `NetworkPolicy yaobank/db`, `endpoints[2]`.
+    pub object: String,
+    /// e.g. `ingress[0].source.selector`.
+    pub field: String,
+    pub problem: String,
+}
+
+/// Every problem found in a config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+const MAX_HTTP_ITEMS: usize = 20;
+const MAX_PATH_LEN: usize = 1024;
+
+/// Calico's built-in tiers, used when a policy names one the config does not declare.
+fn builtin_tier(name: &str) -> Option<Tier> {
+    let (order, default_action) = match name {
+        "default" => (1_000_000.0, TierDefaultAction::Deny),
+        "kube-admin" => (1_000.0, TierDefaultAction::Pass),
+        "kube-baseline" => (10_000_000.0, TierDefaultAction::Pass),
+        _ => return None,
+    };
+    Some(Tier { name: name.to_string(), order: Some(order), default_action })
+}
+
+/// Orders ascending with unset last, as Calico sorts tiers and policies.
+fn order_key(order: Option<f64>) -> f64 {
+    order.unwrap_or(f64::INFINITY)
+}
+
+impl PolicySet {
+    /// Parses and compiles plugin config JSON.
+    pub fn from_json(bytes: &[u8]) -> Result<PolicySet, ConfigErrors> {
+        let config: PluginConfig = serde_json::from_slice(bytes).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                object: "plugin config".into(),
+                field: format!("line {} column {}", e.line(), e.column()),
+                problem: e.to_string(),
+            }])
+        })?;
+        PolicySet::from_config(&config)
+    }
+
+    pub fn from_config(config: &PluginConfig) -> Result<PolicySet, ConfigErrors> {
+        let mut b = Builder::default();
+        if config.version != CONFIG_VERSION {
+            b.error("plugin config", "version", format!("unsupported version {} (this build reads {CONFIG_VERSION})", config.version));
+            return Err(ConfigErrors(b.errors));
+        }
+        let tiers = b.tiers(config);
+        let mut policies = Vec::new();
+        let mut rules = Vec::new();
+        let mut seen = BTreeSet::new();
+        for spec in &config.policies {
+            let object = policy_object(spec);
+            if !seen.insert((spec.namespace.clone(), spec.name.clone())) {
+                b.error(&object, "metadata.name", "duplicate policy");
+                continue;
+            }
+            if let Some((policy, policy_rules)) = b.policy(spec, &object, &tiers) {
+                policies.push((policy, policy_rules));
+            }
+        }
+        let universe = b.universe(config);
+        if !b.errors.is_empty() {
+            return Err(ConfigErrors(b.errors));
+        }
+
+        // Evaluation order: tier order, then policy order, then name, then namespace.
+        policies.sort_by(|(a, _), (b, _)| {
+            let ta = tiers.get(a.tier).map(|t| order_key(t.order)).unwrap_or(f64::INFINITY);
+            let tb = tiers.get(b.tier).map(|t| order_key(t.order)).unwrap_or(f64::INFINITY);
+            ta.total_cmp(&tb)
+                .then_with(|| tiers.get(a.tier).map(|t| &t.name).cmp(&tiers.get(b.tier).map(|t| &t.name)))
+                .then_with(|| order_key(a.order).total_cmp(&order_key(b.order)))
+                .then_with(|| a.name.cmp(&b.name))
+                .then_with(|| a.namespace.cmp(&b.namespace))
+        });
+        let mut sorted = Vec::with_capacity(policies.len());
+        for (index, (mut policy, policy_rules)) in policies.into_iter().enumerate() {
+            let start = rules.len();
+            for mut rule in policy_rules {
+                rule.policy = index;
+                rules.push(rule);
+            }
+            policy.rules = start..rules.len();
+            sorted.push(policy);
+        }
+        Ok(PolicySet {
+            tiers,
+            policies: sorted,
+            rules,
+            universe: Arc::new(universe),
+            revision: content_revision(config),
+            producer_revision: config.revision.clone(),
+        })
+    }
+}
+
+/// First 16 hex digits of the SHA-256 of the config's canonical JSON, so the
+/// filter and control report the same revision whatever reformatting
+/// (Istio's protobuf Struct round trip) happened in between.
+fn content_revision(config: &PluginConfig) -> String {
+    let canonical = serde_json::to_vec(config).unwrap_or_default();
+    let digest = Sha256::digest(&canonical);
+    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+fn policy_object(spec: &PolicySpec) -> String {
+    let kind = spec.kind.as_deref().unwrap_or(if spec.namespace.is_some() { "NetworkPolicy" } else { "GlobalNetworkPolicy" });
+    match &spec.namespace {
+        Some(ns) => format!("{kind} {ns}/{}", spec.name),
+        None => format!("{kind} {}", spec.name),
+    }
+}
+
+#[derive(Default)]
+struct Builder {
+    errors: Vec<ConfigError>,
+}
+
+impl Builder {
+    fn error(&mut self, object: &str, field: impl Into<String>, problem: impl Into<String>) {
+        self.errors.push(ConfigError { object: object.to_string(), field: field.into(), problem: problem.into() });
+    }
+
+    fn selector(&mut self, object: &str, field: &str, text: Option<&str>, allow_global: bool) -> Option<Selector> {
+        let text = text?;
+        match Selector::parse(text) {
+            Ok(sel) if !allow_global && sel.uses_global() => {
+                self.error(object, field, "global() is only allowed in a rule's namespaceSelector");
+                None
+            }
+            Ok(sel) => Some(sel),
+            Err(e) => {
+                self.error(object, field, format!("invalid selector {text:?}: {e}"));
+                None
+            }
+        }
+    }
+
+    fn order(&mut self, object: &str, field: &str, order: Option<f64>) -> Option<f64> {
+        match order {
+            Some(o) if !o.is_finite() => {
+                self.error(object, field, "order must be a finite number");
+                None
+            }
+            o => o,
+        }
+    }
+
+    fn tiers(&mut self, config: &PluginConfig) -> Vec<Tier> {
+        let mut tiers: Vec<Tier> = Vec::new();
+        for (i, spec) in config.tiers.iter().enumerate() {
+            let object = format!("Tier {}", spec.name);
+            if spec.name.is_empty() {
+                self.error(&format!("tiers[{i}]"), "name", "must not be empty");
+                continue;
+            }
+            if tiers.iter().any(|t| t.name == spec.name) {
+                self.error(&object, "name", "duplicate tier");
+                continue;
+            }
+            let builtin = builtin_tier(&spec.name);
+            let order = self.order(&object, "order", spec.order).or(builtin.as_ref().and_then(|t| t.order));
+            let default_action = spec
+                .default_action
+                .or(builtin.map(|t| t.default_action))
+                .unwrap_or(TierDefaultAction::Deny);
+            tiers.push(Tier { name: spec.name.clone(), order, default_action });
+        }
+        // Built-in tiers that policies use without declaring them.
+        for spec in &config.policies {
+            let name = spec.tier.as_deref().unwrap_or("default");
+            if !tiers.iter().any(|t| t.name == name) {
+                if let Some(t) = builtin_tier(name) {
+                    tiers.push(t);
+                }
+            }
+        }
+        tiers
+    }
+
+    fn policy(&mut self, spec: &PolicySpec, object: &str, tiers: &[Tier]) -> Option<(Policy, Vec<Rule>)> {
+        let before = self.errors.len();
+        if spec.name.is_empty() {
+            self.error(object, "metadata.name", "must not be empty");
+        }
+        if spec.namespace.as_deref() == Some("") {
+            self.error(object, "metadata.namespace", "must not be empty (omit it for a global policy)");
+        }
+        let tier_name = spec.tier.as_deref().unwrap_or("default");
+        let tier = tiers.iter().position(|t| t.name == tier_name);
+        if tier.is_none() {
+            self.error(object, "spec.tier", format!("tier {tier_name:?} is not declared"));
+        }
+        let order = self.order(object, "spec.order", spec.order);
+        let selector = self.selector(object, "spec.selector", spec.selector.as_deref(), false).unwrap_or(Selector::All);
+        if spec.namespace.is_some() && spec.namespace_selector.is_some() {
+            self.error(object, "spec.namespaceSelector", "only a GlobalNetworkPolicy may select workloads by namespace");
+        }
+        let namespace_selector = self.selector(object, "spec.namespaceSelector", spec.namespace_selector.as_deref(), false);
+        let service_account_selector =
+            self.selector(object, "spec.serviceAccountSelector", spec.service_account_selector.as_deref(), false);
+        let applies_to_ingress = spec.types.as_ref().is_none_or(|t| t.contains(&PolicyType::Ingress));
+
+        let id = match &spec.namespace {
+            Some(ns) => format!("{tier_name}/{ns}/{}", spec.name),
+            None => format!("{tier_name}/{}", spec.name),
+        };
+        let mut rules = Vec::with_capacity(spec.ingress.len());
+        for (i, rule) in spec.ingress.iter().enumerate() {
+            if let Some(r) = self.rule(rule, object, &format!("ingress[{i}]"), &id, spec.namespace.as_deref()) {
+                rules.push(r);
+            }
+        }
+        if self.errors.len() > before {
+            return None;
+        }
+        let policy = Policy {
+            id,
+            name: spec.name.clone(),
+            namespace: spec.namespace.clone(),
+            kind: spec.kind.clone(),
+            tier: tier.unwrap_or(0),
+            order,
+            selector,
+            namespace_selector,
+            service_account_selector,
+            applies_to_ingress,
+            rules: 0..0,
+        };
+        Some((policy, rules))
+    }
+
+    fn rule(&mut self, spec: &RuleSpec, object: &str, field: &str, policy_id: &str, policy_ns: Option<&str>) -> Option<Rule> {
+        let before = self.errors.len();
+        if let Some(v) = spec.ip_version {
+            if v != 4 && v != 6 {
+                self.error(object, format!("{field}.ipVersion"), format!("{v} is not 4 or 6"));
+            }
+        }
+        let protocol = self.protocol(object, &format!("{field}.protocol"), spec.protocol.as_ref());
+        let not_protocol = self.protocol(object, &format!("{field}.notProtocol"), spec.not_protocol.as_ref());
+        let ports_given = [&spec.source, &spec.destination]
+            .iter()
+            .any(|e| e.as_ref().is_some_and(|e| !e.ports.is_empty() || !e.not_ports.is_empty()));
+        if ports_given && !matches!(protocol, Some(6 | 17 | 132)) {
+            self.error(object, format!("{field}.protocol"), "ports require protocol TCP, UDP or SCTP");
+        }
+        let source = self.entity(spec.source.as_ref(), object, &format!("{field}.source"), policy_ns);
+        let destination = self.entity(spec.destination.as_ref(), object, &format!("{field}.destination"), policy_ns);
+        let http = spec.http.as_ref().and_then(|h| {
+            if spec.action != Action::Allow {
+                self.error(object, format!("{field}.http"), "HTTP match is only allowed on Allow rules");
+            }
+            if protocol.is_some_and(|p| p != 6) {
+                self.error(object, format!("{field}.http"), "HTTP match requires protocol TCP");
+            }
+            self.http(h, object, &format!("{field}.http"))
+        });
+        if self.errors.len() > before {
+            return None;
+        }
+        Some(Rule {
+            id: format!("{policy_id}/{field}"),
+            policy: 0,
+            action: spec.action,
+            ip_version: spec.ip_version,
+            matches_tcp: protocol.is_none_or(|p| p == 6) && not_protocol != Some(6) && spec.icmp.is_none(),
+            source: source?,
+            destination: destination?,
+            http,
+        })
+    }
+
+    fn protocol(&mut self, object: &str, field: &str, spec: Option<&ProtocolSpec>) -> Option<u8> {
+        let number = match spec? {
+            ProtocolSpec::Number(0) => None,
+            ProtocolSpec::Number(n) => Some(*n),
+            ProtocolSpec::Name(name) => match name.to_ascii_uppercase().as_str() {
+                "TCP" => Some(6),
+                "UDP" => Some(17),
+                "ICMP" => Some(1),
+                "ICMPV6" => Some(58),
+                "SCTP" => Some(132),
+                "UDPLITE" => Some(136),
+                other => other.parse::<u8>().ok().filter(|&n| n > 0),
+            },
+        };
+        if number.is_none() {
+            self.error(object, field, format!("{spec:?} is not TCP, UDP, ICMP, ICMPv6, SCTP, UDPLite or 1-255"));
+        }
+        number
+    }
+
+    fn entity(&mut self, spec: Option<&EntityRuleSpec>, object: &str, field: &str, policy_ns: Option<&str>) -> Option<EntityMatch> {
+        let Some(spec) = spec else {
+            return Some(EntityMatch::any());
+        };
+        let before = self.errors.len();
+        if spec.services.is_some() {
+            self.error(object, format!("{field}.services"), "service matches are not supported by Krites; use selector or serviceAccounts");
+        }
+        let nets = self.nets(&spec.nets, object, &format!("{field}.nets"));
+        let not_nets = self.nets(&spec.not_nets, object, &format!("{field}.notNets"));
+        let ports = self.ports(&spec.ports, object, &format!("{field}.ports"));
+        let not_ports = self.ports(&spec.not_ports, object, &format!("{field}.notPorts"));
+        let selector = self.selector(object, &format!("{field}.selector"), spec.selector.as_deref(), false);
+        let not_selector = self.selector(object, &format!("{field}.notSelector"), spec.not_selector.as_deref(), false);
+        let namespace_selector =
+            self.selector(object, &format!("{field}.namespaceSelector"), spec.namespace_selector.as_deref(), true);
+        let service_accounts = spec.service_accounts.as_ref().map(|sa| {
+            for (i, name) in sa.names.iter().enumerate() {
+                if name.is_empty() {
+                    self.error(object, format!("{field}.serviceAccounts.names[{i}]"), "must not be empty");
+                }
+            }
+            ServiceAccountClause {
+                names: sa.names.iter().cloned().collect(),
+                selector: self.selector(object, &format!("{field}.serviceAccounts.selector"), sa.selector.as_deref(), false),
+            }
+        });
+        if self.errors.len() > before {
+            return None;
+        }
+        let has_identity = selector.is_some() || not_selector.is_some() || service_accounts.is_some();
+        let namespace = match (namespace_selector, policy_ns) {
+            (Some(s), _) => NamespaceClause::Selector(never_global(s)),
+            // A namespaced policy's identity clauses stay in its namespace.
+            (None, Some(ns)) if has_identity => NamespaceClause::Equals(ns.to_string()),
+            (None, _) => NamespaceClause::Any,
+        };
+        Some(EntityMatch {
+            nets,
+            not_nets,
+            ports,
+            not_ports,
+            identity: IdentityMatch { selector, not_selector, namespace, service_accounts },
+        })
+    }
+
+    fn nets(&mut self, nets: &[String], object: &str, field: &str) -> Option<NetSet> {
+        if nets.is_empty() {
+            return None;
+        }
+        match NetSet::parse(nets.iter().map(String::as_str)) {
+            Ok(set) => Some(set),
+            Err((i, problem)) => {
+                self.error(object, format!("{field}[{i}]"), problem);
+                None
+            }
+        }
+    }
+
+    fn ports(&mut self, ports: &[PortSpec], object: &str, field: &str) -> Option<PortSet> {
+        if ports.is_empty() {
+            return None;
+        }
+        let mut ranges = Vec::with_capacity(ports.len());
+        for (i, p) in ports.iter().enumerate() {
+            match p {
+                PortSpec::Number(n) => ranges.push((*n, *n)),
+                PortSpec::Text(t) => match parse_port_range(t) {
+                    Ok(r) => ranges.push(r),
+                    Err(problem) => self.error(object, format!("{field}[{i}]"), problem),
+                },
+            }
+        }
+        Some(PortSet::from_ranges(ranges))
+    }
+
+    fn http(&mut self, spec: &HttpMatchSpec, object: &str, field: &str) -> Option<HttpMatch> {
+        let before = self.errors.len();
+        if spec.methods.len() > MAX_HTTP_ITEMS {
+            self.error(object, format!("{field}.methods"), format!("at most {MAX_HTTP_ITEMS} methods"));
+        }
+        let mut methods = Vec::with_capacity(spec.methods.len());
+        for (i, m) in spec.methods.iter().enumerate() {
+            let token = !m.is_empty() && m.bytes().all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b));
+            if !token && m != "*" {
+                self.error(object, format!("{field}.methods[{i}]"), format!("{m:?} is not an HTTP method"));
+            } else if methods.contains(m) {
+                self.error(object, format!("{field}.methods[{i}]"), format!("duplicate method {m:?}"));
+            } else {
+                methods.push(m.clone());
+            }
+        }
+        if spec.paths.len() > MAX_HTTP_ITEMS {
+            self.error(object, format!("{field}.paths"), format!("at most {MAX_HTTP_ITEMS} paths"));
+        }
+        let mut paths = Vec::with_capacity(spec.paths.len());
+        for (i, p) in spec.paths.iter().enumerate() {
+            let f = format!("{field}.paths[{i}]");
+            let (text, exact) = match (&p.exact, &p.prefix) {
+                (Some(e), None) => (e, true),
+                (None, Some(pre)) => (pre, false),
+                _ => {
+                    self.error(object, f, "exactly one of exact and prefix is required");
+                    continue;
+                }
+            };
+            if text.len() > MAX_PATH_LEN || text.contains(['?', '#', ' ']) || !text.starts_with('/') {
+                self.error(object, f, format!("{text:?} must start with '/', have no '?', '#' or space, and be at most {MAX_PATH_LEN} bytes"));
+                continue;
+            }
+            match crate::path::normalize(text) {
+                Ok(norm) if exact => paths.push(PathMatch::Exact(norm.into_owned())),
+                Ok(norm) => paths.push(PathMatch::Prefix(norm.into_owned())),
+                Err(e) => self.error(object, f, format!("{text:?}: {e}")),
+            }
+        }
+        (self.errors.len() == before).then_some(HttpMatch { methods, paths })
+    }
+
+    fn universe(&mut self, config: &PluginConfig) -> Universe {
+        let mut namespaces = HashMap::new();
+        for (i, ns) in config.namespaces.iter().enumerate() {
+            if ns.name.is_empty() {
+                self.error(&format!("namespaces[{i}]"), "name", "must not be empty");
+            } else if namespaces.insert(ns.name.clone(), ns.labels.clone()).is_some() {
+                self.error(&format!("Namespace {}", ns.name), "name", "duplicate namespace");
+            }
+        }
+        let mut service_accounts: HashMap<String, HashMap<String, BTreeMap<String, String>>> = HashMap::new();
+        for (i, sa) in config.service_accounts.iter().enumerate() {
+            if sa.name.is_empty() || sa.namespace.is_empty() {
+                self.error(&format!("serviceAccounts[{i}]"), "name", "namespace and name must not be empty");
+            } else if service_accounts.entry(sa.namespace.clone()).or_default().insert(sa.name.clone(), sa.labels.clone()).is_some() {
+                self.error(&format!("ServiceAccount {}/{}", sa.namespace, sa.name), "name", "duplicate service account");
+            }
+        }
+        let mut groups: Vec<Group> = Vec::new();
+        let mut group_of: HashMap<Group, u32> = HashMap::new();
+        let mut by_ip: HashMap<IpAddr, u32> = HashMap::new();
+        let mut first_seen: HashMap<IpAddr, usize> = HashMap::new();
+        for (i, ep) in config.endpoints.iter().enumerate() {
+            let object = format!("endpoints[{i}]");
+            if ep.namespace.is_empty() || ep.service_account.is_empty() {
+                self.error(&object, "namespace", "namespace and serviceAccount must not be empty");
+                continue;
+            }
+            let group = Group::new(&ep.namespace, &ep.service_account, &ep.labels);
+            let id = match group_of.get(&group) {
+                Some(&id) => id,
+                None => {
+                    let id = u32::try_from(groups.len()).unwrap_or(u32::MAX);
+                    group_of.insert(group.clone(), id);
+                    groups.push(group);
+                    id
+                }
+            };
+            for (j, text) in ep.ips.iter().enumerate() {
+                let Ok(ip) = text.parse::<IpAddr>() else {
+                    self.error(&object, format!("ips[{j}]"), format!("{text:?} is not an IP address"));
+                    continue;
+                };
+                let ip = ip.to_canonical();
+                match by_ip.insert(ip, id) {
+                    Some(prev) if prev != id => {
+                        let other = first_seen.get(&ip).copied().unwrap_or(0);
+                        self.error(&object, format!("ips[{j}]"), format!("{ip} already belongs to endpoints[{other}]; an address must have one owner"));
+                    }
+                    _ => {
+                        first_seen.entry(ip).or_insert(i);
+                    }
+                }
+            }
+        }
+        Universe::new(groups, by_ip, namespaces, service_accounts)
+    }
+}
+
+/// In a namespaceSelector, `global()` names non-namespaced entities; Krites
+/// knows only pods, so it can never match (`!all()`).
+fn never_global(sel: Selector) -> Selector {
+    match sel {
+        Selector::Global => Selector::Not(Box::new(Selector::All)),
+        Selector::Not(inner) => Selector::Not(Box::new(never_global(*inner))),
+        Selector::And(parts) => Selector::And(parts.into_iter().map(never_global).collect()),
+        Selector::Or(parts) => Selector::Or(parts.into_iter().map(never_global).collect()),
+        other => other,
+    }
+}

@@ -1,0 +1,153 @@
+//! The validated, compiled form of a [`PluginConfig`](crate::config::PluginConfig):
+//! selectors parsed, CIDRs and ports turned into range sets, paths normalised,
+//! policies sorted in evaluation order, every rule named by a stable id.
+//! Building it is where every config error is found; nothing here can fail later.
+
+mod build;
+pub mod identity;
+pub mod universe;
+
+use std::ops::Range;
+use std::sync::Arc;
+
+pub use build::{ConfigError, ConfigErrors};
+pub use identity::{IdentityMatch, NamespaceClause, ServiceAccountClause, SourceView};
+pub use universe::{Group, Universe};
+
+use crate::config::{Action, TierDefaultAction};
+use crate::ranges::{NetSet, PortSet};
+use crate::selector::Selector;
+
+/// All policies and the endpoint table, workload-independent. Specialise it
+/// for one workload with [`crate::engine::WorkloadPolicy::new`].
+#[derive(Debug)]
+pub struct PolicySet {
+    pub(crate) tiers: Vec<Tier>,
+    pub(crate) policies: Vec<Policy>,
+    pub(crate) rules: Vec<Rule>,
+    pub(crate) universe: Arc<Universe>,
+    pub(crate) revision: String,
+    pub(crate) producer_revision: Option<String>,
+}
+
+impl PolicySet {
+    /// A short content hash of the config, the same wherever it is computed.
+    pub fn revision(&self) -> &str {
+        &self.revision
+    }
+
+    /// The `revision` label the producer put in the config, if any.
+    pub fn producer_revision(&self) -> Option<&str> {
+        self.producer_revision.as_deref()
+    }
+
+    pub fn tiers(&self) -> &[Tier] {
+        &self.tiers
+    }
+
+    pub fn policies(&self) -> &[Policy] {
+        &self.policies
+    }
+
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    pub fn universe(&self) -> &Universe {
+        &self.universe
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Tier {
+    pub name: String,
+    pub order: Option<f64>,
+    pub default_action: TierDefaultAction,
+}
+
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// `tier/name` for a global policy, `tier/namespace/name` for a namespaced one.
+    pub id: String,
+    pub name: String,
+    pub namespace: Option<String>,
+    pub kind: Option<String>,
+    pub tier: usize,
+    pub order: Option<f64>,
+    pub selector: Selector,
+    pub namespace_selector: Option<Selector>,
+    pub service_account_selector: Option<Selector>,
+    pub applies_to_ingress: bool,
+    /// Indexes into [`PolicySet::rules`].
+    pub rules: Range<usize>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Rule {
+    /// `<policy id>/ingress[<n>]`: what decisions, logs and stats name.
+    pub id: String,
+    pub policy: usize,
+    pub action: Action,
+    pub ip_version: Option<u8>,
+    /// Protocol and ICMP fields reduced to the one question that matters for
+    /// HTTP: can this rule match a TCP connection?
+    pub matches_tcp: bool,
+    pub source: EntityMatch,
+    pub destination: EntityMatch,
+    pub http: Option<HttpMatch>,
+}
+
+#[derive(Debug, Clone)]
+pub struct EntityMatch {
+    pub nets: Option<NetSet>,
+    pub not_nets: Option<NetSet>,
+    pub ports: Option<PortSet>,
+    pub not_ports: Option<PortSet>,
+    pub identity: IdentityMatch,
+}
+
+impl EntityMatch {
+    pub fn any() -> EntityMatch {
+        EntityMatch { nets: None, not_nets: None, ports: None, not_ports: None, identity: IdentityMatch::any() }
+    }
+
+    /// The address and port tests (identity is checked separately). A missing
+    /// address or port never satisfies a positive test.
+    pub fn matches_address(&self, ip: Option<std::net::IpAddr>, port: Option<u16>) -> bool {
+        let in_set = |set: &NetSet| ip.is_some_and(|ip| set.contains(ip));
+        let port_in = |set: &PortSet| port.is_some_and(|p| set.contains(p));
+        self.nets.as_ref().is_none_or(in_set)
+            && self.not_nets.as_ref().is_none_or(|s| ip.is_some() && !in_set(s))
+            && self.ports.as_ref().is_none_or(port_in)
+            && self.not_ports.as_ref().is_none_or(|s| port.is_some() && !port_in(s))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpMatch {
+    /// Exact, case-sensitive; empty or containing `*` means any method.
+    pub methods: Vec<String>,
+    /// Normalised at build time; empty means any path.
+    pub paths: Vec<PathMatch>,
+}
+
+impl HttpMatch {
+    pub fn method_matches(&self, method: &str) -> bool {
+        self.methods.is_empty() || self.methods.iter().any(|m| m == "*" || m == method)
+    }
+
+    /// `path` must already be normalised.
+    pub fn path_matches(&self, path: &str) -> bool {
+        self.paths.is_empty()
+            || self.paths.iter().any(|p| match p {
+                PathMatch::Exact(e) => e == path,
+                PathMatch::Prefix(pre) => crate::path::has_prefix(path, pre),
+            })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathMatch {
+    Exact(String),
+    Prefix(String),
+}

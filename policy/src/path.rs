@@ -1,0 +1,223 @@
+//! HTTP path normalisation for matching.
+//!
+//! A path rule must mean the same thing to Krites as to the application behind
+//! it, whether or not the user's Envoy normalises paths. Canonical form: query
+//! and fragment stripped, percent-decoded exactly once, `\` read as `/`,
+//! `;params` dropped from each segment, empty and `.` segments removed, `..`
+//! resolved (never above the root), no trailing `/`. Encodings that different
+//! servers read differently are refused instead of guessed: an encoded `/`,
+//! `\` or `.`, a NUL or control byte, a `%` that is not a valid escape, an
+//! escape that survives one decoding (double encoding), and invalid UTF-8
+//! (which includes overlong forms such as `%c0%ae`).
+
+use std::borrow::Cow;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("path does not start with '/'")]
+    NotAbsolute,
+    #[error("path contains an encoded '/', '\\', '.' or ';'")]
+    EncodedSeparator,
+    #[error("path contains a NUL or control character")]
+    ControlCharacter,
+    #[error("path contains a '%' that is not a valid escape")]
+    BadEscape,
+    #[error("path is percent-encoded twice")]
+    DoubleEncoded,
+    #[error("path is not valid UTF-8 once decoded")]
+    InvalidUtf8,
+}
+
+/// Normalises a request target or a rule path. Borrows when the input is
+/// already canonical, which is the common case for real traffic.
+pub fn normalize(raw: &str) -> Result<Cow<'_, str>, PathError> {
+    let path = match raw.find(['?', '#']) {
+        Some(end) => raw.get(..end).unwrap_or(raw),
+        None => raw,
+    };
+    if !path.starts_with('/') {
+        return Err(PathError::NotAbsolute);
+    }
+    if is_canonical(path) {
+        return Ok(Cow::Borrowed(path));
+    }
+    let decoded = decode_once(path)?;
+    Ok(Cow::Owned(resolve_segments(&decoded)))
+}
+
+/// Plain segments only: nothing to decode, collapse or resolve.
+fn is_canonical(path: &str) -> bool {
+    let bytes = path.as_bytes();
+    if bytes.len() > 1 && bytes.last() == Some(&b'/') {
+        return false;
+    }
+    let plain = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'~' | b'.' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b'=' | b':' | b'@');
+    if !bytes.iter().all(|&b| plain(b)) {
+        return false;
+    }
+    // No empty, `.` or `..` segments (the first split item is the empty root).
+    path.split('/').skip(1).all(|seg| !seg.is_empty() && seg != "." && seg != "..") || path == "/"
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+fn decode_once(path: &str) -> Result<String, PathError> {
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b == b'%' {
+            let hi = bytes.get(i + 1).copied().and_then(hex);
+            let lo = bytes.get(i + 2).copied().and_then(hex);
+            let (Some(hi), Some(lo)) = (hi, lo) else {
+                return Err(PathError::BadEscape);
+            };
+            let decoded = hi << 4 | lo;
+            // `;` too: servers disagree on whether an encoded one starts parameters.
+            if matches!(decoded, b'/' | b'\\' | b'.' | b';') {
+                return Err(PathError::EncodedSeparator);
+            }
+            out.push(decoded);
+            i += 3;
+        } else {
+            out.push(b);
+            i += 1;
+        }
+    }
+    if out.iter().any(|&b| b < 0x20 || b == 0x7f) {
+        return Err(PathError::ControlCharacter);
+    }
+    // An escape left after one decoding is read differently by a server that
+    // decodes twice.
+    if out.windows(3).any(|w| matches!(w, [b'%', a, b] if hex(*a).is_some() && hex(*b).is_some())) {
+        return Err(PathError::DoubleEncoded);
+    }
+    String::from_utf8(out).map_err(|_| PathError::InvalidUtf8)
+}
+
+fn resolve_segments(decoded: &str) -> String {
+    let mut segments: Vec<&str> = Vec::new();
+    for seg in decoded.split(['/', '\\']) {
+        // Servlet-style path parameters: `/admin;jsessionid=x` is `/admin`.
+        let seg = seg.split(';').next().unwrap_or("");
+        match seg {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            s => segments.push(s),
+        }
+    }
+    let mut out = String::with_capacity(decoded.len());
+    for s in &segments {
+        out.push('/');
+        out.push_str(s);
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    out
+}
+
+/// Does `path` (normalised) fall under `prefix` (normalised)? Only on segment
+/// boundaries: `/pub` covers `/pub` and `/pub/x`, not `/public`.
+pub fn has_prefix(path: &str, prefix: &str) -> bool {
+    if prefix == "/" {
+        return true;
+    }
+    match path.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+
+    #[test]
+    fn normalisation_table() {
+        let ok: &[(&str, &str)] = &[
+            ("/", "/"),
+            ("/admin", "/admin"),
+            ("/admin/", "/admin"),
+            ("/admin?x=1", "/admin"),
+            ("/admin#frag", "/admin"),
+            ("/admin?x=/../y", "/admin"),
+            ("//admin", "/admin"),
+            ("/a//b///c", "/a/b/c"),
+            ("/./admin", "/admin"),
+            ("/x/../admin", "/admin"),
+            ("/../../admin", "/admin"), // never above the root
+            ("/a/b/..", "/a"),
+            ("/a/b/../..", "/"),
+            ("/%61dmin", "/admin"),
+            ("/%41DMIN", "/ADMIN"),
+            ("/ADMIN", "/ADMIN"), // case is significant
+            ("/admin;x", "/admin"),
+            ("/admin;x/y", "/admin/y"),
+            ("/public;/../admin", "/admin"),
+            ("/a\\b", "/a/b"),
+            ("/x\\..\\admin", "/admin"),
+            ("/caf%C3%A9", "/café"),
+            ("/a%20b", "/a b"),
+            ("/a.b/c..d/...", "/a.b/c..d/..."),
+        ];
+        for (raw, want) in ok {
+            assert_eq!(normalize(raw).as_deref(), Ok(*want), "normalize({raw:?})");
+            // Idempotent.
+            assert_eq!(normalize(want).as_deref(), Ok(*want), "normalize(normalize({raw:?}))");
+        }
+        let bad: &[(&str, PathError)] = &[
+            ("admin", PathError::NotAbsolute),
+            ("", PathError::NotAbsolute),
+            ("*", PathError::NotAbsolute),
+            ("?/admin", PathError::NotAbsolute),
+            ("/admin%2f..", PathError::EncodedSeparator),
+            ("/admin%2F..", PathError::EncodedSeparator),
+            ("/%2e%2e/admin", PathError::EncodedSeparator),
+            ("/a%5cb", PathError::EncodedSeparator),
+            ("/admin%3bx", PathError::EncodedSeparator),
+            ("/admin%00", PathError::ControlCharacter),
+            ("/adm\0in", PathError::ControlCharacter),
+            ("/a%0ab", PathError::ControlCharacter),
+            ("/%", PathError::BadEscape),
+            ("/%zz", PathError::BadEscape),
+            ("/%4", PathError::BadEscape),
+            ("/%2561dmin", PathError::DoubleEncoded),
+            ("/%252e%252e/admin", PathError::DoubleEncoded),
+            ("/%c0%ae%c0%ae/admin", PathError::InvalidUtf8), // overlong '.'
+            ("/%ff", PathError::InvalidUtf8),
+        ];
+        for (raw, want) in bad {
+            assert_eq!(normalize(raw), Err(*want), "normalize({raw:?})");
+        }
+    }
+
+    #[test]
+    fn prefix_on_segment_boundaries() {
+        let cases: &[(&str, &str, bool)] = &[
+            ("/pub", "/pub", true),
+            ("/pub/x", "/pub", true),
+            ("/public", "/pub", false),
+            ("/pub", "/", true),
+            ("/", "/", true),
+            ("/", "/pub", false),
+            ("/a/b/c", "/a/b", true),
+            ("/a/bc", "/a/b", false),
+        ];
+        for (path, prefix, want) in cases {
+            assert_eq!(has_prefix(path, prefix), *want, "{path:?} under {prefix:?}");
+        }
+    }
+}

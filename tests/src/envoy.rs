@@ -1,0 +1,602 @@
+//! One emulated Istio sidecar: a real Envoy process bound to its own "pod IP" in 127.0.0.0/8.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use crate::client::{Request, Response};
+use crate::config::{self, Ports};
+use crate::pki::Identity;
+
+/// How long `start` waits for Envoy to come up (V8 compiling the module is the slow part).
+pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+#[derive(Debug, Clone)]
+pub struct SidecarSpec {
+    /// Workload name, e.g. "database": file names, node id/cluster, response marker.
+    /// Must be `[a-z0-9.-]+`.
+    pub name: String,
+    /// The "pod IP"; every listener (and admin) binds here.
+    pub ip: Ipv4Addr,
+    /// Node metadata NAMESPACE.
+    pub namespace: String,
+    /// Node metadata SERVICE_ACCOUNT.
+    pub service_account: String,
+    /// Node metadata LABELS.
+    pub labels: BTreeMap<String, String>,
+    /// Server certificate of the mTLS listener.
+    pub identity: Identity,
+    /// CA trusted for client certificates.
+    pub ca: PathBuf,
+    /// The Krites module; `None` runs without the wasm filter.
+    pub wasm: Option<PathBuf>,
+    /// JSON handed to the filter as `configuration`.
+    pub plugin_config: String,
+    /// Where the bootstrap, the ECDS directory and the logs go.
+    pub work_dir: PathBuf,
+    /// HCM `normalize_path` + `merge_slashes` (Istio's defaults) when true; both off when false.
+    pub normalize_path: bool,
+}
+
+/// What Envoy did with an ECDS version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EcdsOutcome {
+    Accepted,
+    Rejected,
+}
+
+/// ECDS counters for the Krites filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EcdsCounts {
+    pub success: u64,
+    pub rejected: u64,
+}
+
+impl EcdsCounts {
+    pub fn total(&self) -> u64 {
+        self.success + self.rejected
+    }
+}
+
+struct Paths {
+    bootstrap: PathBuf,
+    ecds_dir: PathBuf,
+    ecds_file: PathBuf,
+    log: PathBuf,
+    stderr: PathBuf,
+    access_log: PathBuf,
+}
+
+impl Paths {
+    fn new(spec: &SidecarSpec) -> Paths {
+        let d = &spec.work_dir;
+        let n = &spec.name;
+        let ecds_dir = d.join(format!("{n}-ecds"));
+        Paths {
+            bootstrap: d.join(format!("{n}.envoy.json")),
+            ecds_file: ecds_dir.join("krites.json"),
+            ecds_dir,
+            log: d.join(format!("{n}.log")),
+            stderr: d.join(format!("{n}.stderr")),
+            access_log: d.join(format!("{n}.access.log")),
+        }
+    }
+}
+
+/// A running Envoy. Dropping it stops the process.
+pub struct Sidecar {
+    spec: SidecarSpec,
+    ports: Ports,
+    paths: Paths,
+    child: Child,
+    watchdog: Option<Child>,
+    version: AtomicU64,
+    wasm: Mutex<Option<PathBuf>>,
+    initial_ecds: Option<EcdsOutcome>,
+}
+
+impl std::fmt::Debug for Sidecar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sidecar")
+            .field("name", &self.spec.name)
+            .field("ip", &self.spec.ip)
+            .field("ports", &self.ports)
+            .field("pid", &self.child.id())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sidecar {
+    /// Start Envoy and wait until it serves (see `READY_TIMEOUT`).
+    ///
+    /// With `wasm` set, waits for the first ECDS verdict as well; a rejected initial config
+    /// is not an error (tests may want exactly that): check `initial_ecds()`.
+    pub fn start(spec: SidecarSpec) -> Result<Sidecar> {
+        validate_name(&spec.name)?;
+        let binary = crate::envoy_binary()?;
+        fs::create_dir_all(&spec.work_dir)
+            .with_context(|| format!("creating {}", spec.work_dir.display()))?;
+        // Ports are picked by the kernel and released before Envoy binds them; losing that race
+        // is rare (each sidecar has its own IP) and shows up as a bind error, so retry.
+        let mut last_err = anyhow!("not started");
+        for _ in 0..3 {
+            match Sidecar::try_start(&binary, spec.clone()) {
+                Ok(sidecar) => return Ok(sidecar),
+                Err(e) if format!("{e:#}").contains("Address already in use") => last_err = e,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last_err)
+    }
+
+    fn try_start(binary: &Path, spec: SidecarSpec) -> Result<Sidecar> {
+        let ports = Ports {
+            admin: free_port(spec.ip)?,
+            mtls: free_port(spec.ip)?,
+            plain: free_port(spec.ip)?,
+        };
+        let paths = Paths::new(&spec);
+        for stale in [&paths.log, &paths.stderr, &paths.access_log] {
+            let _ = fs::remove_file(stale);
+        }
+        if let Some(wasm) = &spec.wasm {
+            fs::create_dir_all(&paths.ecds_dir)
+                .with_context(|| format!("creating {}", paths.ecds_dir.display()))?;
+            let doc = config::ecds(&spec.namespace, 1, wasm, &spec.plugin_config);
+            write_atomically(&paths.ecds_dir, &paths.ecds_file, &doc)?;
+        }
+        let boot = config::bootstrap(
+            &spec,
+            ports,
+            &paths.ecds_file,
+            &paths.ecds_dir,
+            &paths.access_log,
+        );
+        write_json(&paths.bootstrap, &boot)?;
+
+        let stderr = fs::File::create(&paths.stderr)
+            .with_context(|| format!("creating {}", paths.stderr.display()))?;
+        let child = Command::new(binary)
+            .arg("-c")
+            .arg(&paths.bootstrap)
+            .args(["--concurrency", "1"])
+            .arg("--base-id")
+            .arg(base_id().to_string())
+            // Shared memory for hot restart is useless here and collides between runs.
+            .arg("--disable-hot-restart")
+            .arg("--log-path")
+            .arg(&paths.log)
+            .args(["-l", "info", "--component-log-level", "wasm:debug"])
+            // Flush logs promptly so `log()` sees what just happened.
+            .args(["--file-flush-interval-msec", "50"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .with_context(|| format!("spawning {}", binary.display()))?;
+        let watchdog = spawn_watchdog(child.id());
+        let mut sidecar = Sidecar {
+            wasm: Mutex::new(spec.wasm.clone()),
+            spec,
+            ports,
+            paths,
+            child,
+            watchdog,
+            version: AtomicU64::new(1),
+            initial_ecds: None,
+        };
+        sidecar.wait_ready()?;
+        Ok(sidecar)
+    }
+
+    fn wait_ready(&mut self) -> Result<()> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().context("polling envoy")? {
+                bail!(
+                    "envoy {} exited during startup ({status}):\n{}",
+                    self.spec.name,
+                    self.log_tail()
+                );
+            }
+            // An admin error just means "not up yet" until the deadline.
+            let waiting_for = self.readiness_gap();
+            if let Ok(None) = waiting_for {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let what = match waiting_for {
+                    Ok(Some(w)) => w,
+                    Ok(None) => String::new(),
+                    Err(e) => format!("{e:#}"),
+                };
+                bail!(
+                    "envoy {} not ready after {READY_TIMEOUT:?} (waiting for {what}):\n{}",
+                    self.spec.name,
+                    self.log_tail()
+                );
+            }
+            sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `None` when ready, otherwise what is still missing.
+    fn readiness_gap(&mut self) -> Result<Option<String>> {
+        if self.spec.wasm.is_some() && self.initial_ecds.is_none() {
+            let c = self.ecds_counts()?;
+            if c.success > 0 {
+                self.initial_ecds = Some(EcdsOutcome::Accepted);
+            } else if c.rejected > 0 {
+                self.initial_ecds = Some(EcdsOutcome::Rejected);
+            } else {
+                return Ok(Some("the first ECDS update".into()));
+            }
+        }
+        let ready = self.admin("GET", "/ready")?;
+        if ready.status != 200 || ready.body.trim() != "LIVE" {
+            return Ok(Some(format!(
+                "/ready = {} {}",
+                ready.status,
+                ready.body.trim()
+            )));
+        }
+        for addr in [self.mtls_addr(), self.plain_addr()] {
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+                return Ok(Some(format!("a listener on {addr}")));
+            }
+        }
+        Ok(None)
+    }
+
+    pub fn spec(&self) -> &SidecarSpec {
+        &self.spec
+    }
+
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    pub fn ip(&self) -> Ipv4Addr {
+        self.spec.ip
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn mtls_addr(&self) -> SocketAddr {
+        SocketAddr::from((self.spec.ip, self.ports.mtls))
+    }
+
+    pub fn plain_addr(&self) -> SocketAddr {
+        SocketAddr::from((self.spec.ip, self.ports.plain))
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        SocketAddr::from((self.spec.ip, self.ports.admin))
+    }
+
+    /// SNI / Host name for the mTLS listener: the spec name, which `Pki::issue(name, ..)`
+    /// puts in the DNS SANs (so issue the server identity under the sidecar's name).
+    pub fn server_name(&self) -> &str {
+        &self.spec.name
+    }
+
+    /// The ECDS verdict on the config given at start (`None` without wasm).
+    pub fn initial_ecds(&self) -> Option<EcdsOutcome> {
+        self.initial_ecds
+    }
+
+    /// Any admin endpoint, e.g. `admin("POST", "/logging?wasm=trace")`.
+    pub fn admin(&self, method: &str, path: &str) -> Result<Response> {
+        let resp = Request::new()
+            .to(self.admin_addr())
+            .method(method)
+            .path(path)
+            .timeout(Duration::from_secs(5))
+            .send()?;
+        if let Some(e) = &resp.error {
+            bail!("admin {method} {path} on {}: {}", self.spec.name, e.message);
+        }
+        Ok(resp)
+    }
+
+    fn admin_get_ok(&self, path: &str) -> Result<String> {
+        let resp = self.admin("GET", path)?;
+        if resp.status != 200 {
+            bail!("admin GET {path}: HTTP {} {}", resp.status, resp.body);
+        }
+        Ok(resp.body)
+    }
+
+    /// Counters and gauges from `/stats`; histogram and text lines are skipped.
+    pub fn stats(&self) -> Result<BTreeMap<String, u64>> {
+        Ok(parse_stats(&self.admin_get_ok("/stats")?))
+    }
+
+    /// One stat, 0 if Envoy does not have it (yet).
+    pub fn stat(&self, name: &str) -> Result<u64> {
+        Ok(self.stats()?.get(name).copied().unwrap_or(0))
+    }
+
+    pub fn prometheus(&self) -> Result<String> {
+        self.admin_get_ok("/stats/prometheus")
+    }
+
+    /// Envoy's application log so far.
+    pub fn log(&self) -> Result<String> {
+        read_lossy(&self.paths.log)
+    }
+
+    /// Wait until the application log contains `needle` (it is flushed every 50 ms, so a
+    /// line can trail the stat or response that it explains). Returns the whole log.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let log = self.log()?;
+            if log.contains(needle) {
+                return Ok(log);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{needle:?} not in {} after {timeout:?}",
+                    self.paths.log.display()
+                );
+            }
+            sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// The access log: one line per request with status and `%RESPONSE_CODE_DETAILS%`.
+    pub fn access_log(&self) -> Result<String> {
+        read_lossy(&self.paths.access_log)
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.paths.log
+    }
+
+    pub fn config_dump_ecds(&self) -> Result<String> {
+        self.admin_get_ok("/config_dump?resource=ecds_filters")
+    }
+
+    /// ECDS name of the Krites filter in this sidecar.
+    pub fn ecds_name(&self) -> String {
+        config::ecds_name(&self.spec.namespace)
+    }
+
+    pub fn ecds_counts(&self) -> Result<EcdsCounts> {
+        let stats = self.stats()?;
+        let prefix = format!(
+            "extension_config_discovery.http_filter.{}",
+            self.ecds_name()
+        );
+        let get = |s: &str| stats.get(&format!("{prefix}.{s}")).copied().unwrap_or(0);
+        Ok(EcdsCounts {
+            success: get("update_success"),
+            rejected: get("update_rejected"),
+        })
+    }
+
+    /// Push a new plugin configuration (same module) through ECDS. Returns once the file is
+    /// in place, not when Envoy has acted on it: see `wait_for_ecds` / `reconfigure`.
+    pub fn update_config(&self, plugin_config: &str) -> Result<()> {
+        let wasm = self
+            .wasm
+            .lock()
+            .map_err(|_| anyhow!("wasm path lock poisoned"))?
+            .clone()
+            .context("this sidecar runs without the wasm filter")?;
+        self.update_plugin(&wasm, plugin_config)
+    }
+
+    /// Push a new module and configuration through ECDS.
+    pub fn update_plugin(&self, wasm: &Path, plugin_config: &str) -> Result<()> {
+        if self.spec.wasm.is_none() {
+            bail!(
+                "sidecar {} was started without the wasm filter",
+                self.spec.name
+            );
+        }
+        let version = self.version.fetch_add(1, Ordering::SeqCst) + 1;
+        let doc = config::ecds(&self.spec.namespace, version, wasm, plugin_config);
+        write_atomically(&self.paths.ecds_dir, &self.paths.ecds_file, &doc)?;
+        *self
+            .wasm
+            .lock()
+            .map_err(|_| anyhow!("wasm path lock poisoned"))? = Some(wasm.to_path_buf());
+        Ok(())
+    }
+
+    /// Wait until `update_success + update_rejected >= total`.
+    pub fn wait_for_ecds(&self, total: u64, timeout: Duration) -> Result<EcdsCounts> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let c = self.ecds_counts()?;
+            if c.total() >= total {
+                return Ok(c);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "ECDS on {}: {c:?} after {timeout:?}, wanted {total} verdicts:\n{}",
+                    self.spec.name,
+                    self.log_tail()
+                );
+            }
+            sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// `update_config` and wait for Envoy's verdict on it.
+    pub fn reconfigure(&self, plugin_config: &str, timeout: Duration) -> Result<EcdsOutcome> {
+        let before = self.ecds_counts()?;
+        self.update_config(plugin_config)?;
+        let after = self.wait_for_ecds(before.total() + 1, timeout)?;
+        Ok(if after.rejected > before.rejected {
+            EcdsOutcome::Rejected
+        } else {
+            EcdsOutcome::Accepted
+        })
+    }
+
+    /// Resident set size of the Envoy process.
+    pub fn rss_kib(&self) -> Result<u64> {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .context("reading /proc/<pid>/status")?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .context("no VmRSS in /proc/<pid>/status")
+    }
+
+    fn log_tail(&self) -> String {
+        let mut out = String::new();
+        for (label, path) in [("stderr", &self.paths.stderr), ("log", &self.paths.log)] {
+            let text = read_lossy(path).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines.get(lines.len().saturating_sub(40)..).unwrap_or(&[]);
+            if !tail.is_empty() {
+                out.push_str(&format!(
+                    "--- {label} {} ---\n{}\n",
+                    path.display(),
+                    tail.join("\n")
+                ));
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        // The watchdog first, so it cannot outlive Envoy and shoot a recycled pid.
+        if let Some(mut w) = self.watchdog.take() {
+            let _ = w.kill();
+            let _ = w.wait();
+        }
+        // SIGTERM lets Envoy flush its logs; SIGKILL if it dawdles.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Kills Envoy if this test process dies without running `Drop` (panic=abort, SIGKILL,
+/// a `static` fixture). Best effort: without `sh` we just lose that guarantee.
+fn spawn_watchdog(envoy_pid: u32) -> Option<Child> {
+    Command::new("sh")
+        .arg("-c")
+        .arg(
+            "while kill -0 \"$1\" 2>/dev/null && kill -0 \"$2\" 2>/dev/null; do sleep 0.5; done; \
+             kill -9 \"$2\" 2>/dev/null",
+        )
+        .arg("krites-watchdog")
+        .arg(std::process::id().to_string())
+        .arg(envoy_pid.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()
+}
+
+/// Unique per Envoy started by this process, and unlikely to collide across processes.
+fn base_id() -> u32 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::SeqCst);
+    (std::process::id() % 100_000) * 100 + n % 100
+}
+
+fn validate_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+    if !ok {
+        bail!("sidecar name {name:?} must match [a-z0-9.-]+ (it ends up in file names and Envoy format strings)");
+    }
+    Ok(())
+}
+
+fn free_port(ip: Ipv4Addr) -> Result<u16> {
+    let l = TcpListener::bind((ip, 0)).with_context(|| format!("binding {ip}:0"))?;
+    Ok(l.local_addr()?.port())
+}
+
+fn write_json(path: &Path, doc: &serde_json::Value) -> Result<()> {
+    let text = serde_json::to_string_pretty(doc)?;
+    fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Write into `dir` then rename over `path`: Envoy's watched_directory reacts to the rename
+/// and never sees a half-written file.
+fn write_atomically(dir: &Path, path: &Path, doc: &serde_json::Value) -> Result<()> {
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".ecds-")
+        .suffix(".json")
+        .tempfile_in(dir)
+        .with_context(|| format!("temp file in {}", dir.display()))?;
+    tmp.write_all(serde_json::to_string_pretty(doc)?.as_bytes())?;
+    tmp.persist(path)
+        .with_context(|| format!("renaming into {}", path.display()))?;
+    Ok(())
+}
+
+fn read_lossy(path: &Path) -> Result<String> {
+    let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// `name: value` lines with an integer value.
+pub fn parse_stats(text: &str) -> BTreeMap<String, u64> {
+    text.lines()
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(": ")?;
+            Some((k.to_string(), v.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_parsing_skips_text_and_histograms() {
+        let s = parse_stats(
+            "http.inbound.downstream_rq_total: 3\n\
+             extension_config_discovery.http_filter.x.version_text: \"1\"\n\
+             cluster.h: P0(nan,0) P25(nan,0)\n\
+             server.live: 1\n",
+        );
+        assert_eq!(s.len(), 2);
+        assert_eq!(s["http.inbound.downstream_rq_total"], 3);
+    }
+
+    #[test]
+    fn names_are_restricted() {
+        assert!(validate_name("database").is_ok());
+        assert!(validate_name("a%b").is_err());
+        assert!(validate_name("").is_err());
+    }
+}
