@@ -14,5 +14,5 @@ pub mod selector;
 pub mod spiffe;
 
 pub use config::PluginConfig;
-pub use engine::{Decision, Peer, Reason, RequestFacts, Verdict, Workload, WorkloadPolicy};
+pub use engine::{Decision, Needs, Peer, Reason, RequestFacts, Verdict, Workload, WorkloadPolicy};
 pub use model::{ConfigError, ConfigErrors, PolicySet};

@@ -129,7 +129,12 @@ fn listener(
     access_log: &Path,
     mtls: bool,
 ) -> Value {
-    let mut chain = json!({ "filters": [hcm(name, spec, http_filters, access_log)] });
+    let mut filters = Vec::new();
+    if let (true, Some(wasm)) = (spec.peer_address_filter, &spec.wasm) {
+        filters.push(peer_address_filter(&spec.namespace, wasm));
+    }
+    filters.push(hcm(name, spec, http_filters, access_log));
+    let mut chain = json!({ "filters": filters });
     if mtls {
         chain["transport_socket"] = json!({
             "name": "envoy.transport_sockets.tls",
@@ -156,6 +161,22 @@ fn listener(
         "address": socket(spec.ip, port),
         "traffic_direction": "INBOUND",
         "filter_chains": [chain]
+    })
+}
+
+/// The module's NETWORK role, inline (it takes no configuration).
+fn peer_address_filter(namespace: &str, wasm: &Path) -> Value {
+    json!({
+        "name": "envoy.filters.network.wasm",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.wasm.v3.Wasm",
+            "config": {
+                "name": format!("{namespace}.krites-peer-address"),
+                "root_id": "krites_peer_address",
+                "vm_config": { "runtime": "envoy.wasm.runtime.v8", "code": { "local": { "filename": wasm } } },
+                "failure_policy": "FAIL_CLOSED"
+            }
+        }
     })
 }
 

@@ -45,6 +45,10 @@ pub struct SidecarSpec {
     pub work_dir: PathBuf,
     /// HCM `normalize_path` + `merge_slashes` (Istio's defaults) when true; both off when false.
     pub normalize_path: bool,
+    /// Also run the module's NETWORK role (root id `krites_peer_address`) before the
+    /// connection manager, as a `type: NETWORK` WasmPlugin does in Istio: it records each
+    /// connection's real peer so that `x-forwarded-for` cannot stand in for it.
+    pub peer_address_filter: bool,
 }
 
 /// What Envoy did with an ECDS version.

@@ -19,6 +19,7 @@
 //!     plugin_config: "{}".into(),
 //!     work_dir: dir.path().join("database"),
 //!     normalize_path: true,
+//!     peer_address_filter: false,
 //! })?;
 //! let me = pki.issue("summary", "default", "summary")?;
 //! let resp = Request::from("127.0.0.11".parse()?)
@@ -34,6 +35,7 @@ mod client;
 mod config;
 mod envoy;
 mod pki;
+pub mod yaobank;
 
 use std::path::PathBuf;
 

@@ -31,6 +31,7 @@ fn spec(pki: &Pki, dir: &Path, name: &str, last: u8) -> SidecarSpec {
         plugin_config: "{}".to_string(),
         work_dir: dir.join(name),
         normalize_path: true,
+        peer_address_filter: false,
     }
 }
 

@@ -34,19 +34,11 @@ pub enum Reason {
     NoPolicySelects,
     /// Every tier that selects the workload passed: the profile allows.
     AllTiersPassed,
-    /// No source address to check (fail closed).
-    NoSourceAddress,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 6] = [
-        Reason::AllowRule,
-        Reason::DenyRule,
-        Reason::TierDefaultDeny,
-        Reason::NoPolicySelects,
-        Reason::AllTiersPassed,
-        Reason::NoSourceAddress,
-    ];
+    pub const ALL: [Reason; 5] =
+        [Reason::AllowRule, Reason::DenyRule, Reason::TierDefaultDeny, Reason::NoPolicySelects, Reason::AllTiersPassed];
 
     /// Stable snake_case code, used in stat names and logs.
     pub fn code(self) -> &'static str {
@@ -56,14 +48,13 @@ impl Reason {
             Reason::TierDefaultDeny => "tier_default_deny",
             Reason::NoPolicySelects => "no_policy_selects",
             Reason::AllTiersPassed => "all_tiers_passed",
-            Reason::NoSourceAddress => "no_source_address",
         }
     }
 
     pub fn verdict(self) -> Verdict {
         match self {
             Reason::AllowRule | Reason::NoPolicySelects | Reason::AllTiersPassed => Verdict::Allow,
-            Reason::DenyRule | Reason::TierDefaultDeny | Reason::NoSourceAddress => Verdict::Deny,
+            Reason::DenyRule | Reason::TierDefaultDeny => Verdict::Deny,
         }
     }
 }
@@ -131,11 +122,10 @@ pub struct DecidedBy<'a>(&'a Decision<'a, 'a>);
 impl fmt::Display for DecidedBy<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let d = self.0;
-        match (d.rule, d.tier, d.reason) {
-            (Some(rule), _, _) => f.write_str(&rule.id),
-            (None, Some(tier), _) => write!(f, "tier/{tier}"),
-            (None, None, Reason::NoSourceAddress) => f.write_str("-"),
-            (None, None, _) => f.write_str("profile"),
+        match (d.rule, d.tier) {
+            (Some(rule), _) => f.write_str(&rule.id),
+            (None, Some(tier)) => write!(f, "tier/{tier}"),
+            (None, None) => f.write_str("profile"),
         }
     }
 }
@@ -152,7 +142,6 @@ impl fmt::Display for Decision<'_, '_> {
             }
             Reason::NoPolicySelects => f.write_str("no policy selects this workload (namespace profile allows)")?,
             Reason::AllTiersPassed => f.write_str("every tier passed (namespace profile allows)")?,
-            Reason::NoSourceAddress => return f.write_str("the request has no source address"),
         }
         let ip = Ip(self.source_ip);
         match self.identity {
@@ -186,7 +175,7 @@ impl fmt::Display for Ip {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.0 {
             Some(ip) => write!(f, "{ip}"),
-            None => f.write_str("?"),
+            None => f.write_str("an unverified address"),
         }
     }
 }

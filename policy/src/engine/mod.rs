@@ -61,6 +61,17 @@ pub struct WorkloadPolicy {
     /// unknown address then needs the slow path (such rules take either factor).
     deny_by_identity: bool,
     policies_selecting: usize,
+    needs: Needs,
+}
+
+/// Which request facts any applicable rule reads, so the proxy can skip the
+/// host calls for the others.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Needs {
+    pub source_port: bool,
+    pub destination_ip: bool,
+    pub destination_port: bool,
+    pub http: bool,
 }
 
 impl WorkloadPolicy {
@@ -98,6 +109,14 @@ impl WorkloadPolicy {
             if let Some(t) = tiers.last_mut() {
                 t.end = position(rules.len());
             }
+        }
+
+        let mut needs = Needs::default();
+        for rule in rules.iter().filter_map(|&i| set.rules.get(i as usize)) {
+            needs.source_port |= rule.source.ports.is_some() || rule.source.not_ports.is_some();
+            needs.destination_ip |= rule.destination.nets.is_some() || rule.destination.not_nets.is_some();
+            needs.destination_port |= rule.destination.ports.is_some() || rule.destination.not_ports.is_some();
+            needs.http |= rule.http.is_some();
         }
 
         let groups = universe.group_count();
@@ -139,7 +158,13 @@ impl WorkloadPolicy {
             unknown,
             deny_by_identity,
             policies_selecting,
+            needs,
         }
+    }
+
+    /// Which request facts the applicable rules read.
+    pub fn needs(&self) -> Needs {
+        self.needs
     }
 
     pub fn policy_set(&self) -> &PolicySet {
@@ -254,9 +279,6 @@ impl WorkloadPolicy {
             identity,
             source_ip: facts.source_ip,
         };
-        if facts.source_ip.is_none() {
-            return decision(Reason::NoSourceAddress, None, None);
-        }
         let mut path = PathCache::new(facts.path);
         for tier in &self.tiers {
             let mut cursor = candidates.cursor(tier.start);
@@ -296,18 +318,19 @@ fn position(n: usize) -> u32 {
 
 /// Everything but source identity: IP version, addresses, ports, HTTP.
 fn rest_matches(rule: &Rule, facts: &RequestFacts<'_>, path: &mut PathCache<'_>) -> bool {
+    let restricts = matches!(rule.action, Action::Deny | Action::Log);
     if let Some(version) = rule.ip_version {
         let family = match facts.source_ip.map(|ip| ip.to_canonical()) {
-            Some(IpAddr::V4(_)) => 4,
-            Some(IpAddr::V6(_)) => 6,
-            None => 0,
+            Some(IpAddr::V4(_)) => Some(4),
+            Some(IpAddr::V6(_)) => Some(6),
+            None => None,
         };
-        if family != version {
+        if family.map_or(!restricts, |f| f != version) {
             return false;
         }
     }
-    if !rule.source.matches_address(facts.source_ip, facts.source_port)
-        || !rule.destination.matches_address(facts.destination_ip, facts.destination_port)
+    if !rule.source.matches_address(facts.source_ip, facts.source_port, restricts)
+        || !rule.destination.matches_address(facts.destination_ip, facts.destination_port, restricts)
     {
         return false;
     }

