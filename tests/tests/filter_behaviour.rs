@@ -1,0 +1,124 @@
+//! What the filter does when things are not as they should be: bad configs,
+//! no config, no workload identity, and no NETWORK role to vouch for the peer.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use krites_testbed::yaobank::POLICY_CONFIG;
+use krites_testbed::{module_path, EcdsOutcome, Pki, Request, Response, Sidecar, SidecarSpec};
+
+struct Rig {
+    _dir: tempfile::TempDir,
+    pki: Pki,
+    db: Sidecar,
+}
+
+/// A database sidecar on `ip`, in namespace `ns` (empty: no NAMESPACE metadata).
+fn database(ip: [u8; 4], ns: &str, config: &str, peer_address_filter: bool) -> Rig {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(&dir.path().join("pki"), "cluster.local").unwrap();
+    let db = Sidecar::start(SidecarSpec {
+        name: "database".into(),
+        ip: Ipv4Addr::from(ip),
+        namespace: ns.into(),
+        service_account: "database".into(),
+        labels: BTreeMap::from([("app".to_string(), "database".to_string())]),
+        identity: pki.issue("database", "default", "database").unwrap(),
+        ca: pki.ca_cert().to_path_buf(),
+        wasm: Some(module_path()),
+        plugin_config: config.into(),
+        work_dir: dir.path().join("database"),
+        normalize_path: true,
+        peer_address_filter,
+    })
+    .unwrap();
+    Rig { _dir: dir, pki, db }
+}
+
+impl Rig {
+    /// mTLS request from `from` presenting a certificate for `sa`.
+    fn call(&self, from: [u8; 4], sa: &str, headers: &[(&str, &str)]) -> Response {
+        let cert = self.pki.issue(&format!("client-{sa}"), "default", sa).unwrap();
+        let mut r = Request::from(Ipv4Addr::from(from)).to(self.db.mtls_addr()).tls(self.pki.ca_cert(), Some(&cert), self.db.server_name());
+        for (k, v) in headers {
+            r = r.header(k, v);
+        }
+        r.send().unwrap()
+    }
+
+    fn stat(&self, name: &str) -> u64 {
+        self.db.stat(&format!("wasmcustom.{name}")).unwrap()
+    }
+}
+
+const SUMMARY: [u8; 4] = [127, 0, 0, 12];
+const ATTACK: [u8; 4] = [127, 0, 0, 66];
+
+#[test]
+fn bad_config_is_rejected_and_the_last_good_one_keeps_enforcing() {
+    let rig = database([127, 0, 1, 13], "default", POLICY_CONFIG, true);
+    assert_eq!(rig.call(SUMMARY, "summary", &[]).status, 200);
+    assert_eq!(rig.call(ATTACK, "summary", &[]).status, 403);
+
+    // A bad selector in one policy: the whole update is refused, with the object and field named.
+    let bad = POLICY_CONFIG.replace("app == 'database'", "app == 'database");
+    assert_eq!(rig.db.reconfigure(&bad, Duration::from_secs(10)).unwrap(), EcdsOutcome::Rejected);
+    let line = rig.db.wait_for_log("config rejected", Duration::from_secs(5)).unwrap();
+    assert!(line.contains("GlobalNetworkPolicy database: spec.selector"), "{line}");
+    assert!(line.contains("unterminated string"), "{line}");
+    assert!(rig.stat("krites_config_errors_total") >= 1);
+    // Still enforcing the old policy: summary in, attacker out.
+    assert_eq!(rig.call(SUMMARY, "summary", &[]).status, 200);
+    assert_eq!(rig.call(ATTACK, "summary", &[]).status, 403);
+
+    // Malformed JSON and an unknown version are refused the same way.
+    for (bad, needle) in [(r#"{"version": 1, "policies": ["#.to_string(), "plugin config"), (r#"{"version": 99}"#.to_string(), "unsupported version 99")] {
+        assert_eq!(rig.db.reconfigure(&bad, Duration::from_secs(10)).unwrap(), EcdsOutcome::Rejected);
+        rig.db.wait_for_log(needle, Duration::from_secs(5)).unwrap();
+        assert_eq!(rig.call(ATTACK, "summary", &[]).status, 403);
+        assert_eq!(rig.call(SUMMARY, "summary", &[]).status, 200);
+    }
+
+    // A good update is applied without a restart.
+    let opened = POLICY_CONFIG.replace(r#"["summary"]"#, r#"["summary", "default"]"#);
+    assert_eq!(rig.db.reconfigure(&opened, Duration::from_secs(10)).unwrap(), EcdsOutcome::Accepted);
+    assert_eq!(rig.call(ATTACK, "default", &[]).status, 200);
+}
+
+#[test]
+fn no_config_fails_closed() {
+    let rig = database([127, 0, 2, 13], "default", "", true);
+    let resp = rig.call(SUMMARY, "summary", &[]);
+    assert_eq!((resp.status, resp.body.as_str()), (403, "RBAC: access denied"));
+    assert_eq!(rig.stat("krites_reason_no_config_total"), 1);
+    assert_eq!(rig.stat("krites_denied_total"), 1);
+    rig.db.wait_for_log("no plugin configuration; denying every request", Duration::from_secs(5)).unwrap();
+}
+
+#[test]
+fn missing_workload_identity_fails_closed() {
+    let rig = database([127, 0, 3, 13], "", POLICY_CONFIG, true);
+    assert_eq!(rig.call(SUMMARY, "summary", &[]).status, 403);
+    assert_eq!(rig.stat("krites_reason_no_workload_identity_total"), 1);
+    rig.db.wait_for_log("node metadata NAMESPACE is missing", Duration::from_secs(5)).unwrap();
+}
+
+/// Without the NETWORK role, Envoy's `source.address` follows x-forwarded-for
+/// (Istio's inbound `use_remote_address: false`). Krites then refuses to use
+/// that address as an identity factor: spoofing gains nothing, and requests
+/// that needed the address are denied rather than trusted.
+#[test]
+fn without_the_network_role_forwarded_addresses_are_not_trusted() {
+    let rig = database([127, 0, 4, 13], "default", POLICY_CONFIG, false);
+    assert_eq!(rig.call(SUMMARY, "summary", &[]).status, 200);
+    let spoof = [("x-forwarded-for", "127.0.0.12")];
+    assert_eq!(rig.call(ATTACK, "summary", &spoof).status, 403, "stolen cert + forged XFF");
+    let plain = Request::from(Ipv4Addr::from(ATTACK)).to(rig.db.plain_addr()).header("x-forwarded-for", "127.0.0.12").send().unwrap();
+    assert_eq!(plain.status, 403, "plaintext + forged XFF");
+    // Fail closed: summary's own request with an XFF header can't prove its address either.
+    assert_eq!(rig.call(SUMMARY, "summary", &[("x-forwarded-for", "10.1.2.3")]).status, 403);
+    assert_eq!(rig.stat("krites_source_address_unverified_total"), 3);
+    let line = rig.db.wait_for_log("unverified 127.0.0.12 (from x-forwarded-for)", Duration::from_secs(5)).unwrap();
+    assert!(line.contains("DENY"), "{line}");
+}
