@@ -43,7 +43,9 @@ if [ -z "$wb_version" ]; then
 fi
 if ! wasm-bindgen-test-runner --version 2>/dev/null | grep -q " $wb_version\$"; then
   say "installing wasm-bindgen-cli $wb_version (a few minutes)"
-  cargo install -q --locked wasm-bindgen-cli --version "$wb_version"
+  # Not --locked: its lockfile pins crate versions the registry mirror may not carry yet;
+  # the version that must match (the CLI itself) is pinned.
+  cargo install -q wasm-bindgen-cli --version "$wb_version"
 fi
 command -v node >/dev/null || say "warning: node is missing; the wasm32 engine tests need it"
 say "done"
