@@ -60,16 +60,17 @@ impl Successor for u128 {
 /// Destination or source ports: numbers and `min:max` ranges.
 pub type PortSet = RangeSet<u16>;
 
-/// Parses `"80"` or `"8000:8080"`. Named ports are resolved by the producer.
+/// Parses `"80"` or `"8000:8080"` (ports 1-65535, as Calico). Named ports
+/// are resolved by the producer.
 pub fn parse_port_range(text: &str) -> Result<(u16, u16), String> {
-    let parse = |s: &str| {
-        s.trim().parse::<u16>().map_err(|_| {
-            if s.trim().chars().any(|c| c.is_ascii_alphabetic()) {
-                format!("named port {s:?} must be resolved to a number before it reaches the filter")
-            } else {
-                format!("{s:?} is not a port number (0-65535)")
-            }
-        })
+    let parse = |s: &str| -> Result<u16, String> {
+        if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') && s.chars().any(|c| c.is_ascii_alphabetic()) {
+            return Err(format!("named port {s:?} must be resolved to a number before it reaches the filter"));
+        }
+        match s.parse::<u16>() {
+            Ok(p) if p > 0 && s.bytes().all(|b| b.is_ascii_digit()) => Ok(p),
+            _ => Err(format!("{s:?} is not a port number (1-65535)")),
+        }
     };
     match text.split_once(':') {
         Some((lo, hi)) => {
@@ -216,6 +217,10 @@ mod tests {
         assert_eq!(parse_port_range("8000:8080"), Ok((8000, 8080)));
         assert!(parse_port_range("9:8").is_err());
         assert!(parse_port_range("65536").is_err());
+        assert!(parse_port_range("0").is_err());
+        assert!(parse_port_range("0:80").is_err());
+        assert!(parse_port_range("+80").is_err());
+        assert!(parse_port_range(" 80 : 90 ").is_err());
         assert!(parse_port_range("http").unwrap_err().contains("named port"));
         let set = PortSet::from_ranges(vec![(80, 80), (8000, 8080), (65535, 65535)]);
         for (p, want) in [(80, true), (81, false), (8000, true), (8050, true), (8081, false), (65535, true), (0, false)] {

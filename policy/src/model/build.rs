@@ -49,6 +49,8 @@ impl fmt::Display for ConfigErrors {
 impl std::error::Error for ConfigErrors {}
 
 const MAX_HTTP_ITEMS: usize = 20;
+/// Calico's limit on rules per direction in one policy.
+const MAX_RULES: usize = 1024;
 const MAX_PATH_LEN: usize = 1024;
 
 /// Calico's built-in tiers, used when a policy names one the config does not declare.
@@ -70,6 +72,14 @@ fn order_key(order: Option<f64>) -> f64 {
 impl PolicySet {
     /// Parses and compiles plugin config JSON.
     pub fn from_json(bytes: &[u8]) -> Result<PolicySet, ConfigErrors> {
+        // serde also reads a struct from a JSON array; a config is an object.
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(ConfigErrors(vec![ConfigError {
+                object: "plugin config".into(),
+                field: "(top level)".into(),
+                problem: "must be a JSON object".into(),
+            }]));
+        }
         let config: PluginConfig = serde_json::from_slice(bytes).map_err(|e| {
             ConfigErrors(vec![ConfigError {
                 object: "plugin config".into(),
@@ -90,9 +100,9 @@ impl PolicySet {
         let mut policies = Vec::new();
         let mut rules = Vec::new();
         let mut seen = BTreeSet::new();
-        for spec in &config.policies {
-            let object = policy_object(spec);
-            if !seen.insert((spec.namespace.clone(), spec.name.clone())) {
+        for (i, spec) in config.policies.iter().enumerate() {
+            let object = if spec.name.is_empty() { format!("policies[{i}]") } else { policy_object(spec) };
+            if !spec.name.is_empty() && !seen.insert((spec.namespace.clone(), spec.name.clone())) {
                 b.error(&object, "metadata.name", "duplicate policy");
                 continue;
             }
@@ -163,11 +173,16 @@ impl Builder {
         self.errors.push(ConfigError { object: object.to_string(), field: field.into(), problem: problem.into() });
     }
 
+    /// A blank selector is the same as an absent field, as in Calico.
     fn selector(&mut self, object: &str, field: &str, text: Option<&str>, allow_global: bool) -> Option<Selector> {
-        let text = text?;
+        let text = text.filter(|t| !t.trim_matches([' ', '\t']).is_empty())?;
         match Selector::parse(text) {
             Ok(sel) if !allow_global && sel.uses_global() => {
                 self.error(object, field, "global() is only allowed in a rule's namespaceSelector");
+                None
+            }
+            Ok(sel) if allow_global && sel.uses_global() && sel != Selector::Global => {
+                self.error(object, field, "global() cannot be combined with other selectors");
                 None
             }
             Ok(sel) => Some(sel),
@@ -235,13 +250,23 @@ impl Builder {
         }
         let order = self.order(object, "spec.order", spec.order);
         let selector = self.selector(object, "spec.selector", spec.selector.as_deref(), false).unwrap_or(Selector::All);
-        if spec.namespace.is_some() && spec.namespace_selector.is_some() {
+        if spec.namespace.is_some() && spec.namespace_selector.as_deref().is_some_and(|t| !t.trim().is_empty()) {
             self.error(object, "spec.namespaceSelector", "only a GlobalNetworkPolicy may select workloads by namespace");
         }
         let namespace_selector = self.selector(object, "spec.namespaceSelector", spec.namespace_selector.as_deref(), false);
         let service_account_selector =
             self.selector(object, "spec.serviceAccountSelector", spec.service_account_selector.as_deref(), false);
-        let applies_to_ingress = spec.types.as_ref().is_none_or(|t| t.contains(&PolicyType::Ingress));
+        if let Some(types) = &spec.types {
+            if types.len() == 2 && types.first() == types.get(1) {
+                self.error(object, "spec.types", "duplicate policy type");
+            }
+        }
+        // An empty list is the same as an absent one (the config carries only ingress rules).
+        let applies_to_ingress =
+            spec.types.as_ref().is_none_or(|t| t.is_empty() || t.contains(&PolicyType::Ingress));
+        if spec.ingress.len() > MAX_RULES {
+            self.error(object, "spec.ingress", format!("at most {MAX_RULES} rules per policy"));
+        }
 
         let id = match &spec.namespace {
             Some(ns) => format!("{tier_name}/{ns}/{}", spec.name),
@@ -287,6 +312,8 @@ impl Builder {
         if ports_given && !matches!(protocol, Some(6 | 17 | 132)) {
             self.error(object, format!("{field}.protocol"), "ports require protocol TCP, UDP or SCTP");
         }
+        self.icmp(spec, protocol, object, field);
+        self.ip_families(spec, object, field);
         let source = self.entity(spec.source.as_ref(), object, &format!("{field}.source"), policy_ns);
         let destination = self.entity(spec.destination.as_ref(), object, &format!("{field}.destination"), policy_ns);
         let http = spec.http.as_ref().and_then(|h| {
@@ -313,8 +340,62 @@ impl Builder {
         })
     }
 
+    /// Calico: ICMP fields need protocol ICMP/ICMPv6, a code needs a type, and
+    /// ICMP goes with IPv4, ICMPv6 with IPv6.
+    fn icmp(&mut self, spec: &RuleSpec, protocol: Option<u8>, object: &str, field: &str) {
+        for (name, value) in [("icmp", &spec.icmp), ("notICMP", &spec.not_icmp)] {
+            let Some(value) = value else { continue };
+            let f = format!("{field}.{name}");
+            match value.as_object() {
+                None => self.error(object, f, "must be an object with type and code"),
+                Some(o) => {
+                    if !matches!(protocol, Some(1 | 58)) {
+                        self.error(object, f.clone(), "ICMP fields need protocol ICMP or ICMPv6");
+                    }
+                    if o.contains_key("code") && !o.contains_key("type") {
+                        self.error(object, f, "an ICMP code needs an ICMP type");
+                    }
+                }
+            }
+        }
+        match (protocol, spec.ip_version) {
+            (Some(1), Some(6)) => self.error(object, format!("{field}.ipVersion"), "protocol ICMP goes with ipVersion 4"),
+            (Some(58), Some(4)) => self.error(object, format!("{field}.ipVersion"), "protocol ICMPv6 goes with ipVersion 6"),
+            _ => {}
+        }
+    }
+
+    /// Calico: a rule's CIDRs are all of one IP family, matching `ipVersion` if set.
+    fn ip_families(&mut self, spec: &RuleSpec, object: &str, field: &str) {
+        let mut families = BTreeSet::new();
+        for (side, entity) in [("source", &spec.source), ("destination", &spec.destination)] {
+            let Some(entity) = entity else { continue };
+            for (name, nets) in [("nets", &entity.nets), ("notNets", &entity.not_nets)] {
+                for (i, net) in nets.iter().enumerate() {
+                    let addr = net.split('/').next().unwrap_or("");
+                    let family = match addr.parse::<IpAddr>().map(|ip| ip.to_canonical()) {
+                        Ok(IpAddr::V4(_)) => 4u8,
+                        Ok(IpAddr::V6(_)) => 6,
+                        Err(_) => continue, // reported by the CIDR parser
+                    };
+                    if spec.ip_version.is_some_and(|v| v != family) {
+                        self.error(object, format!("{field}.{side}.{name}[{i}]"), format!("{net:?} is not of ipVersion {}", spec.ip_version.unwrap_or(0)));
+                    }
+                    families.insert(family);
+                }
+            }
+        }
+        if families.len() > 1 {
+            self.error(object, field.to_string(), "rule mixes IPv4 and IPv6 CIDRs");
+        }
+    }
+
     fn protocol(&mut self, object: &str, field: &str, spec: Option<&ProtocolSpec>) -> Option<u8> {
-        let number = match spec? {
+        let number = match spec {
+            None => return None,
+            Some(spec) => spec,
+        };
+        let number = match number {
             ProtocolSpec::Number(0) => None,
             ProtocolSpec::Number(n) => Some(*n),
             ProtocolSpec::Name(name) => match name.to_ascii_uppercase().as_str() {
@@ -328,7 +409,12 @@ impl Builder {
             },
         };
         if number.is_none() {
-            self.error(object, field, format!("{spec:?} is not TCP, UDP, ICMP, ICMPv6, SCTP, UDPLite or 1-255"));
+            let shown = match spec {
+                Some(ProtocolSpec::Number(n)) => n.to_string(),
+                Some(ProtocolSpec::Name(n)) => format!("{n:?}"),
+                None => String::new(),
+            };
+            self.error(object, field, format!("{shown} is not TCP, UDP, ICMP, ICMPv6, SCTP, UDPLite or 1-255"));
         }
         number
     }
@@ -399,6 +485,7 @@ impl Builder {
         let mut ranges = Vec::with_capacity(ports.len());
         for (i, p) in ports.iter().enumerate() {
             match p {
+                PortSpec::Number(0) => self.error(object, format!("{field}[{i}]"), "0 is not a port number (1-65535)"),
                 PortSpec::Number(n) => ranges.push((*n, *n)),
                 PortSpec::Text(t) => match parse_port_range(t) {
                     Ok(r) => ranges.push(r),
@@ -463,8 +550,10 @@ impl Builder {
         }
         let mut service_accounts: HashMap<String, HashMap<String, BTreeMap<String, String>>> = HashMap::new();
         for (i, sa) in config.service_accounts.iter().enumerate() {
-            if sa.name.is_empty() || sa.namespace.is_empty() {
-                self.error(&format!("serviceAccounts[{i}]"), "name", "namespace and name must not be empty");
+            if sa.namespace.is_empty() {
+                self.error(&format!("serviceAccounts[{i}]"), "namespace", "must not be empty");
+            } else if sa.name.is_empty() {
+                self.error(&format!("serviceAccounts[{i}]"), "name", "must not be empty");
             } else if service_accounts.entry(sa.namespace.clone()).or_default().insert(sa.name.clone(), sa.labels.clone()).is_some() {
                 self.error(&format!("ServiceAccount {}/{}", sa.namespace, sa.name), "name", "duplicate service account");
             }
@@ -475,8 +564,12 @@ impl Builder {
         let mut first_seen: HashMap<IpAddr, usize> = HashMap::new();
         for (i, ep) in config.endpoints.iter().enumerate() {
             let object = format!("endpoints[{i}]");
-            if ep.namespace.is_empty() || ep.service_account.is_empty() {
-                self.error(&object, "namespace", "namespace and serviceAccount must not be empty");
+            if ep.namespace.is_empty() {
+                self.error(&object, "namespace", "must not be empty");
+                continue;
+            }
+            if ep.service_account.is_empty() {
+                self.error(&object, "serviceAccount", "must not be empty");
                 continue;
             }
             let group = Group::new(&ep.namespace, &ep.service_account, &ep.labels);
