@@ -1,6 +1,8 @@
 //! What the filter does when things are not as they should be: bad configs,
 //! no config, no workload identity, and no NETWORK role to vouch for the peer.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
+
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::time::Duration;

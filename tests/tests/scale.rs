@@ -2,6 +2,8 @@
 //! enforce; the time `on_configure` took (measured by the filter with the
 //! host clock, exported as a gauge) is printed for the record.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
+
 use std::net::Ipv4Addr;
 
 use krites_bench::{generate, target_workload, to_json, Scale, DEFAULT_SEED};

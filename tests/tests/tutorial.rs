@@ -1,6 +1,8 @@
 //! The YAO Bank tutorial end to end, in real Envoys running the built module:
 //! every step's status code, the 403's shape, the stats and the denial logs.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
+
 use std::time::Duration;
 
 use krites_testbed::yaobank::{tutorial_steps, Bank, POLICY_CONFIG};

@@ -57,6 +57,9 @@ pub struct WorkloadPolicy {
     group_rules: Vec<u32>,
     /// Positions of identity rules an unknown address satisfies.
     unknown: Vec<u32>,
+    /// Positions of identity rules that restrict (Deny/Log): the only identity
+    /// rules that can match when the two factors disagree.
+    restricting: Vec<u32>,
     /// Some Deny/Log rule has source identity clauses: a certificate from an
     /// unknown address then needs the slow path (such rules take either factor).
     deny_by_identity: bool,
@@ -123,6 +126,7 @@ impl WorkloadPolicy {
         let mut per_group: Vec<Vec<u32>> = vec![Vec::new(); groups];
         let mut free = Vec::new();
         let mut unknown = Vec::new();
+        let mut restricting = Vec::new();
         let mut deny_by_identity = false;
         for (pos, &index) in (0u32..).zip(&rules) {
             let Some(rule) = set.rules.get(index as usize) else { continue };
@@ -131,7 +135,10 @@ impl WorkloadPolicy {
                 free.push(pos);
                 continue;
             }
-            deny_by_identity |= matches!(rule.action, Action::Deny | Action::Log);
+            if matches!(rule.action, Action::Deny | Action::Log) {
+                deny_by_identity = true;
+                restricting.push(pos);
+            }
             for g in identity.matching_groups(universe).ones() {
                 if let Some(list) = per_group.get_mut(g) {
                     list.push(pos);
@@ -156,6 +163,7 @@ impl WorkloadPolicy {
             group_offsets,
             group_rules,
             unknown,
+            restricting,
             deny_by_identity,
             policies_selecting,
             needs,
@@ -189,15 +197,24 @@ impl WorkloadPolicy {
     /// Decides one request; `on_log` sees every matching Log rule.
     pub fn decide_logging<'p, 'r>(&'p self, facts: &RequestFacts<'r>, on_log: &mut dyn FnMut(&Rule)) -> Decision<'p, 'r> {
         let (identity, group) = self.identify(facts);
-        let fast = match identity {
-            IdentityCheck::Address { owner } => Some(owner),
-            IdentityCheck::Verified { owner } => Some(Some(owner)),
-            IdentityCheck::UnknownAddress { .. } if !self.deny_by_identity => Some(None),
-            _ => None,
-        };
-        let candidates = match fast {
-            Some(owner) => Candidates::Indexed { free: &self.free, identity: self.group_list(owner.and(group)) },
-            None => Candidates::All,
+        let none: &[u32] = &[];
+        let candidates = match identity {
+            // Factors agree (or only the address speaks): the group's list is exact.
+            IdentityCheck::Address { .. } | IdentityCheck::Verified { .. } => {
+                Candidates::Lists { lists: [&self.free, self.group_list(group), none], check_identity: false }
+            }
+            IdentityCheck::UnknownAddress { .. } if !self.deny_by_identity => {
+                Candidates::Lists { lists: [&self.free, &self.unknown, none], check_identity: false }
+            }
+            // A certificate from an unknown address: granting rules see an
+            // unknown address, restricting ones also the certificate.
+            IdentityCheck::UnknownAddress { .. } => {
+                Candidates::Lists { lists: [&self.free, &self.unknown, &self.restricting], check_identity: true }
+            }
+            // Factors disagree: granting identity rules cannot match.
+            IdentityCheck::Mismatch { .. } | IdentityCheck::NoSpiffeId { .. } => {
+                Candidates::Lists { lists: [&self.free, &self.restricting, none], check_identity: true }
+            }
         };
         self.walk(facts, identity, candidates, on_log)
     }
@@ -287,7 +304,7 @@ impl WorkloadPolicy {
                 let Some(rule) = self.rules.get(pos as usize).and_then(|&i| self.set.rules.get(i as usize)) else {
                     continue;
                 };
-                if matches!(candidates, Candidates::All) && !self.source_identity_matches(rule, &identity) {
+                if candidates.check_identity() && !self.source_identity_matches(rule, &identity) {
                     continue;
                 }
                 if !rest_matches(rule, facts, &mut path) {
@@ -368,31 +385,38 @@ impl<'r> PathCache<'r> {
 /// Which rule positions a walk considers.
 #[derive(Clone, Copy)]
 enum Candidates<'a> {
-    /// Merge of two sorted lists: rules without identity clauses, and those
-    /// the source's group satisfies.
-    Indexed { free: &'a [u32], identity: &'a [u32] },
-    /// Every rule, identity checked directly.
+    /// The union of sorted position lists; `check_identity` when membership
+    /// alone does not settle the source identity clauses.
+    Lists { lists: [&'a [u32]; 3], check_identity: bool },
+    /// Every rule, identity checked directly (the reference walk).
     All,
 }
 
 impl<'a> Candidates<'a> {
+    fn check_identity(self) -> bool {
+        match self {
+            Candidates::Lists { check_identity, .. } => check_identity,
+            Candidates::All => true,
+        }
+    }
+
     fn cursor(self, start: u32) -> Cursor<'a> {
         match self {
-            Candidates::Indexed { free, identity } => Cursor::Merge {
-                a: free.get(free.partition_point(|&p| p < start)..).unwrap_or(&[]),
-                b: identity.get(identity.partition_point(|&p| p < start)..).unwrap_or(&[]),
-            },
+            Candidates::Lists { lists, .. } => {
+                Cursor::Merge(lists.map(|l| l.get(l.partition_point(|&p| p < start)..).unwrap_or(&[])))
+            }
             Candidates::All => Cursor::Range(start),
         }
     }
 }
 
 enum Cursor<'a> {
-    Merge { a: &'a [u32], b: &'a [u32] },
+    Merge([&'a [u32]; 3]),
     Range(u32),
 }
 
 impl Cursor<'_> {
+    /// The next position below `end`, each position once even if several lists hold it.
     fn next_below(&mut self, end: u32) -> Option<u32> {
         match self {
             Cursor::Range(next) => {
@@ -402,19 +426,18 @@ impl Cursor<'_> {
                     pos
                 })
             }
-            Cursor::Merge { a, b } => {
-                let pick_a = match (a.first(), b.first()) {
-                    (Some(x), Some(y)) => x <= y,
-                    (Some(_), None) => true,
-                    (None, Some(_)) => false,
-                    (None, None) => return None,
-                };
-                let list = if pick_a { a } else { b };
-                let (&pos, rest) = list.split_first()?;
+            Cursor::Merge(lists) => {
+                let pos = lists.iter().filter_map(|l| l.first().copied()).min()?;
                 if pos >= end {
                     return None;
                 }
-                *list = rest;
+                for list in lists.iter_mut() {
+                    if let Some((&head, rest)) = list.split_first() {
+                        if head == pos {
+                            *list = rest;
+                        }
+                    }
+                }
                 Some(pos)
             }
         }

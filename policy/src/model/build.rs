@@ -391,11 +391,8 @@ impl Builder {
     }
 
     fn protocol(&mut self, object: &str, field: &str, spec: Option<&ProtocolSpec>) -> Option<u8> {
+        let spec = spec?;
         let number = match spec {
-            None => return None,
-            Some(spec) => spec,
-        };
-        let number = match number {
             ProtocolSpec::Number(0) => None,
             ProtocolSpec::Number(n) => Some(*n),
             ProtocolSpec::Name(name) => match name.to_ascii_uppercase().as_str() {
@@ -410,9 +407,8 @@ impl Builder {
         };
         if number.is_none() {
             let shown = match spec {
-                Some(ProtocolSpec::Number(n)) => n.to_string(),
-                Some(ProtocolSpec::Name(n)) => format!("{n:?}"),
-                None => String::new(),
+                ProtocolSpec::Number(n) => n.to_string(),
+                ProtocolSpec::Name(n) => format!("{n:?}"),
             };
             self.error(object, field, format!("{shown} is not TCP, UDP, ICMP, ICMPv6, SCTP, UDPLite or 1-255"));
         }
