@@ -47,7 +47,9 @@ test-wasm:
 
 test: lint test-native test-wasm
 
-demo: build
+demo:
+	@scripts/setup.sh demo
+	@$(MAKE) --no-print-directory build
 	$(CARGO) run -q -p krites-testbed --bin krites-demo -- $(ARGS)
 
 bench:

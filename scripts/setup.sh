@@ -34,6 +34,9 @@ if ! [ -x .venv/bin/envoy ] || ! .venv/bin/envoy --version 2>/dev/null | grep -q
 fi
 say "$(.venv/bin/envoy --version | tr -s ' ' | sed 's/^ //' | head -1)"
 
+# `setup.sh demo` stops here: the demo needs no test runner.
+if [ "${1:-}" = demo ]; then say "done"; exit 0; fi
+
 # wasm-bindgen's test runner, matching the wasm-bindgen version in Cargo.lock,
 # runs the engine's tests compiled to wasm32 under Node.
 wb_version=$(awk '/^name = "wasm-bindgen"$/ {getline; gsub(/"/, "", $3); print $3; exit}' Cargo.lock)
