@@ -82,7 +82,7 @@ fn with_universe(endpoints: Value, namespaces: Value, service_accounts: Value) -
     json!({"version": 1, "endpoints": endpoints, "namespaces": namespaces, "serviceAccounts": service_accounts})
 }
 
-const P: &str = "GlobalNetworkPolicy p";
+const P: &str = "GlobalNetworkPolicy/p";
 
 /// The YAO Bank tutorial config (copied from the engine tests).
 fn yaobank() -> Value {
@@ -161,19 +161,19 @@ fn rejected_configs() {
         // ---- tiers
         ("empty tier name", json!({"version": 1, "tiers": [{"name": ""}]}), "tiers[0]", "name", "must not be empty"),
         ("duplicate tier", json!({"version": 1, "tiers": [{"name": "security"}, {"name": "security", "order": 5}]}),
-         "Tier security", "name", "duplicate tier"),
+         "Tier/security", "name", "duplicate tier"),
         // ---- policy metadata and spec
         ("duplicate GlobalNetworkPolicy", with_policies(json!([gnp(json!({})), gnp(json!({"order": 5}))])),
          P, "metadata.name", "duplicate policy"),
         ("duplicate NetworkPolicy in one namespace",
          with_policies(json!([{"name": "np", "namespace": "prod"}, {"name": "np", "namespace": "prod", "order": 1}])),
-         "NetworkPolicy prod/np", "metadata.name", "duplicate policy"),
+         "NetworkPolicy/prod/np", "metadata.name", "duplicate policy"),
         ("duplicate policy keeps its kind in the object",
          with_policies(json!([{"name": "knp.default.x", "namespace": "prod", "kind": "KubernetesNetworkPolicy"},
                               {"name": "knp.default.x", "namespace": "prod", "kind": "KubernetesNetworkPolicy"}])),
-         "KubernetesNetworkPolicy prod/knp.default.x", "metadata.name", "duplicate policy"),
+         "KubernetesNetworkPolicy/prod/knp.default.x", "metadata.name", "duplicate policy"),
         ("empty policy namespace", with_policies(json!([{"name": "p", "namespace": ""}])),
-         "NetworkPolicy /p", "metadata.namespace", "must not be empty"),
+         "NetworkPolicy//p", "metadata.namespace", "must not be empty"),
         ("undeclared tier", with_policies(json!([gnp(json!({"tier": "nope"}))])),
          P, "spec.tier", "tier \"nope\" is not declared"),
         ("bad policy selector points at the column", with_policies(json!([gnp(json!({"selector": "app == db"}))])),
@@ -187,7 +187,7 @@ fn rejected_configs() {
          P, "spec.selector", "global() is only allowed"),
         ("namespaceSelector on a namespaced policy",
          with_policies(json!([{"name": "p", "namespace": "prod", "namespaceSelector": "env == 'prod'"}])),
-         "NetworkPolicy prod/p", "spec.namespaceSelector", "only a GlobalNetworkPolicy may select workloads by namespace"),
+         "NetworkPolicy/prod/p", "spec.namespaceSelector", "only a GlobalNetworkPolicy may select workloads by namespace"),
         ("global() in a GNP namespaceSelector", with_policies(json!([gnp(json!({"namespaceSelector": "global()"}))])),
          P, "spec.namespaceSelector", "global() is only allowed"),
         ("bad GNP namespaceSelector", with_policies(json!([gnp(json!({"namespaceSelector": "env in 'prod'"}))])),
@@ -347,12 +347,12 @@ fn rejected_configs() {
          "endpoints[0]", "namespace", "must not be empty"),
         ("duplicate namespace",
          with_universe(json!([]), json!([{"name": "prod"}, {"name": "dev"}, {"name": "prod", "labels": {"env": "x"}}]), json!([])),
-         "Namespace prod", "name", "duplicate namespace"),
+         "Namespace/prod", "name", "duplicate namespace"),
         ("empty namespace name", with_universe(json!([]), json!([{"name": ""}]), json!([])),
          "namespaces[0]", "name", "must not be empty"),
         ("duplicate service account",
          with_universe(json!([]), json!([]), json!([{"namespace": "prod", "name": "web"}, {"namespace": "prod", "name": "web"}])),
-         "ServiceAccount prod/web", "name", "duplicate service account"),
+         "ServiceAccount/prod/web", "name", "duplicate service account"),
         ("empty service account name",
          with_universe(json!([]), json!([]), json!([{"namespace": "prod", "name": ""}])),
          "serviceAccounts[0]", "name", "must not be empty"),
@@ -454,8 +454,8 @@ fn every_bad_object_is_reported() {
     assert_eq!(
         got,
         vec![
-            ("GlobalNetworkPolicy bad-selector", "spec.selector"),
-            ("Namespace prod", "name"),
+            ("GlobalNetworkPolicy/bad-selector", "spec.selector"),
+            ("Namespace/prod", "name"),
             ("endpoints[1]", "ips[0]"),
         ],
         "{errors:#?}"
@@ -490,7 +490,7 @@ fn every_bad_object_is_reported() {
     // The Display of all errors joins them with "; ".
     let text = ConfigErrors(errors.clone()).to_string();
     assert_eq!(text.matches("; ").count(), errors.len() - 1, "{text}");
-    assert!(text.starts_with("GlobalNetworkPolicy p: spec.tier: tier \"nope\" is not declared; "), "{text}");
+    assert!(text.starts_with("GlobalNetworkPolicy/p: spec.tier: tier \"nope\" is not declared; "), "{text}");
 }
 
 /// Configs that must compile.

@@ -67,7 +67,7 @@ fn bad_config_is_rejected_and_the_last_good_one_keeps_enforcing() {
     let bad = POLICY_CONFIG.replace("app == 'database'", "app == 'database");
     assert_eq!(rig.db.reconfigure(&bad, Duration::from_secs(10)).unwrap(), EcdsOutcome::Rejected);
     let line = rig.db.wait_for_log("config rejected", Duration::from_secs(5)).unwrap();
-    assert!(line.contains("GlobalNetworkPolicy database: spec.selector"), "{line}");
+    assert!(line.contains("GlobalNetworkPolicy/database: spec.selector"), "{line}");
     assert!(line.contains("unterminated string"), "{line}");
     assert!(rig.stat("krites_config_errors_total") >= 1);
     // Still enforcing the old policy: summary in, attacker out.

@@ -493,3 +493,70 @@ fn index_agrees_with_direct_evaluation_exhaustively() {
     }
     assert_eq!(n, 7 * 7 * 3);
 }
+
+/// Leaving out the endpoints `referenced_groups` does not list changes no
+/// decision, for any source address (kept or dropped) and any certificate.
+#[test]
+fn unreferenced_endpoints_can_be_left_out() {
+    let policies = json!([
+        p("a", json!({"tier": "security", "ingress": [
+            {"action": "Deny", "source": {"selector": "app == 'tool'"}},
+            {"action": "Log", "source": {"serviceAccounts": {"names": ["tool"]}}},
+            {"action": "Pass", "source": {"namespaceSelector": "env == 'dev'"}}
+        ]})),
+        p("b", json!({"ingress": [
+            {"action": "Allow", "source": {"selector": "role == 'frontend'"}, "http": {"methods": ["GET"]}},
+            {"action": "Allow", "source": {"notSelector": "app == 'api'"}},
+            {"action": "Deny", "source": {"notSelector": "app == 'web'"}}
+        ]}))
+    ]);
+    let extra = json!([
+        {"namespace": "prod", "serviceAccount": "batch", "labels": {"app": "batch", "role": "worker"}, "ips": ["10.1.0.7"]},
+        {"namespace": "dev", "serviceAccount": "tool", "labels": {"app": "tool", "role": "x"}, "ips": ["10.2.0.8"]}
+    ]);
+    let full = one_workload(policies.clone(), extra.clone());
+    let set = full.policy_set();
+    let referenced = set.referenced_groups(|_| true);
+    let universe = set.universe();
+    // prod/batch is named by no clause in a way that sets it apart from an unknown address.
+    assert_eq!(referenced.count_ones(..), universe.group_count() - 1, "the fixture should leave out prod/batch only");
+    // A restricting `!has(x)` rule needs every pod with `x`: its certificate alone would match.
+    let negated = one_workload(json!([p("n", json!({"ingress": [{"action": "Deny", "source": {"selector": "!has(role)"}}]}))]), extra.clone());
+    let n = negated.policy_set();
+    assert_eq!(n.referenced_groups(|_| true).count_ones(..), n.universe().group_count());
+    // Rebuild the config with only referenced groups.
+    let mut endpoints = vec![];
+    for (g, group) in (0..universe.group_count()).filter_map(|g| universe.group(g as u32).map(|x| (g, x))) {
+        if referenced.contains(g) {
+            let ips: Vec<String> = ["10.1.0.1", "10.1.0.2", "fd00::2", "10.2.0.1", "10.2.0.9", "10.1.0.7", "10.2.0.8"]
+                .iter()
+                .filter(|ip| universe.owner_of(ip.parse().unwrap()) == Some(g as u32))
+                .map(|s| s.to_string())
+                .collect();
+            let labels: BTreeMap<String, String> = group.labels.iter().filter(|(k, _)| !k.starts_with("projectcalico.org/")).map(|(k, v)| (k.clone(), v.clone())).collect();
+            endpoints.push(json!({"namespace": group.namespace, "serviceAccount": group.service_account, "labels": labels, "ips": ips}));
+        }
+    }
+    let mut config = json!({
+        "version": 1,
+        "tiers": [{"name": "security", "order": 100}, {"name": "platform", "order": 200, "defaultAction": "Pass"}],
+        "policies": policies,
+        "endpoints": endpoints,
+        "namespaces": [{"name": "prod", "labels": {"env": "prod"}}, {"name": "dev", "labels": {"env": "dev"}}],
+        "serviceAccounts": [
+            {"namespace": "prod", "name": "web", "labels": {"team": "shop"}},
+            {"namespace": "prod", "name": "api", "labels": {"team": "shop", "pci": "yes"}},
+            {"namespace": "dev", "name": "tool", "labels": {"team": "ops"}}
+        ]
+    });
+    let reduced = WorkloadPolicy::new(compile(config.take()), &workload("prod", "db", &[("app", "db")]));
+    let certs: Vec<Option<String>> = vec![None, Some(spiffe("prod", "web")), Some(spiffe("prod", "api")), Some(spiffe("prod", "batch")), Some(spiffe("dev", "tool")), Some(spiffe("dev", "web"))];
+    for from in ["10.1.0.1", "10.1.0.2", "10.2.0.1", "10.2.0.9", "10.1.0.7", "10.2.0.8", OUTSIDE] {
+        for cert in &certs {
+            for method in ["GET", "POST"] {
+                let r = Req { from, cert: cert.as_deref(), method, path: "/", port: Some(8080) };
+                assert_eq!(decide(&full, &r), decide(&reduced, &r), "from {from} cert {cert:?} {method}");
+            }
+        }
+    }
+}

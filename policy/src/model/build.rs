@@ -23,7 +23,7 @@ use crate::selector::Selector;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{object}: {field}: {problem}")]
 pub struct ConfigError {
-    /// e.g. `GlobalNetworkPolicy database`, `NetworkPolicy yaobank/db`, `endpoints[2]`.
+    /// e.g. `GlobalNetworkPolicy/database`, `NetworkPolicy/yaobank/db`, `endpoints[2]`.
     pub object: String,
     /// e.g. `ingress[0].source.selector`.
     pub field: String,
@@ -158,8 +158,8 @@ fn content_revision(config: &PluginConfig) -> String {
 fn policy_object(spec: &PolicySpec) -> String {
     let kind = spec.kind.as_deref().unwrap_or(if spec.namespace.is_some() { "NetworkPolicy" } else { "GlobalNetworkPolicy" });
     match &spec.namespace {
-        Some(ns) => format!("{kind} {ns}/{}", spec.name),
-        None => format!("{kind} {}", spec.name),
+        Some(ns) => format!("{kind}/{ns}/{}", spec.name),
+        None => format!("{kind}/{}", spec.name),
     }
 }
 
@@ -206,7 +206,7 @@ impl Builder {
     fn tiers(&mut self, config: &PluginConfig) -> Vec<Tier> {
         let mut tiers: Vec<Tier> = Vec::new();
         for (i, spec) in config.tiers.iter().enumerate() {
-            let object = format!("Tier {}", spec.name);
+            let object = format!("Tier/{}", spec.name);
             if spec.name.is_empty() {
                 self.error(&format!("tiers[{i}]"), "name", "must not be empty");
                 continue;
@@ -541,7 +541,7 @@ impl Builder {
             if ns.name.is_empty() {
                 self.error(&format!("namespaces[{i}]"), "name", "must not be empty");
             } else if namespaces.insert(ns.name.clone(), ns.labels.clone()).is_some() {
-                self.error(&format!("Namespace {}", ns.name), "name", "duplicate namespace");
+                self.error(&format!("Namespace/{}", ns.name), "name", "duplicate namespace");
             }
         }
         let mut service_accounts: HashMap<String, HashMap<String, BTreeMap<String, String>>> = HashMap::new();
@@ -551,7 +551,7 @@ impl Builder {
             } else if sa.name.is_empty() {
                 self.error(&format!("serviceAccounts[{i}]"), "name", "must not be empty");
             } else if service_accounts.entry(sa.namespace.clone()).or_default().insert(sa.name.clone(), sa.labels.clone()).is_some() {
-                self.error(&format!("ServiceAccount {}/{}", sa.namespace, sa.name), "name", "duplicate service account");
+                self.error(&format!("ServiceAccount/{}/{}", sa.namespace, sa.name), "name", "duplicate service account");
             }
         }
         let mut groups: Vec<Group> = Vec::new();

@@ -4,6 +4,7 @@
 //! Building it is where every config error is found; nothing here can fail later.
 
 mod build;
+mod referenced;
 pub mod identity;
 pub mod universe;
 
