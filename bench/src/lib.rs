@@ -641,6 +641,7 @@ pub fn target_workload(scale: &Scale) -> Workload {
             namespace: world.namespace_of(d).name.clone(),
             service_account: d.service_account.clone(),
             labels: world.labels(d),
+            ports: BTreeMap::new(),
         },
         None => Workload::default(),
     }

@@ -164,7 +164,32 @@ pub fn workload_from_node(host: &impl Host) -> Result<Workload, String> {
         None => BTreeMap::new(),
         Some(bytes) => decode_string_map(&bytes).map_err(|e| format!("node metadata LABELS: {e}"))?,
     };
-    Ok(Workload { namespace, service_account, labels })
+    let ports = match host.property(&["xds", "node", "metadata", "POD_PORTS"]) {
+        None => BTreeMap::new(),
+        Some(bytes) => parse_pod_ports(&bytes).map_err(|e| format!("node metadata POD_PORTS: {e}"))?,
+    };
+    Ok(Workload { namespace, service_account, labels, ports })
+}
+
+/// Istio's `POD_PORTS`: the pod's container ports as a JSON string,
+/// `[{"name":"http","containerPort":8080,"protocol":"TCP"}]`. Named TCP ports
+/// are what named destination ports in rules resolve against.
+pub fn parse_pod_ports(bytes: &[u8]) -> Result<BTreeMap<String, u16>, String> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct ContainerPort {
+        #[serde(default)]
+        name: Option<String>,
+        container_port: u16,
+        #[serde(default)]
+        protocol: Option<String>,
+    }
+    let ports: Vec<ContainerPort> = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    Ok(ports
+        .into_iter()
+        .filter(|p| p.protocol.as_deref().is_none_or(|proto| proto.eq_ignore_ascii_case("TCP")))
+        .filter_map(|p| p.name.filter(|n| !n.is_empty()).map(|n| (n, p.container_port)))
+        .collect())
 }
 
 #[cfg(test)]
@@ -290,6 +315,16 @@ mod tests {
         let w = workload_from_node(&host).unwrap();
         assert_eq!((w.namespace.as_str(), w.service_account.as_str()), ("yaobank", "database"));
         assert_eq!(w.labels.get("app").map(String::as_str), Some("database"));
+        assert!(w.ports.is_empty());
+        host.properties.insert(
+            "xds.node.metadata.POD_PORTS".into(),
+            br#"[{"name":"http","containerPort":8080,"protocol":"TCP"},{"name":"dns","containerPort":53,"protocol":"UDP"},{"containerPort":9090}]"#.to_vec(),
+        );
+        let w = workload_from_node(&host).unwrap();
+        assert_eq!(w.ports, BTreeMap::from([("http".to_string(), 8080)]));
+        host.properties.insert("xds.node.metadata.POD_PORTS".into(), b"not json".to_vec());
+        assert!(workload_from_node(&host).unwrap_err().contains("POD_PORTS"));
+        host.properties.remove("xds.node.metadata.POD_PORTS");
         host.properties.remove("xds.node.metadata.SERVICE_ACCOUNT");
         assert!(workload_from_node(&host).unwrap_err().contains("SERVICE_ACCOUNT"));
     }

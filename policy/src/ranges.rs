@@ -35,6 +35,11 @@ impl<T: Ord + Copy + Successor> RangeSet<T> {
     pub fn is_empty(&self) -> bool {
         self.ranges.is_empty()
     }
+
+    /// This set plus `more` ranges.
+    pub fn with(&self, more: impl IntoIterator<Item = (T, T)>) -> Self {
+        RangeSet::from_ranges(self.ranges.iter().copied().chain(more).collect())
+    }
 }
 
 pub trait Successor: Sized {
@@ -60,13 +65,22 @@ impl Successor for u128 {
 /// Destination or source ports: numbers and `min:max` ranges.
 pub type PortSet = RangeSet<u16>;
 
+/// A Kubernetes port name (IANA_SVC_NAME): lower-case letters, digits and
+/// `-`, at most 15 characters, at least one letter, no leading/trailing `-`.
+pub fn is_port_name(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 15
+        && text.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && text.bytes().any(|b| b.is_ascii_lowercase())
+        && !text.starts_with('-')
+        && !text.ends_with('-')
+        && !text.contains("--")
+}
+
 /// Parses `"80"` or `"8000:8080"` (ports 1-65535, as Calico). Named ports
 /// are resolved by the producer.
 pub fn parse_port_range(text: &str) -> Result<(u16, u16), String> {
     let parse = |s: &str| -> Result<u16, String> {
-        if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') && s.chars().any(|c| c.is_ascii_alphabetic()) {
-            return Err(format!("named port {s:?} must be resolved to a number before it reaches the filter"));
-        }
         match s.parse::<u16>() {
             Ok(p) if p > 0 && s.bytes().all(|b| b.is_ascii_digit()) => Ok(p),
             _ => Err(format!("{s:?} is not a port number (1-65535)")),
@@ -221,7 +235,10 @@ mod tests {
         assert!(parse_port_range("0:80").is_err());
         assert!(parse_port_range("+80").is_err());
         assert!(parse_port_range(" 80 : 90 ").is_err());
-        assert!(parse_port_range("http").unwrap_err().contains("named port"));
+        assert!(parse_port_range("http").is_err());
+        for (name, ok) in [("http", true), ("http-alt", true), ("h2", true), ("8080", false), ("HTTP", false), ("-x", false), ("a--b", false), ("abcdefghijklmnop", false)] {
+            assert_eq!(is_port_name(name), ok, "{name}");
+        }
         let set = PortSet::from_ranges(vec![(80, 80), (8000, 8080), (65535, 65535)]);
         for (p, want) in [(80, true), (81, false), (8000, true), (8050, true), (8081, false), (65535, true), (0, false)] {
             assert_eq!(set.contains(p), want, "port {p}");

@@ -23,6 +23,7 @@ pub use facts::{Peer, RequestFacts};
 use crate::config::{Action, TierDefaultAction};
 use crate::model::{Group, PolicySet, Rule, SourceView};
 use crate::path::{normalize, PathError};
+use crate::ranges::PortSet;
 use crate::spiffe::SpiffeId;
 
 /// The workload a filter instance protects, as Istio's node metadata describes it.
@@ -31,6 +32,9 @@ pub struct Workload {
     pub namespace: String,
     pub service_account: String,
     pub labels: BTreeMap<String, String>,
+    /// Named TCP container ports (Istio's `POD_PORTS` node metadata), for
+    /// rules that name destination ports.
+    pub ports: BTreeMap<String, u16>,
 }
 
 /// A tier that selects the workload: its rules are `rules[start..end]`.
@@ -49,6 +53,9 @@ pub struct WorkloadPolicy {
     tiers: Vec<TierSlice>,
     /// Applicable rules in evaluation order (indexes into `set.rules`).
     rules: Vec<u32>,
+    /// Destination port sets of rules that name ports, resolved against this
+    /// workload's container ports: (position, ports, notPorts), by position.
+    resolved_ports: Vec<(u32, Option<PortSet>, Option<PortSet>)>,
     /// Positions (into `rules`) of rules without source identity clauses.
     free: Vec<u32>,
     /// Positions of identity rules each endpoint group satisfies, CSR layout:
@@ -114,6 +121,16 @@ impl WorkloadPolicy {
             }
         }
 
+        let resolve = |set: &Option<PortSet>, names: &[String]| {
+            set.as_ref().map(|s| s.with(names.iter().filter_map(|n| workload.ports.get(n)).map(|&p| (p, p))))
+        };
+        let mut resolved_ports = Vec::new();
+        for (pos, rule) in (0u32..).zip(&rules).filter_map(|(pos, &i)| set.rules.get(i as usize).map(|r| (pos, r))) {
+            let d = &rule.destination;
+            if d.has_port_names() {
+                resolved_ports.push((pos, resolve(&d.ports, &d.port_names), resolve(&d.not_ports, &d.not_port_names)));
+            }
+        }
         let mut needs = Needs::default();
         for rule in rules.iter().filter_map(|&i| set.rules.get(i as usize)) {
             needs.source_port |= rule.source.ports.is_some() || rule.source.not_ports.is_some();
@@ -159,6 +176,7 @@ impl WorkloadPolicy {
             set,
             tiers,
             rules,
+            resolved_ports,
             free,
             group_offsets,
             group_rules,
@@ -224,6 +242,17 @@ impl WorkloadPolicy {
     pub fn decide_unindexed<'p, 'r>(&'p self, facts: &RequestFacts<'r>) -> Decision<'p, 'r> {
         let (identity, _) = self.identify(facts);
         self.walk(facts, identity, Candidates::All, &mut |_| {})
+    }
+
+    /// Destination (ports, notPorts) for the rule at `pos`, names resolved.
+    fn resolved_ports<'a>(&'a self, pos: u32, rule: &'a Rule) -> (Option<&'a PortSet>, Option<&'a PortSet>) {
+        if !rule.destination.has_port_names() {
+            return (rule.destination.ports.as_ref(), rule.destination.not_ports.as_ref());
+        }
+        match self.resolved_ports.binary_search_by_key(&pos, |(p, _, _)| *p) {
+            Ok(i) => self.resolved_ports.get(i).map_or((None, None), |(_, a, b)| (a.as_ref(), b.as_ref())),
+            Err(_) => (rule.destination.ports.as_ref(), rule.destination.not_ports.as_ref()),
+        }
     }
 
     fn group_list(&self, group: Option<u32>) -> &[u32] {
@@ -307,7 +336,7 @@ impl WorkloadPolicy {
                 if candidates.check_identity() && !self.source_identity_matches(rule, &identity) {
                     continue;
                 }
-                if !rest_matches(rule, facts, &mut path) {
+                if !rest_matches(rule, self.resolved_ports(pos, rule), facts, &mut path) {
                     continue;
                 }
                 match rule.action {
@@ -334,7 +363,12 @@ fn position(n: usize) -> u32 {
 }
 
 /// Everything but source identity: IP version, addresses, ports, HTTP.
-fn rest_matches(rule: &Rule, facts: &RequestFacts<'_>, path: &mut PathCache<'_>) -> bool {
+fn rest_matches(
+    rule: &Rule,
+    (ports, not_ports): (Option<&PortSet>, Option<&PortSet>),
+    facts: &RequestFacts<'_>,
+    path: &mut PathCache<'_>,
+) -> bool {
     let restricts = matches!(rule.action, Action::Deny | Action::Log);
     if let Some(version) = rule.ip_version {
         let family = match facts.source_ip.map(|ip| ip.to_canonical()) {
@@ -347,7 +381,7 @@ fn rest_matches(rule: &Rule, facts: &RequestFacts<'_>, path: &mut PathCache<'_>)
         }
     }
     if !rule.source.matches_address(facts.source_ip, facts.source_port, restricts)
-        || !rule.destination.matches_address(facts.destination_ip, facts.destination_port, restricts)
+        || !rule.destination.matches_address_with(facts.destination_ip, facts.destination_port, restricts, ports, not_ports)
     {
         return false;
     }

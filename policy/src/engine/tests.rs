@@ -23,6 +23,7 @@ pub(crate) fn workload(ns: &str, sa: &str, labels: &[(&str, &str)]) -> Workload 
         namespace: ns.into(),
         service_account: sa.into(),
         labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
+        ports: BTreeMap::from([("http".to_string(), 8080)]),
     }
 }
 
@@ -303,6 +304,15 @@ fn semantics_table() {
         ("destination ports",
          json!([p("a", json!({"ingress": [{"action": "Allow", "protocol": "TCP", "destination": {"ports": [8080, "9000:9100"]}}]}))]),
          req(WEB, None, "GET", "/"), Allow, "default/a/ingress[0]"),
+        ("destination named port resolves against the workload's container ports",
+         json!([p("a", json!({"ingress": [{"action": "Allow", "protocol": "TCP", "destination": {"ports": ["http"]}}]}))]),
+         req(WEB, None, "GET", "/"), Allow, "default/a/ingress[0]"),
+        ("destination named port the workload lacks matches nothing",
+         json!([p("a", json!({"ingress": [{"action": "Allow", "protocol": "TCP", "destination": {"ports": ["grpc"]}}]}))]),
+         req(WEB, None, "GET", "/"), Deny, "tier/default"),
+        ("destination notPorts by name",
+         json!([p("a", json!({"ingress": [{"action": "Allow", "protocol": "TCP", "destination": {"notPorts": ["http", 9090]}}]}))]),
+         req(WEB, None, "GET", "/"), Deny, "tier/default"),
         ("destination ports: other port",
          json!([p("a", json!({"ingress": [{"action": "Allow", "protocol": "TCP", "destination": {"ports": [80]}}]}))]),
          req(WEB, None, "GET", "/"), Deny, "tier/default"),

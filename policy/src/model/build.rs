@@ -16,7 +16,7 @@ use crate::config::{
     Action, EntityRuleSpec, HttpMatchSpec, PluginConfig, PolicySpec, PolicyType, PortSpec, ProtocolSpec, RuleSpec,
     TierDefaultAction, CONFIG_VERSION,
 };
-use crate::ranges::{parse_port_range, NetSet, PortSet};
+use crate::ranges::{is_port_name, parse_port_range, NetSet, PortSet};
 use crate::selector::Selector;
 
 /// One problem in one object.
@@ -425,8 +425,9 @@ impl Builder {
         }
         let nets = self.nets(&spec.nets, object, &format!("{field}.nets"));
         let not_nets = self.nets(&spec.not_nets, object, &format!("{field}.notNets"));
-        let ports = self.ports(&spec.ports, object, &format!("{field}.ports"));
-        let not_ports = self.ports(&spec.not_ports, object, &format!("{field}.notPorts"));
+        let source = field.ends_with(".source");
+        let (ports, port_names) = self.ports(&spec.ports, object, &format!("{field}.ports"), source);
+        let (not_ports, not_port_names) = self.ports(&spec.not_ports, object, &format!("{field}.notPorts"), source);
         let selector = self.selector(object, &format!("{field}.selector"), spec.selector.as_deref(), false);
         let not_selector = self.selector(object, &format!("{field}.notSelector"), spec.not_selector.as_deref(), false);
         let namespace_selector =
@@ -457,6 +458,8 @@ impl Builder {
             not_nets,
             ports,
             not_ports,
+            port_names,
+            not_port_names,
             identity: IdentityMatch { selector, not_selector, namespace, service_accounts },
         })
     }
@@ -474,22 +477,30 @@ impl Builder {
         }
     }
 
-    fn ports(&mut self, ports: &[PortSpec], object: &str, field: &str) -> Option<PortSet> {
+    /// Numeric ports and ranges, and (destination only) port names.
+    fn ports(&mut self, ports: &[PortSpec], object: &str, field: &str, source: bool) -> (Option<PortSet>, Vec<String>) {
         if ports.is_empty() {
-            return None;
+            return (None, Vec::new());
         }
         let mut ranges = Vec::with_capacity(ports.len());
+        let mut names = Vec::new();
         for (i, p) in ports.iter().enumerate() {
             match p {
                 PortSpec::Number(0) => self.error(object, format!("{field}[{i}]"), "0 is not a port number (1-65535)"),
                 PortSpec::Number(n) => ranges.push((*n, *n)),
+                PortSpec::Text(t) if is_port_name(t) && source => self.error(
+                    object,
+                    format!("{field}[{i}]"),
+                    format!("named port {t:?}: source ports must be numbers (a name resolves against the destination workload's container ports)"),
+                ),
+                PortSpec::Text(t) if is_port_name(t) => names.push(t.clone()),
                 PortSpec::Text(t) => match parse_port_range(t) {
                     Ok(r) => ranges.push(r),
-                    Err(problem) => self.error(object, format!("{field}[{i}]"), problem),
+                    Err(problem) => self.error(object, format!("{field}[{i}]"), format!("{problem}, or a port name")),
                 },
             }
         }
-        Some(PortSet::from_ranges(ranges))
+        (Some(PortSet::from_ranges(ranges)), names)
     }
 
     fn http(&mut self, spec: &HttpMatchSpec, object: &str, field: &str) -> Option<HttpMatch> {

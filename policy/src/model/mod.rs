@@ -102,14 +102,28 @@ pub struct Rule {
 pub struct EntityMatch {
     pub nets: Option<NetSet>,
     pub not_nets: Option<NetSet>,
+    /// Numeric ports; `Some` whenever the rule lists ports (even if all are
+    /// named, so that an unresolved name matches nothing).
     pub ports: Option<PortSet>,
     pub not_ports: Option<PortSet>,
+    /// Named ports (destination only): resolved per workload from its
+    /// container ports, as Calico resolves them per pod.
+    pub port_names: Vec<String>,
+    pub not_port_names: Vec<String>,
     pub identity: IdentityMatch,
 }
 
 impl EntityMatch {
     pub fn any() -> EntityMatch {
-        EntityMatch { nets: None, not_nets: None, ports: None, not_ports: None, identity: IdentityMatch::any() }
+        EntityMatch {
+            nets: None,
+            not_nets: None,
+            ports: None,
+            not_ports: None,
+            port_names: Vec::new(),
+            not_port_names: Vec::new(),
+            identity: IdentityMatch::any(),
+        }
     }
 
     /// The address and port tests (identity is checked separately).
@@ -118,12 +132,28 @@ impl EntityMatch {
     /// test of a rule that grants, and passes every test of a rule that
     /// restricts (`restricts`: Deny/Log), so missing facts never loosen policy.
     pub fn matches_address(&self, ip: Option<std::net::IpAddr>, port: Option<u16>, restricts: bool) -> bool {
+        self.matches_address_with(ip, port, restricts, self.ports.as_ref(), self.not_ports.as_ref())
+    }
+
+    /// As [`Self::matches_address`], with port sets resolved for a workload.
+    pub fn matches_address_with(
+        &self,
+        ip: Option<std::net::IpAddr>,
+        port: Option<u16>,
+        restricts: bool,
+        ports: Option<&PortSet>,
+        not_ports: Option<&PortSet>,
+    ) -> bool {
         let nets_ok = |set: &NetSet, want_in: bool| ip.map_or(restricts, |ip| set.contains(ip) == want_in);
         let ports_ok = |set: &PortSet, want_in: bool| port.map_or(restricts, |p| set.contains(p) == want_in);
         self.nets.as_ref().is_none_or(|s| nets_ok(s, true))
             && self.not_nets.as_ref().is_none_or(|s| nets_ok(s, false))
-            && self.ports.as_ref().is_none_or(|s| ports_ok(s, true))
-            && self.not_ports.as_ref().is_none_or(|s| ports_ok(s, false))
+            && ports.is_none_or(|s| ports_ok(s, true))
+            && not_ports.is_none_or(|s| ports_ok(s, false))
+    }
+
+    pub fn has_port_names(&self) -> bool {
+        !self.port_names.is_empty() || !self.not_port_names.is_empty()
     }
 }
 
