@@ -193,6 +193,7 @@ impl HttpContext for Request {
         match decision.identity {
             IdentityCheck::Mismatch { .. } => Metrics::bump(m.identity_mismatch),
             IdentityCheck::NoSpiffeId { .. } => Metrics::bump(m.identity_no_spiffe_id),
+            IdentityCheck::UnknownAddress { .. } => Metrics::bump(m.identity_unknown_address),
             _ => {}
         }
         Metrics::bump(m.reason(decision.reason));

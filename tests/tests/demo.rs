@@ -11,6 +11,6 @@ fn demo_plays_the_tutorial_and_exits() {
     assert!(stdout.contains("Act 1: no policy"), "{stdout}");
     assert!(stdout.contains("Envoy restarted: no"), "{stdout}");
     assert!(stdout.contains("every step as the tutorial says"), "{stdout}");
-    assert!(stdout.contains("certificate says default/summary but 127.0.0.66 belongs to default/default"), "{stdout}");
+    assert!(stdout.contains("certificate says default/summary but no known pod owns 127.0.0.66"), "{stdout}");
     assert!(!stdout.contains(" x "), "a step differed: {stdout}");
 }

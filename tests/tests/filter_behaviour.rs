@@ -82,8 +82,14 @@ fn bad_config_is_rejected_and_the_last_good_one_keeps_enforcing() {
         assert_eq!(rig.call(SUMMARY, "summary", &[]).status, 200);
     }
 
-    // A good update is applied without a restart.
-    let opened = POLICY_CONFIG.replace(r#"["summary"]"#, r#"["summary", "default"]"#);
+    // A good update is applied without a restart: the database opens to everyone.
+    let mut opened: serde_json::Value = serde_json::from_str(POLICY_CONFIG).unwrap();
+    for p in opened["policies"].as_array_mut().unwrap() {
+        if p["name"] == "database" {
+            p["ingress"] = serde_json::json!([{"action": "Allow"}]);
+        }
+    }
+    let opened = opened.to_string();
     assert_eq!(rig.db.reconfigure(&opened, Duration::from_secs(10)).unwrap(), EcdsOutcome::Accepted);
     assert_eq!(rig.call(ATTACK, "default", &[]).status, 200);
 }

@@ -274,7 +274,7 @@ impl Builder {
         };
         let mut rules = Vec::with_capacity(spec.ingress.len());
         for (i, rule) in spec.ingress.iter().enumerate() {
-            if let Some(r) = self.rule(rule, object, &format!("ingress[{i}]"), &id, spec.namespace.as_deref()) {
+            if let Some(r) = self.rule(rule, object, &format!("spec.ingress[{i}]"), &id, spec.namespace.as_deref()) {
                 rules.push(r);
             }
         }
@@ -329,7 +329,7 @@ impl Builder {
             return None;
         }
         Some(Rule {
-            id: format!("{policy_id}/{field}"),
+            id: format!("{policy_id}/{}", field.strip_prefix("spec.").unwrap_or(field)),
             policy: 0,
             action: spec.action,
             ip_version: spec.ip_version,

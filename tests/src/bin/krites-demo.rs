@@ -67,7 +67,7 @@ fn run() -> Result<bool> {
         "\nDatabase sidecar stats: allowed {}, denied {}, stolen-certificate attempts {}",
         stat("krites_allowed_total"),
         stat("krites_denied_total"),
-        stat("krites_identity_mismatch_total")
+        stat("krites_identity_mismatch_total") + stat("krites_identity_unknown_address_total")
     );
     if let Ok(line) = db.wait_for_log("certificate says", Duration::from_secs(3)) {
         println!("Its log says why:\n  {}", line.trim());

@@ -1,0 +1,188 @@
+//! Kubernetes `NetworkPolicy` in Calico's terms (Calico's
+//! `K8sNetworkPolicyToCalico`): a namespaced policy `knp.default.<name>` in the
+//! default tier, order 1000, Allow rules only; a selected pod that no rule
+//! admits is denied by the tier's default.
+
+use std::fmt::Write;
+
+use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use krites_policy::config::{
+    Action, EntityRuleSpec, PolicySpec, PolicyType, PortSpec, ProtocolSpec, RuleSpec,
+};
+use krites_policy::ConfigError;
+
+pub const KIND: &str = "NetworkPolicy.networking.k8s.io";
+const ORDER: f64 = 1000.0;
+
+/// Converts one Kubernetes NetworkPolicy; problems name the Kubernetes field.
+pub fn convert(np: &NetworkPolicy) -> Result<PolicySpec, Vec<ConfigError>> {
+    let namespace = np.metadata.namespace.clone().unwrap_or_else(|| "default".to_string());
+    let name = np.metadata.name.clone().unwrap_or_default();
+    let object = format!("{KIND}/{namespace}/{name}");
+    let mut errors = Vec::new();
+    let mut err = |field: String, problem: String| errors.push(ConfigError { object: object.clone(), field, problem });
+    let spec = np.spec.clone().unwrap_or_default();
+
+    let mut selector = "projectcalico.org/orchestrator == 'k8s'".to_string();
+    let pod_selector = spec.pod_selector.clone().unwrap_or_default();
+    if let Some(s) = label_selector(&pod_selector, "spec.podSelector", &mut err) {
+        if s != "all()" {
+            let _ = write!(selector, " && {s}");
+        }
+    }
+    // policyTypes unset: Ingress (plus Egress when egress rules exist).
+    let ingress_type = match &spec.policy_types {
+        Some(types) => types.iter().any(|t| t == "Ingress"),
+        None => true,
+    };
+    let mut rules = Vec::new();
+    for (i, rule) in spec.ingress.iter().flatten().enumerate() {
+        let field = format!("spec.ingress[{i}]");
+        let port_groups = ports(rule.ports.as_deref().unwrap_or(&[]), &field, &mut err);
+        let sources: Vec<Option<EntityRuleSpec>> = match rule.from.as_deref() {
+            None | Some([]) => vec![None],
+            Some(peers) => peers.iter().enumerate().map(|(j, p)| peer(p, &format!("{field}.from[{j}]"), &mut err)).map(Some).collect(),
+        };
+        // One rule per (peer x protocol), as Calico does.
+        for source in &sources {
+            for (protocol, group) in &port_groups {
+                let mut r = RuleSpec::new(Action::Allow);
+                r.protocol = protocol.clone().map(ProtocolSpec::Name);
+                r.source = source.clone();
+                if !group.is_empty() {
+                    r.destination = Some(EntityRuleSpec { ports: group.clone(), ..Default::default() });
+                }
+                rules.push(r);
+            }
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(PolicySpec {
+        name: format!("knp.default.{name}"),
+        namespace: Some(namespace),
+        kind: Some(KIND.to_string()),
+        tier: None,
+        order: Some(ORDER),
+        selector: Some(selector),
+        namespace_selector: None,
+        service_account_selector: None,
+        types: Some(if ingress_type { vec![PolicyType::Ingress] } else { vec![PolicyType::Egress] }),
+        ingress: rules,
+    })
+}
+
+/// Ports grouped by protocol; no ports at all means any protocol and port.
+fn ports(
+    ports: &[NetworkPolicyPort],
+    field: &str,
+    err: &mut impl FnMut(String, String),
+) -> Vec<(Option<String>, Vec<PortSpec>)> {
+    if ports.is_empty() {
+        return vec![(None, Vec::new())];
+    }
+    let mut groups: Vec<(Option<String>, Vec<PortSpec>)> = Vec::new();
+    for (i, p) in ports.iter().enumerate() {
+        let protocol = p.protocol.clone().unwrap_or_else(|| "TCP".to_string());
+        if !matches!(protocol.as_str(), "TCP" | "UDP" | "SCTP") {
+            err(format!("{field}.ports[{i}].protocol"), format!("{protocol:?} is not TCP, UDP or SCTP"));
+            continue;
+        }
+        let port = match (&p.port, p.end_port) {
+            (None, _) => None,
+            (Some(IntOrString::Int(n)), None) => match u16::try_from(*n) {
+                Ok(n) if n > 0 => Some(PortSpec::Number(n)),
+                _ => {
+                    err(format!("{field}.ports[{i}].port"), format!("{n} is not a port number (1-65535)"));
+                    continue;
+                }
+            },
+            (Some(IntOrString::Int(n)), Some(end)) => match (u16::try_from(*n), u16::try_from(end)) {
+                (Ok(lo), Ok(hi)) if lo > 0 && lo <= hi => Some(PortSpec::Text(format!("{lo}:{hi}"))),
+                _ => {
+                    err(format!("{field}.ports[{i}].endPort"), format!("{n}..{end} is not a port range"));
+                    continue;
+                }
+            },
+            (Some(IntOrString::String(name)), None) => Some(PortSpec::Text(name.clone())),
+            (Some(IntOrString::String(_)), Some(_)) => {
+                err(format!("{field}.ports[{i}].endPort"), "endPort needs a numeric port".to_string());
+                continue;
+            }
+        };
+        let slot = match groups.iter().position(|(proto, _)| proto.as_deref() == Some(protocol.as_str())) {
+            Some(slot) => slot,
+            None => {
+                groups.push((Some(protocol), Vec::new()));
+                groups.len() - 1
+            }
+        };
+        if let (Some(port), Some((_, list))) = (port, groups.get_mut(slot)) {
+            list.push(port);
+        }
+    }
+    groups
+}
+
+fn peer(p: &NetworkPolicyPeer, field: &str, err: &mut impl FnMut(String, String)) -> EntityRuleSpec {
+    let mut e = EntityRuleSpec::default();
+    if let Some(block) = &p.ip_block {
+        e.nets = vec![block.cidr.clone()];
+        e.not_nets = block.except.clone().unwrap_or_default();
+    }
+    if let Some(ps) = &p.pod_selector {
+        let labels = label_selector(ps, &format!("{field}.podSelector"), err);
+        e.selector = Some(match labels.as_deref() {
+            Some("all()") | None => "projectcalico.org/orchestrator == 'k8s'".to_string(),
+            Some(s) => format!("projectcalico.org/orchestrator == 'k8s' && {s}"),
+        });
+    }
+    if let Some(ns) = &p.namespace_selector {
+        // `{}` is every namespace; absent keeps the policy's own.
+        e.namespace_selector = label_selector(ns, &format!("{field}.namespaceSelector"), err);
+    }
+    e
+}
+
+/// A Kubernetes label selector as a Calico selector (`all()` when empty).
+fn label_selector(sel: &LabelSelector, field: &str, err: &mut impl FnMut(String, String)) -> Option<String> {
+    let mut terms = Vec::new();
+    for (k, v) in sel.match_labels.iter().flatten() {
+        if !valid_key(k) || !valid_value(v) {
+            err(format!("{field}.matchLabels"), format!("{k}={v} is not a valid label"));
+            return None;
+        }
+        terms.push(format!("{k} == '{v}'"));
+    }
+    for (i, expr) in sel.match_expressions.iter().flatten().enumerate() {
+        let (k, values) = (&expr.key, expr.values.clone().unwrap_or_default());
+        if !valid_key(k) || values.iter().any(|v| !valid_value(v)) {
+            err(format!("{field}.matchExpressions[{i}]"), format!("invalid key {k:?} or values {values:?}"));
+            return None;
+        }
+        let set = values.iter().map(|v| format!("'{v}'")).collect::<Vec<_>>().join(", ");
+        terms.push(match expr.operator.as_str() {
+            "In" => format!("{k} in {{{set}}}"),
+            "NotIn" => format!("{k} not in {{{set}}}"),
+            "Exists" => format!("has({k})"),
+            "DoesNotExist" => format!("!has({k})"),
+            other => {
+                err(format!("{field}.matchExpressions[{i}].operator"), format!("{other:?} is not In, NotIn, Exists or DoesNotExist"));
+                return None;
+            }
+        });
+    }
+    Some(if terms.is_empty() { "all()".to_string() } else { terms.join(" && ") })
+}
+
+fn valid_key(k: &str) -> bool {
+    !k.is_empty() && k.len() <= 316 && k.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '/' | '-'))
+}
+
+fn valid_value(v: &str) -> bool {
+    v.len() <= 63 && v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}

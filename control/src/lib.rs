@@ -1,0 +1,14 @@
+//! Krites' control plane: turns what a cluster holds (Calico and Kubernetes
+//! policies, pods, service accounts, namespaces) into the filter's plugin
+//! config, explains decisions with the filter's own engine, and keeps a
+//! cluster's `WasmPlugin`s current. It implements no policy semantics of its
+//! own: validation and decisions come from `krites-policy`.
+
+pub mod calico;
+pub mod check;
+pub mod cluster;
+pub mod compile;
+pub mod inventory;
+pub mod knp;
+pub mod manifests;
+pub mod wasmplugin;

@@ -1,0 +1,189 @@
+//! `control`: the Krites CLI. `compile` and `check` work offline on manifests
+//! (`kubectl get -o yaml` dumps); `run` keeps a cluster's WasmPlugins current.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use krites_control::check::{self, Source};
+use krites_control::compile::{self, Options, MAX_CONFIG_BYTES};
+use krites_control::inventory::Inventory;
+use krites_control::{manifests, wasmplugin};
+use krites_policy::Verdict;
+
+#[derive(Parser)]
+#[command(name = "control", version, about = "Krites control plane: compile policies for the Envoy filter, explain decisions")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    /// The filter's JSON config.
+    PluginConfig,
+    /// Istio WasmPlugin manifests (YAML) carrying it.
+    Wasmplugin,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Compile policies and cluster state into the filter's config.
+    Compile {
+        /// Manifest files or folders (YAML/JSON, multi-document, `kind: List`); `-` for stdin.
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+        #[arg(long, value_enum, default_value = "plugin-config")]
+        format: Format,
+        /// Only what workloads of this namespace need (a per-namespace WasmPlugin).
+        #[arg(long)]
+        namespace: Option<String>,
+        /// Module URL for `--format wasmplugin`.
+        #[arg(long, default_value = "oci://ghcr.io/krites-project/krites:0.1.0")]
+        module_url: String,
+        /// WasmPlugin `sha256`: the image manifest digest for oci:// URLs.
+        #[arg(long)]
+        sha256: Option<String>,
+        /// Leave invalid objects out (with a warning) instead of failing.
+        #[arg(long)]
+        skip_invalid: bool,
+    },
+    /// Decide one request with the filter's engine.
+    Check {
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+        /// Destination pod, NAMESPACE/POD.
+        #[arg(long)]
+        to: String,
+        /// Source pod, NAMESPACE/POD (mTLS as its service account unless --plaintext).
+        #[arg(long, conflicts_with = "from_ip")]
+        from: Option<String>,
+        /// Source address, e.g. an attacker's pod IP.
+        #[arg(long)]
+        from_ip: Option<IpAddr>,
+        /// SPIFFE id of the client certificate (a stolen one, say).
+        #[arg(long, conflicts_with = "plaintext")]
+        principal: Option<String>,
+        /// No client certificate (Istio PERMISSIVE plaintext).
+        #[arg(long)]
+        plaintext: bool,
+        #[arg(long, default_value = "GET")]
+        method: String,
+        #[arg(long, default_value = "/")]
+        path: String,
+        /// Destination port (default: the pod's first TCP container port, else 80).
+        #[arg(long)]
+        port: Option<u16>,
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: String,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn load(files: &[PathBuf], skip_invalid: bool) -> Result<Inventory> {
+    let manifests = manifests::load(files)?;
+    let inv = Inventory::from_manifests(&manifests);
+    for note in &inv.notes {
+        eprintln!("note: {note}");
+    }
+    for e in &inv.errors {
+        eprintln!("{}: {e}", if skip_invalid { "warning" } else { "error" });
+    }
+    if !inv.errors.is_empty() && !skip_invalid {
+        bail!("{} problem(s) in the inputs; fix them or pass --skip-invalid to leave those objects out", inv.errors.len());
+    }
+    Ok(inv)
+}
+
+fn split(what: &str, text: &str) -> Result<(String, String)> {
+    match text.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() => Ok((ns.to_string(), name.to_string())),
+        _ => bail!("{what} must be NAMESPACE/POD, got {text:?}"),
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Compile { files, format, namespace, module_url, sha256, skip_invalid } => {
+            let inv = load(&files, skip_invalid)?;
+            let module = wasmplugin::Module { url: module_url, sha256 };
+            let whole = compile::compile(&inv, &Options { namespace: namespace.clone() })?;
+            eprintln!(
+                "compiled {} policies, {} tiers; {} of {} pod addresses referenced; {} bytes; revision {}",
+                whole.config.policies.len(),
+                whole.config.tiers.len(),
+                whole.addresses_emitted,
+                whole.addresses_known,
+                whole.bytes,
+                whole.revision
+            );
+            let oversized = whole.bytes > MAX_CONFIG_BYTES;
+            match format {
+                Format::PluginConfig => {
+                    if oversized {
+                        bail!(
+                            "the config is {} bytes, over the {} a WasmPlugin can carry; compile per namespace with --namespace NS (one WasmPlugin per namespace)",
+                            whole.bytes,
+                            MAX_CONFIG_BYTES
+                        );
+                    }
+                    println!("{}", serde_json::to_string_pretty(&whole.config)?);
+                }
+                Format::Wasmplugin => {
+                    let mut objects = Vec::new();
+                    if oversized && namespace.is_none() {
+                        eprintln!(
+                            "note: {} bytes is over {MAX_CONFIG_BYTES}; sharding into one WasmPlugin pair per namespace",
+                            whole.bytes
+                        );
+                        for ns in compile::namespaces(&inv) {
+                            let shard = compile::compile(&inv, &Options { namespace: Some(ns.clone()) })?;
+                            if shard.bytes > MAX_CONFIG_BYTES {
+                                bail!("namespace {ns} alone needs {} bytes, over {MAX_CONFIG_BYTES}", shard.bytes);
+                            }
+                            objects.extend(wasmplugin::manifests(&shard.config, &shard.revision, Some(&ns), &module));
+                        }
+                    } else if oversized {
+                        bail!("namespace {} needs {} bytes, over {MAX_CONFIG_BYTES}", namespace.unwrap_or_default(), whole.bytes);
+                    } else {
+                        objects = wasmplugin::manifests(&whole.config, &whole.revision, namespace.as_deref(), &module);
+                    }
+                    for o in objects {
+                        print!("---\n{}", serde_yaml::to_string(&o)?);
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { files, to, from, from_ip, principal, plaintext, method, path, port, trust_domain } => {
+            let inv = load(&files, false)?;
+            let from = match (from, from_ip) {
+                (Some(f), _) => {
+                    let (ns, name) = split("--from", &f)?;
+                    Source::Pod(ns, name)
+                }
+                (None, Some(ip)) => Source::Address(ip),
+                (None, None) => bail!("give --from NAMESPACE/POD or --from-ip IP"),
+            };
+            let req = check::Request { to: split("--to", &to)?, from, principal, plaintext, method, path, port, trust_domain };
+            let outcome = check::check(&inv, &req).context("check")?;
+            print!("{}", outcome.report);
+            Ok(match outcome.verdict {
+                Verdict::Allow => ExitCode::SUCCESS,
+                Verdict::Deny => ExitCode::from(1),
+            })
+        }
+    }
+}

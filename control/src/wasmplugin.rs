@@ -1,0 +1,64 @@
+//! The Istio `WasmPlugin` objects that deliver Krites: the HTTP filter
+//! (phase AUTHZ, inbound, fail closed) carrying the plugin config, and its
+//! NETWORK companion that records each connection's real peer address.
+
+use serde_json::{json, Value};
+
+use krites_policy::config::PluginConfig;
+
+/// Where the module comes from.
+#[derive(Debug, Clone)]
+pub struct Module {
+    /// `oci://registry/repo:tag`, `https://...` or `file:///...`.
+    pub url: String,
+    /// For `oci://`: the image manifest digest; for `http(s)`: the module's sha256.
+    pub sha256: Option<String>,
+}
+
+/// Istio applies a WasmPlugin in its root namespace to every workload.
+pub const MESH_NAMESPACE: &str = "istio-system";
+pub const NAME: &str = "krites";
+pub const PEER_ADDRESS_NAME: &str = "krites-peer-address";
+/// Must match the filter's `PEER_ADDRESS_ROOT_ID`.
+pub const PEER_ADDRESS_ROOT_ID: &str = "krites_peer_address";
+
+fn common(module: &Module) -> serde_json::Map<String, Value> {
+    let mut spec = serde_json::Map::new();
+    spec.insert("url".into(), json!(module.url));
+    if let Some(sha) = &module.sha256 {
+        spec.insert("sha256".into(), json!(sha));
+    }
+    spec.insert("imagePullPolicy".into(), json!("IfNotPresent"));
+    spec.insert("failStrategy".into(), json!("FAIL_CLOSE"));
+    spec.insert("match".into(), json!([{"mode": "SERVER"}]));
+    spec
+}
+
+fn object(name: &str, namespace: &str, revision: &str, spec: serde_json::Map<String, Value>) -> Value {
+    json!({
+        "apiVersion": "extensions.istio.io/v1alpha1",
+        "kind": "WasmPlugin",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {"app.kubernetes.io/name": "krites", "app.kubernetes.io/managed-by": "krites-control"},
+            "annotations": {"krites.io/config-revision": revision}
+        },
+        "spec": spec
+    })
+}
+
+/// The two WasmPlugins for one namespace (`None`: the whole mesh).
+pub fn manifests(config: &PluginConfig, revision: &str, namespace: Option<&str>, module: &Module) -> Vec<Value> {
+    let ns = namespace.unwrap_or(MESH_NAMESPACE);
+    let mut http = common(module);
+    http.insert("phase".into(), json!("AUTHZ"));
+    http.insert("type".into(), json!("HTTP"));
+    http.insert("pluginConfig".into(), serde_json::to_value(config).unwrap_or(Value::Null));
+    let mut network = common(module);
+    network.insert("type".into(), json!("NETWORK"));
+    // Early in the network filter chain, before the connection manager.
+    network.insert("phase".into(), json!("AUTHN"));
+    network.insert("pluginName".into(), json!(PEER_ADDRESS_ROOT_ID));
+    vec![object(NAME, ns, revision, http), object(PEER_ADDRESS_NAME, ns, revision, network)]
+}

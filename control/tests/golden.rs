@@ -1,0 +1,46 @@
+//! Golden files: manifests in, plugin config out. `KRITES_UPDATE_GOLDEN=1
+//! cargo test -p krites-control --test golden` rewrites them; review the diff.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
+
+use std::path::{Path, PathBuf};
+
+use krites_control::compile::{compile, Options};
+use krites_control::inventory::Inventory;
+use krites_control::manifests;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// (inputs folder, expected output, namespace scope)
+fn cases() -> Vec<(PathBuf, PathBuf, Option<&'static str>)> {
+    let golden = root().join("control/tests/golden");
+    vec![
+        (root().join("tests/fixtures/yaobank"), root().join("tests/fixtures/yaobank-plugin-config.json"), None),
+        (golden.join("kubernetes"), golden.join("kubernetes.json"), None),
+        (golden.join("kubernetes"), golden.join("kubernetes.team-a.json"), Some("team-a")),
+        (golden.join("calico-tiers"), golden.join("calico-tiers.json"), None),
+    ]
+}
+
+#[test]
+fn compiled_configs_match_the_golden_files() {
+    let update = std::env::var_os("KRITES_UPDATE_GOLDEN").is_some();
+    let mut stale = Vec::new();
+    for (input, expected, namespace) in cases() {
+        let inv = Inventory::from_manifests(&manifests::load(&[input.clone()]).unwrap());
+        assert!(inv.errors.is_empty(), "{}: {:?}", input.display(), inv.errors);
+        let compiled = compile(&inv, &Options { namespace: namespace.map(str::to_string) }).unwrap();
+        let got = serde_json::to_string_pretty(&compiled.config).unwrap() + "\n";
+        if update {
+            std::fs::write(&expected, &got).unwrap();
+            continue;
+        }
+        let want = std::fs::read_to_string(&expected).unwrap_or_default();
+        if got != want {
+            stale.push(format!("{} (from {})", expected.display(), input.display()));
+        }
+    }
+    assert!(stale.is_empty(), "golden files differ; rerun with KRITES_UPDATE_GOLDEN=1 and review: {stale:#?}");
+}
