@@ -173,5 +173,23 @@ fn bench_parse(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_decide, bench_compile, bench_parse);
+/// `control compile` from manifests: 1,000 policies and 10,000 pods.
+fn bench_control_compile(c: &mut Criterion) {
+    let scale = p1000_e10000();
+    let manifests: Vec<krites_control::manifests::Manifest> = krites_bench::manifests::to_manifests(&generate(&scale))
+        .into_iter()
+        .map(|value| krites_control::manifests::Manifest { source: String::new(), value })
+        .collect();
+    let mut group = c.benchmark_group("control");
+    configure(&mut group, true);
+    group.bench_function("p1000-pods10000/inventory+compile", |b| {
+        b.iter_with_large_drop(|| {
+            let inv = krites_control::inventory::Inventory::from_manifests(black_box(&manifests));
+            krites_control::compile::compile(&inv, &Default::default()).map(|c| c.bytes).ok()
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench_decide, bench_compile, bench_parse, bench_control_compile);
 criterion_main!(benches);

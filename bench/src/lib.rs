@@ -32,6 +32,8 @@ use krites_policy::config::{
     Action, EndpointSpec, EntityRuleSpec, HttpMatchSpec, HttpPathSpec, NamespaceSpec, PolicySpec, PortSpec, ProtocolSpec,
     RuleSpec, ServiceAccountMatchSpec, ServiceAccountSpec, TierDefaultAction, TierSpec, CONFIG_VERSION,
 };
+pub mod manifests;
+
 use krites_policy::{Peer, PluginConfig, RequestFacts, Workload};
 
 /// How big a generated config is.

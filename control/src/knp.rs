@@ -186,3 +186,60 @@ fn valid_key(k: &str) -> bool {
 fn valid_value(v: &str) -> bool {
     v.len() <= 63 && v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn np(spec: serde_json::Value) -> NetworkPolicy {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": "p", "namespace": "ns"}, "spec": spec
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn conversion_follows_calico() {
+        let p = convert(&np(serde_json::json!({
+            "podSelector": {"matchLabels": {"app": "db"}},
+            "ingress": [{"from": [{"podSelector": {}}, {"namespaceSelector": {}}], "ports": [{"port": 5432}, {"port": 53, "protocol": "UDP"}]}]
+        })))
+        .unwrap();
+        assert_eq!(p.name, "knp.default.p");
+        assert_eq!(p.order, Some(1000.0));
+        assert_eq!(p.selector.as_deref(), Some("projectcalico.org/orchestrator == 'k8s' && app == 'db'"));
+        // 2 peers x 2 protocols, all Allow.
+        assert_eq!(p.ingress.len(), 4);
+        assert!(p.ingress.iter().all(|r| r.action == Action::Allow));
+        let first = &p.ingress[0];
+        assert_eq!(first.protocol, Some(ProtocolSpec::Name("TCP".into())));
+        assert_eq!(first.source.as_ref().and_then(|s| s.selector.as_deref()), Some("projectcalico.org/orchestrator == 'k8s'"));
+        assert_eq!(p.ingress[2].source.as_ref().and_then(|s| s.namespace_selector.as_deref()), Some("all()"));
+        // No rules at all: selected pods are isolated (the tier's default denies).
+        let isolated = convert(&np(serde_json::json!({"podSelector": {}, "policyTypes": ["Ingress"]}))).unwrap();
+        assert!(isolated.ingress.is_empty());
+        assert_eq!(isolated.types, Some(vec![PolicyType::Ingress]));
+        // Egress-only policies don't apply to ingress.
+        let egress = convert(&np(serde_json::json!({"podSelector": {}, "policyTypes": ["Egress"]}))).unwrap();
+        assert_eq!(egress.types, Some(vec![PolicyType::Egress]));
+    }
+
+    #[test]
+    fn invalid_fields_are_named() {
+        let rows = [
+            (serde_json::json!({"podSelector": {"matchExpressions": [{"key": "a", "operator": "Maybe"}]}}), "spec.podSelector.matchExpressions[0].operator"),
+            (serde_json::json!({"podSelector": {"matchLabels": {"a": "it's"}}}), "spec.podSelector.matchLabels"),
+            (serde_json::json!({"podSelector": {}, "ingress": [{"ports": [{"port": "http", "endPort": 90}]}]}), "spec.ingress[0].ports[0].endPort"),
+            (serde_json::json!({"podSelector": {}, "ingress": [{"ports": [{"port": 90, "endPort": 80}]}]}), "spec.ingress[0].ports[0].endPort"),
+            (serde_json::json!({"podSelector": {}, "ingress": [{"ports": [{"port": 80, "protocol": "ICMP"}]}]}), "spec.ingress[0].ports[0].protocol"),
+            (serde_json::json!({"podSelector": {}, "ingress": [{"from": [{"podSelector": {"matchLabels": {"bad key!": "x"}}}]}]}), "spec.ingress[0].from[0].podSelector.matchLabels"),
+        ];
+        for (spec, field) in rows {
+            let errors = convert(&np(spec.clone())).unwrap_err();
+            assert_eq!(errors.len(), 1, "{spec}: {errors:?}");
+            assert_eq!(errors[0].object, "NetworkPolicy.networking.k8s.io/ns/p");
+            assert_eq!(errors[0].field, field, "{spec}");
+        }
+    }
+}
