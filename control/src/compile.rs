@@ -81,9 +81,25 @@ pub fn compile(inv: &Inventory, opts: &Options) -> Result<Compiled, CompileError
     let mut tiers = inv.tiers.clone();
     tiers.sort_by(|a, b| a.name.cmp(&b.name));
 
-    let full = PluginConfig { version: CONFIG_VERSION, revision: None, tiers, policies, endpoints, namespaces, service_accounts };
+    let mut full = PluginConfig { version: CONFIG_VERSION, revision: None, tiers, policies, endpoints, namespaces, service_accounts };
     let addresses_known = full.endpoints.iter().map(|e| e.ips.len()).sum();
-    let set = PolicySet::from_config(&full)?;
+    let mut set = PolicySet::from_config(&full)?;
+    if let Some(ns) = &opts.namespace {
+        // A namespace's shard needs only the global policies that select one of its pods.
+        let universe = set.universe();
+        let local: Vec<&Group> = (0..universe.group_count())
+            .filter_map(|g| universe.group(u32::try_from(g).ok()?))
+            .filter(|g| &g.namespace == ns)
+            .collect();
+        let wanted: std::collections::HashSet<(Option<String>, String)> = set
+            .policies()
+            .iter()
+            .filter(|p| p.namespace.is_some() || local.iter().any(|g| p.selects(&g.namespace, &g.service_account, &g.labels, universe)))
+            .map(|p| (p.namespace.clone(), p.name.clone()))
+            .collect();
+        full.policies.retain(|p| wanted.contains(&(p.namespace.clone(), p.name.clone())));
+        set = PolicySet::from_config(&full)?;
+    }
     let referenced = set.referenced_groups(|_| true);
     let universe = set.universe();
     let keep: std::collections::HashSet<Group> = (0..universe.group_count())
@@ -111,4 +127,89 @@ pub fn namespaces(inv: &Inventory) -> Vec<String> {
     all.sort();
     all.dedup();
     all
+}
+
+/// The WasmPlugins to deliver a compile, and how they were cut.
+#[derive(Debug)]
+pub struct Plan {
+    pub objects: Vec<serde_json::Value>,
+    /// Per-namespace shards because one config would not fit.
+    pub sharded: bool,
+    /// The largest config among the objects.
+    pub max_bytes: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error(transparent)]
+    Compile(#[from] CompileError),
+    #[error("namespace {namespace} alone needs {bytes} bytes of config, over the {limit} a WasmPlugin can carry: its policies reference too many pods")]
+    TooBig { namespace: String, bytes: usize, limit: usize },
+}
+
+/// One mesh-wide WasmPlugin pair (or one for `namespace`); when the config
+/// would not fit in `limit` bytes (normally [`MAX_CONFIG_BYTES`]), one pair
+/// per namespace (`per_namespace` forces that).
+pub fn plan(
+    inv: &Inventory,
+    namespace: Option<&str>,
+    per_namespace: bool,
+    module: &crate::wasmplugin::Module,
+    limit: usize,
+) -> Result<Plan, PlanError> {
+    let whole = compile(inv, &Options { namespace: namespace.map(str::to_string) })?;
+    if namespace.is_some() || (!per_namespace && whole.bytes <= limit) {
+        if whole.bytes > limit {
+            return Err(PlanError::TooBig { namespace: namespace.unwrap_or_default().to_string(), bytes: whole.bytes, limit });
+        }
+        let objects = crate::wasmplugin::manifests(&whole.config, &whole.revision, namespace, module);
+        return Ok(Plan { objects, sharded: false, max_bytes: whole.bytes });
+    }
+    let mut objects = Vec::new();
+    let mut max_bytes = 0;
+    for ns in namespaces(inv) {
+        let shard = compile(inv, &Options { namespace: Some(ns.clone()) })?;
+        if shard.bytes > limit {
+            return Err(PlanError::TooBig { namespace: ns, bytes: shard.bytes, limit });
+        }
+        max_bytes = max_bytes.max(shard.bytes);
+        objects.extend(crate::wasmplugin::manifests(&shard.config, &shard.revision, Some(&ns), module));
+    }
+    Ok(Plan { objects, sharded: true, max_bytes })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifests;
+    use crate::wasmplugin::Module;
+
+    fn kubernetes_fixture() -> Inventory {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/kubernetes");
+        Inventory::from_manifests(&manifests::load(&[dir]).unwrap())
+    }
+
+    #[test]
+    fn a_config_too_big_for_one_wasmplugin_is_sharded_per_namespace() {
+        let inv = kubernetes_fixture();
+        let module = Module { url: "oci://registry.local/krites:test".into(), sha256: None };
+        let whole = compile(&inv, &Options::default()).unwrap();
+        let one = plan(&inv, None, false, &module, whole.bytes).unwrap();
+        assert!(!one.sharded);
+        assert_eq!(one.objects.len(), 2);
+        assert_eq!(one.objects[0].pointer("/metadata/namespace").and_then(|v| v.as_str()), Some("istio-system"));
+
+        // Just under what the whole config needs: one pair per namespace, each smaller.
+        let sharded = plan(&inv, None, false, &module, whole.bytes - 1).unwrap();
+        assert!(sharded.sharded && sharded.max_bytes < whole.bytes);
+        let namespaces: Vec<&str> = sharded.objects.iter().step_by(2).filter_map(|o| o.pointer("/metadata/namespace")?.as_str()).collect();
+        assert_eq!(namespaces, ["bookinfo", "istio-system", "shop", "team-a", "team-b"]);
+        // team-b has no policy of its own and no global policy selects it: its shard is empty.
+        let team_b = &sharded.objects[8];
+        assert_eq!(team_b.pointer("/spec/pluginConfig/policies"), None);
+
+        // A limit no namespace fits: a clear error, not a silent truncation.
+        let err = plan(&inv, None, false, &module, 100).unwrap_err();
+        assert!(err.to_string().contains("alone needs"), "{err}");
+    }
 }

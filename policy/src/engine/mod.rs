@@ -88,18 +88,12 @@ impl WorkloadPolicy {
     pub fn new(set: Arc<PolicySet>, workload: &Workload) -> WorkloadPolicy {
         let local = Group::new(&workload.namespace, &workload.service_account, &workload.labels);
         let universe = &set.universe;
-        let ns_labels = universe.namespace_labels(&workload.namespace);
-        let sa_labels = universe.service_account_labels(&workload.namespace, &workload.service_account);
 
         let mut tiers: Vec<TierSlice> = Vec::new();
         let mut rules: Vec<u32> = Vec::new();
         let mut policies_selecting = 0;
         for policy in &set.policies {
-            let selects = policy.applies_to_ingress
-                && policy.namespace.as_deref().is_none_or(|ns| ns == workload.namespace)
-                && policy.selector.matches(&local.labels)
-                && policy.namespace_selector.as_ref().is_none_or(|s| s.matches(&ns_labels))
-                && policy.service_account_selector.as_ref().is_none_or(|s| s.matches(&sa_labels));
+            let selects = policy.selects(&workload.namespace, &workload.service_account, &local.labels, universe);
             if !selects {
                 continue;
             }

@@ -83,6 +83,21 @@ pub struct Policy {
     pub rules: Range<usize>,
 }
 
+impl Policy {
+    /// Does this policy apply to the ingress of a workload with these
+    /// (namespace, service account, pod labels incl. Calico's special ones)?
+    pub fn selects(&self, namespace: &str, service_account: &str, pod_labels: &dyn crate::selector::Labels, universe: &Universe) -> bool {
+        self.applies_to_ingress
+            && self.namespace.as_deref().is_none_or(|ns| ns == namespace)
+            && self.selector.matches(pod_labels)
+            && self.namespace_selector.as_ref().is_none_or(|s| s.matches(&universe.namespace_labels(namespace)))
+            && self
+                .service_account_selector
+                .as_ref()
+                .is_none_or(|s| s.matches(&universe.service_account_labels(namespace, service_account)))
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Rule {
     /// `<policy id>/ingress[<n>]`: what decisions, logs and stats name.
