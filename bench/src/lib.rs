@@ -621,6 +621,7 @@ pub fn generate(scale: &Scale) -> PluginConfig {
         Vec::new()
     };
     PluginConfig {
+        scope: None,
         version: CONFIG_VERSION,
         revision: Some(format!(
             "krites-bench p{}-r{}-e{}-n{}-s{}",

@@ -81,7 +81,8 @@ pub fn compile(inv: &Inventory, opts: &Options) -> Result<Compiled, CompileError
     let mut tiers = inv.tiers.clone();
     tiers.sort_by(|a, b| a.name.cmp(&b.name));
 
-    let mut full = PluginConfig { version: CONFIG_VERSION, revision: None, tiers, policies, endpoints, namespaces, service_accounts };
+    let scope = opts.namespace.as_ref().map(|ns| vec![ns.clone()]);
+    let mut full = PluginConfig { version: CONFIG_VERSION, revision: None, scope, tiers, policies, endpoints, namespaces, service_accounts };
     let addresses_known = full.endpoints.iter().map(|e| e.ips.len()).sum();
     let mut set = PolicySet::from_config(&full)?;
     if let Some(ns) = &opts.namespace {
@@ -133,10 +134,24 @@ pub fn namespaces(inv: &Inventory) -> Vec<String> {
 #[derive(Debug)]
 pub struct Plan {
     pub objects: Vec<serde_json::Value>,
-    /// Per-namespace shards because one config would not fit.
+    /// Per-namespace shards (each config scoped to its namespace).
     pub sharded: bool,
     /// The largest config among the objects.
     pub max_bytes: usize,
+    /// Config revision per WasmPlugin namespace.
+    pub revisions: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PlanOptions<'a> {
+    /// Only this namespace's workloads (its WasmPlugins go in that namespace).
+    pub namespace: Option<&'a str>,
+    /// Istio's root namespace: a WasmPlugin there reaches every workload.
+    pub mesh_namespace: &'a str,
+    /// One pair per namespace even when the whole config fits.
+    pub per_namespace: bool,
+    /// Config size limit per WasmPlugin, normally [`MAX_CONFIG_BYTES`].
+    pub limit: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -147,35 +162,31 @@ pub enum PlanError {
     TooBig { namespace: String, bytes: usize, limit: usize },
 }
 
-/// One mesh-wide WasmPlugin pair (or one for `namespace`); when the config
-/// would not fit in `limit` bytes (normally [`MAX_CONFIG_BYTES`]), one pair
-/// per namespace (`per_namespace` forces that).
-pub fn plan(
-    inv: &Inventory,
-    namespace: Option<&str>,
-    per_namespace: bool,
-    module: &crate::wasmplugin::Module,
-    limit: usize,
-) -> Result<Plan, PlanError> {
-    let whole = compile(inv, &Options { namespace: namespace.map(str::to_string) })?;
-    if namespace.is_some() || (!per_namespace && whole.bytes <= limit) {
-        if whole.bytes > limit {
-            return Err(PlanError::TooBig { namespace: namespace.unwrap_or_default().to_string(), bytes: whole.bytes, limit });
+/// One mesh-wide WasmPlugin pair in the root namespace (or one for
+/// `namespace`); when the config would not fit, one pair per namespace, each
+/// config scoped to its namespace so that the root namespace's shard, which
+/// Istio spreads mesh-wide, decides only for its own workloads.
+pub fn plan(inv: &Inventory, opts: &PlanOptions<'_>, module: &crate::wasmplugin::Module) -> Result<Plan, PlanError> {
+    let whole = compile(inv, &Options { namespace: opts.namespace.map(str::to_string) })?;
+    if opts.namespace.is_some() || (!opts.per_namespace && whole.bytes <= opts.limit) {
+        let ns = opts.namespace.unwrap_or(opts.mesh_namespace);
+        if whole.bytes > opts.limit {
+            return Err(PlanError::TooBig { namespace: ns.to_string(), bytes: whole.bytes, limit: opts.limit });
         }
-        let objects = crate::wasmplugin::manifests(&whole.config, &whole.revision, namespace, module);
-        return Ok(Plan { objects, sharded: false, max_bytes: whole.bytes });
+        let objects = crate::wasmplugin::manifests(&whole.config, &whole.revision, ns, module);
+        return Ok(Plan { objects, sharded: false, max_bytes: whole.bytes, revisions: BTreeMap::from([(ns.to_string(), whole.revision)]) });
     }
-    let mut objects = Vec::new();
-    let mut max_bytes = 0;
+    let mut plan = Plan { objects: Vec::new(), sharded: true, max_bytes: 0, revisions: BTreeMap::new() };
     for ns in namespaces(inv) {
         let shard = compile(inv, &Options { namespace: Some(ns.clone()) })?;
-        if shard.bytes > limit {
-            return Err(PlanError::TooBig { namespace: ns, bytes: shard.bytes, limit });
+        if shard.bytes > opts.limit {
+            return Err(PlanError::TooBig { namespace: ns, bytes: shard.bytes, limit: opts.limit });
         }
-        max_bytes = max_bytes.max(shard.bytes);
-        objects.extend(crate::wasmplugin::manifests(&shard.config, &shard.revision, Some(&ns), module));
+        plan.max_bytes = plan.max_bytes.max(shard.bytes);
+        plan.objects.extend(crate::wasmplugin::manifests(&shard.config, &shard.revision, &ns, module));
+        plan.revisions.insert(ns, shard.revision);
     }
-    Ok(Plan { objects, sharded: true, max_bytes })
+    Ok(plan)
 }
 
 #[cfg(test)]
@@ -194,22 +205,26 @@ mod tests {
         let inv = kubernetes_fixture();
         let module = Module { url: "oci://registry.local/krites:test".into(), sha256: None };
         let whole = compile(&inv, &Options::default()).unwrap();
-        let one = plan(&inv, None, false, &module, whole.bytes).unwrap();
+        let opts = |limit| PlanOptions { namespace: None, mesh_namespace: "istio-system", per_namespace: false, limit };
+        let one = plan(&inv, &opts(whole.bytes), &module).unwrap();
         assert!(!one.sharded);
         assert_eq!(one.objects.len(), 2);
         assert_eq!(one.objects[0].pointer("/metadata/namespace").and_then(|v| v.as_str()), Some("istio-system"));
 
         // Just under what the whole config needs: one pair per namespace, each smaller.
-        let sharded = plan(&inv, None, false, &module, whole.bytes - 1).unwrap();
+        let sharded = plan(&inv, &opts(whole.bytes - 1), &module).unwrap();
         assert!(sharded.sharded && sharded.max_bytes < whole.bytes);
         let namespaces: Vec<&str> = sharded.objects.iter().step_by(2).filter_map(|o| o.pointer("/metadata/namespace")?.as_str()).collect();
         assert_eq!(namespaces, ["bookinfo", "istio-system", "shop", "team-a", "team-b"]);
         // team-b has no policy of its own and no global policy selects it: its shard is empty.
         let team_b = &sharded.objects[8];
         assert_eq!(team_b.pointer("/spec/pluginConfig/policies"), None);
+        // Each shard is scoped to its namespace: the root namespace's one decides for its own workloads only.
+        let root = &sharded.objects[2];
+        assert_eq!(root.pointer("/spec/pluginConfig/scope"), Some(&serde_json::json!(["istio-system"])));
 
         // A limit no namespace fits: a clear error, not a silent truncation.
-        let err = plan(&inv, None, false, &module, 100).unwrap_err();
+        let err = plan(&inv, &opts(100), &module).unwrap_err();
         assert!(err.to_string().contains("alone needs"), "{err}");
     }
 }

@@ -8,6 +8,7 @@ pub mod calico;
 pub mod check;
 pub mod cluster;
 pub mod compile;
+pub mod controller;
 pub mod inventory;
 pub mod knp;
 pub mod manifests;

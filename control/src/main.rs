@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use krites_control::check::{self, Source};
-use krites_control::compile::{self, Options, MAX_CONFIG_BYTES};
+use krites_control::compile::{self, Options, PlanOptions, MAX_CONFIG_BYTES};
 use krites_control::inventory::Inventory;
 use krites_control::{manifests, wasmplugin};
 use krites_policy::Verdict;
@@ -80,6 +80,8 @@ enum Command {
         #[arg(long, default_value = "cluster.local")]
         trust_domain: String,
     },
+    /// In-cluster controller: watch policies and the cluster, keep the WasmPlugins current.
+    Run(krites_control::controller::RunArgs),
 }
 
 fn main() -> ExitCode {
@@ -107,6 +109,10 @@ fn load(files: &[PathBuf], skip_invalid: bool) -> Result<Inventory> {
     Ok(inv)
 }
 
+fn report(policies: usize, tiers: usize, emitted: usize, known: usize, bytes: usize, revision: &str) {
+    eprintln!("compiled {policies} policies, {tiers} tiers; {emitted} of {known} pod addresses referenced; {bytes} bytes; revision {revision}");
+}
+
 fn split(what: &str, text: &str) -> Result<(String, String)> {
     match text.split_once('/') {
         Some((ns, name)) if !ns.is_empty() && !name.is_empty() => Ok((ns.to_string(), name.to_string())),
@@ -119,48 +125,36 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Compile { files, format, namespace, module_url, sha256, skip_invalid } => {
             let inv = load(&files, skip_invalid)?;
             let module = wasmplugin::Module { url: module_url, sha256 };
-            let whole = compile::compile(&inv, &Options { namespace: namespace.clone() })?;
-            eprintln!(
-                "compiled {} policies, {} tiers; {} of {} pod addresses referenced; {} bytes; revision {}",
-                whole.config.policies.len(),
-                whole.config.tiers.len(),
-                whole.addresses_emitted,
-                whole.addresses_known,
-                whole.bytes,
-                whole.revision
-            );
-            let oversized = whole.bytes > MAX_CONFIG_BYTES;
             match format {
                 Format::PluginConfig => {
-                    if oversized {
+                    let whole = compile::compile(&inv, &Options { namespace: namespace.clone() })?;
+                    report(whole.config.policies.len(), whole.config.tiers.len(), whole.addresses_emitted, whole.addresses_known, whole.bytes, &whole.revision);
+                    if whole.bytes > MAX_CONFIG_BYTES {
                         bail!(
-                            "the config is {} bytes, over the {} a WasmPlugin can carry; compile per namespace with --namespace NS (one WasmPlugin per namespace)",
-                            whole.bytes,
-                            MAX_CONFIG_BYTES
+                            "the config is {} bytes, over the {MAX_CONFIG_BYTES} a WasmPlugin can carry; compile per namespace with --namespace NS, or use --format wasmplugin, which shards per namespace",
+                            whole.bytes
                         );
                     }
                     println!("{}", serde_json::to_string_pretty(&whole.config)?);
                 }
                 Format::Wasmplugin => {
-                    let mut objects = Vec::new();
-                    if oversized && namespace.is_none() {
+                    let opts = PlanOptions {
+                        namespace: namespace.as_deref(),
+                        mesh_namespace: wasmplugin::MESH_NAMESPACE,
+                        per_namespace: false,
+                        limit: MAX_CONFIG_BYTES,
+                    };
+                    let plan = compile::plan(&inv, &opts, &module)?;
+                    if plan.sharded {
                         eprintln!(
-                            "note: {} bytes is over {MAX_CONFIG_BYTES}; sharding into one WasmPlugin pair per namespace",
-                            whole.bytes
+                            "note: one config would exceed {MAX_CONFIG_BYTES} bytes; sharded into one WasmPlugin pair per namespace ({} namespaces, largest {} bytes), each scoped to its namespace",
+                            plan.revisions.len(),
+                            plan.max_bytes
                         );
-                        for ns in compile::namespaces(&inv) {
-                            let shard = compile::compile(&inv, &Options { namespace: Some(ns.clone()) })?;
-                            if shard.bytes > MAX_CONFIG_BYTES {
-                                bail!("namespace {ns} alone needs {} bytes, over {MAX_CONFIG_BYTES}", shard.bytes);
-                            }
-                            objects.extend(wasmplugin::manifests(&shard.config, &shard.revision, Some(&ns), &module));
-                        }
-                    } else if oversized {
-                        bail!("namespace {} needs {} bytes, over {MAX_CONFIG_BYTES}", namespace.unwrap_or_default(), whole.bytes);
                     } else {
-                        objects = wasmplugin::manifests(&whole.config, &whole.revision, namespace.as_deref(), &module);
+                        eprintln!("compiled {} bytes of config; revision {}", plan.max_bytes, plan.revisions.values().next().map(String::as_str).unwrap_or(""));
                     }
-                    for o in objects {
+                    for o in plan.objects {
                         print!("---\n{}", serde_yaml::to_string(&o)?);
                     }
                 }
@@ -184,6 +178,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Verdict::Allow => ExitCode::SUCCESS,
                 Verdict::Deny => ExitCode::from(1),
             })
+        }
+        Command::Run(args) => {
+            krites_control::controller::run_blocking(&args)?;
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

@@ -48,9 +48,8 @@ fn object(name: &str, namespace: &str, revision: &str, spec: serde_json::Map<Str
     })
 }
 
-/// The two WasmPlugins for one namespace (`None`: the whole mesh).
-pub fn manifests(config: &PluginConfig, revision: &str, namespace: Option<&str>, module: &Module) -> Vec<Value> {
-    let ns = namespace.unwrap_or(MESH_NAMESPACE);
+/// The two WasmPlugins, placed in `ns` (Istio's root namespace: the whole mesh).
+pub fn manifests(config: &PluginConfig, revision: &str, ns: &str, module: &Module) -> Vec<Value> {
     let mut http = common(module);
     http.insert("phase".into(), json!("AUTHZ"));
     http.insert("type".into(), json!("HTTP"));

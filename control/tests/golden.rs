@@ -29,7 +29,7 @@ fn compiled_configs_match_the_golden_files() {
     let update = std::env::var_os("KRITES_UPDATE_GOLDEN").is_some();
     let mut stale = Vec::new();
     for (input, expected, namespace) in cases() {
-        let inv = Inventory::from_manifests(&manifests::load(&[input.clone()]).unwrap());
+        let inv = Inventory::from_manifests(&manifests::load(std::slice::from_ref(&input)).unwrap());
         assert!(inv.errors.is_empty(), "{}: {:?}", input.display(), inv.errors);
         let compiled = compile(&inv, &Options { namespace: namespace.map(str::to_string) }).unwrap();
         let got = serde_json::to_string_pretty(&compiled.config).unwrap() + "\n";

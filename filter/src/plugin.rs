@@ -19,6 +19,9 @@ const DENY_BODY: &[u8] = b"RBAC: access denied";
 /// What this plugin instance enforces.
 enum Enforcement {
     Policy(WorkloadPolicy),
+    /// The config names other namespaces (a shard Istio's root namespace
+    /// spreads mesh-wide): this workload's own shard decides; let it through.
+    OutOfScope,
     /// Deny everything, and say why in logs and stats.
     FailClosed(FilterDenial),
 }
@@ -95,6 +98,15 @@ impl RootContext for Root {
                 return true;
             }
         };
+        if !set.in_scope(&workload.namespace) {
+            host::log(
+                Level::Info,
+                &format!("krites: config {} is for other namespaces; {} is decided by its own namespace's config", set.revision(), workload.namespace),
+            );
+            Metrics::bump(metrics.config_loads);
+            self.state = Rc::new(Shared { enforcement: Enforcement::OutOfScope, metrics, revision: set.revision().to_string() });
+            return true;
+        }
         let policy = WorkloadPolicy::new(set.clone(), &workload);
         let micros = match (started, host::now_nanos()) {
             (Some(a), Some(b)) => b.saturating_sub(a) / 1000,
@@ -172,6 +184,10 @@ impl HttpContext for Request {
         Metrics::bump(m.requests);
         let policy = match &shared.enforcement {
             Enforcement::Policy(p) => p,
+            Enforcement::OutOfScope => {
+                Metrics::bump(m.out_of_scope);
+                return Action::Continue;
+            }
             Enforcement::FailClosed(why) => {
                 Metrics::bump(m.denied);
                 Metrics::bump(m.filter_denial(*why));

@@ -23,6 +23,13 @@ pub struct PluginConfig {
     /// The filter reports its own content hash as the revision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision: Option<String>,
+    /// The namespaces whose workloads this config is for; absent: all. A
+    /// WasmPlugin in Istio's root namespace reaches every workload of the
+    /// mesh, so a per-namespace shard there names its namespace, and the
+    /// filter of a workload elsewhere leaves the decision to that workload's
+    /// own shard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tiers: Vec<TierSpec>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -154,6 +154,7 @@ fn rejected_configs() {
          "serviceAccounts[0]", "namespace", "must not be empty"),
         ("protocol name is shown plainly", one_rule(json!({"action": "Allow", "protocol": "TCPX"})),
          P, "spec.ingress[0].protocol", "\"TCPX\" is not TCP"),
+        ("empty scope", json!({"version": 1, "scope": []}), "plugin config", "scope", "one or more namespace names"),
         // ---- plugin config
         ("unsupported version", json!({"version": 2}), "plugin config", "version", "unsupported version 2 (this build reads 1)"),
         ("version 0", json!({"version": 0, "policies": [gnp(json!({"selector": "app =="}))]}),

@@ -130,3 +130,22 @@ fn without_the_network_role_forwarded_addresses_are_not_trusted() {
     let line = rig.db.wait_for_log("unverified 127.0.0.12 (from x-forwarded-for)", Duration::from_secs(5)).unwrap();
     assert!(line.contains("DENY"), "{line}");
 }
+
+/// A per-namespace shard in Istio's root namespace reaches every workload;
+/// the filter of a workload outside the shard's scope leaves the decision to
+/// its own namespace's shard (a second Krites filter in the chain).
+#[test]
+fn a_config_scoped_to_other_namespaces_passes_through() {
+    let mut scoped: serde_json::Value = serde_json::from_str(POLICY_CONFIG).unwrap();
+    scoped["scope"] = serde_json::json!(["istio-system"]);
+    let rig = database([127, 0, 5, 13], "default", &scoped.to_string(), true);
+    // The attack pod would be denied by this config; out of scope, it decides nothing.
+    assert_eq!(rig.call(ATTACK, "summary", &[]).status, 200);
+    assert_eq!(rig.stat("krites_out_of_scope_total"), 1);
+    assert_eq!(rig.stat("krites_denied_total"), 0);
+    rig.db.wait_for_log("is for other namespaces; default is decided by its own namespace's config", Duration::from_secs(5)).unwrap();
+    // Scoped to its own namespace, it enforces.
+    scoped["scope"] = serde_json::json!(["default", "other"]);
+    assert_eq!(rig.db.reconfigure(&scoped.to_string(), Duration::from_secs(10)).unwrap(), EcdsOutcome::Accepted);
+    assert_eq!(rig.call(ATTACK, "summary", &[]).status, 403);
+}

@@ -96,6 +96,11 @@ impl PolicySet {
             b.error("plugin config", "version", format!("unsupported version {} (this build reads {CONFIG_VERSION})", config.version));
             return Err(ConfigErrors(b.errors));
         }
+        if let Some(scope) = &config.scope {
+            if scope.is_empty() || scope.iter().any(String::is_empty) {
+                b.error("plugin config", "scope", "must list one or more namespace names");
+            }
+        }
         let tiers = b.tiers(config);
         let mut policies = Vec::new();
         let mut rules = Vec::new();
@@ -142,6 +147,7 @@ impl PolicySet {
             universe: Arc::new(universe),
             revision: content_revision(config),
             producer_revision: config.revision.clone(),
+            scope: config.scope.clone(),
         })
     }
 }

@@ -29,6 +29,7 @@ pub struct PolicySet {
     pub(crate) universe: Arc<Universe>,
     pub(crate) revision: String,
     pub(crate) producer_revision: Option<String>,
+    pub(crate) scope: Option<Vec<String>>,
 }
 
 impl PolicySet {
@@ -40,6 +41,11 @@ impl PolicySet {
     /// The `revision` label the producer put in the config, if any.
     pub fn producer_revision(&self) -> Option<&str> {
         self.producer_revision.as_deref()
+    }
+
+    /// Is this config meant for workloads of `namespace` (see `PluginConfig::scope`)?
+    pub fn in_scope(&self, namespace: &str) -> bool {
+        self.scope.as_ref().is_none_or(|s| s.iter().any(|n| n == namespace))
     }
 
     pub fn tiers(&self) -> &[Tier] {

@@ -1,0 +1,361 @@
+//! One reconcile: snapshot -> inventory -> compiled config -> the WasmPlugins
+//! wanted ([`Reconciler::desired`], no I/O) -> the cluster
+//! ([`Reconciler::reconcile`]: server-side apply, Events about bad objects).
+//!
+//! Never loosen enforcement because of a bad input:
+//! - an invalid object is left out (as `control compile --skip-invalid` does)
+//!   and reported once per object version: a warning in the log and a
+//!   Kubernetes Event (reason `InvalidPolicy`) on the object;
+//! - a policy or tier that was valid and turns invalid keeps its last valid
+//!   version in force until it is fixed or deleted;
+//! - a compile that fails leaves the WasmPlugins applied before untouched.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::api::DynamicObject;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::Client;
+use serde_json::Value;
+use tracing::{debug, error, info, warn};
+
+use krites_policy::ConfigError;
+
+use super::apply::{Applied, Applier, ApplyError};
+use super::metrics::Metrics;
+use super::sources::Snapshot;
+use crate::compile::{self, CompileError, PlanError, PlanOptions, MAX_CONFIG_BYTES};
+use crate::inventory::Inventory;
+use crate::wasmplugin::{self, Module};
+
+/// Event reason for an object left out of the config.
+pub const INVALID_REASON: &str = "InvalidPolicy";
+
+/// What the WasmPlugins should carry and where they go.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub module: Module,
+    /// Istio's root namespace: a WasmPlugin there applies to the whole mesh.
+    pub mesh_namespace: String,
+    /// One WasmPlugin pair per namespace even when the whole config fits in one.
+    pub per_namespace: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            module: Module { url: "oci://ghcr.io/krites-project/krites:0.1.0".into(), sha256: None },
+            mesh_namespace: wasmplugin::MESH_NAMESPACE.into(),
+            per_namespace: false,
+        }
+    }
+}
+
+/// An object left out of the config, with what is wrong with it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Invalid {
+    /// `group/kind/namespace/name`.
+    pub key: String,
+    pub reference: ObjectReference,
+    pub errors: Vec<ConfigError>,
+    /// A previous valid version of it stays in force.
+    pub kept_previous: bool,
+}
+
+/// The result of [`Reconciler::desired`].
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The WasmPlugins wanted, in apply order.
+    pub objects: Vec<DynamicObject>,
+    /// The config revision of each `namespace` the plan covers.
+    pub revisions: BTreeMap<String, String>,
+    /// Size of the largest config.
+    pub bytes: usize,
+    /// Sharded per namespace (by flag, or because the whole did not fit).
+    pub sharded: bool,
+    pub invalid: Vec<Invalid>,
+    /// Problems no single object explains (two objects clash, ...).
+    pub other_errors: Vec<ConfigError>,
+    pub counts: BTreeMap<(String, String), usize>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error(transparent)]
+    Compile(#[from] CompileError),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error("a generated WasmPlugin does not parse: {0}")]
+    Manifest(#[from] serde_json::Error),
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+}
+
+/// What one [`Reconciler::reconcile`] did.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    pub applied: Applied,
+    pub revisions: BTreeMap<String, String>,
+    pub invalid: usize,
+    pub events: usize,
+}
+
+fn str_at<'a>(v: &'a Value, pointer: &str) -> &'a str {
+    v.pointer(pointer).and_then(Value::as_str).unwrap_or("")
+}
+
+fn group_kind(v: &Value) -> (&str, &str) {
+    let group = str_at(v, "/apiVersion").rsplit_once('/').map_or("", |(g, _)| g);
+    (group, str_at(v, "/kind"))
+}
+
+fn is_calico(group: &str) -> bool {
+    group == "projectcalico.org" || group == "crd.projectcalico.org"
+}
+
+fn is_tier(v: &Value) -> bool {
+    let (g, k) = group_kind(v);
+    is_calico(g) && k == "Tier"
+}
+
+/// Kinds whose removal would loosen enforcement: their last valid version
+/// stays in force while the current one is invalid.
+fn is_policy_kind(v: &Value) -> bool {
+    match group_kind(v) {
+        (g, "GlobalNetworkPolicy" | "NetworkPolicy" | "Tier") if is_calico(g) => true,
+        ("networking.k8s.io", "NetworkPolicy") => true,
+        _ => false,
+    }
+}
+
+fn object_key(v: &Value) -> String {
+    let (g, k) = group_kind(v);
+    format!("{g}/{k}/{}/{}", str_at(v, "/metadata/namespace"), str_at(v, "/metadata/name"))
+}
+
+fn reference(v: &Value) -> ObjectReference {
+    let opt = |p: &str| Some(str_at(v, p).to_string()).filter(|s| !s.is_empty());
+    ObjectReference {
+        api_version: opt("/apiVersion"),
+        kind: opt("/kind"),
+        name: opt("/metadata/name"),
+        namespace: opt("/metadata/namespace"),
+        uid: opt("/metadata/uid"),
+        resource_version: opt("/metadata/resourceVersion"),
+        field_path: None,
+    }
+}
+
+fn inventory<'a>(objects: impl IntoIterator<Item = &'a Value>) -> Inventory {
+    let mut inv = Inventory::default();
+    for o in objects {
+        inv.add(o);
+    }
+    inv.validate();
+    inv
+}
+
+/// Turns cluster snapshots into WasmPlugins and keeps them applied.
+pub struct Reconciler {
+    client: Client,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    recorder: Recorder,
+    applier: Applier,
+    /// Last valid version of each policy and tier, by [`object_key`].
+    last_good: BTreeMap<String, Value>,
+    /// (object key, resourceVersion, problem) already reported.
+    reported: BTreeSet<(String, String, String)>,
+    warned_sharding: bool,
+}
+
+impl Reconciler {
+    pub fn new(client: Client, settings: Settings, metrics: Arc<Metrics>) -> Reconciler {
+        let reporter = Reporter {
+            controller: "krites-control".into(),
+            instance: std::env::var("POD_NAME").ok().filter(|s| !s.is_empty()),
+        };
+        Reconciler {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            settings,
+            metrics,
+            applier: Applier::default(),
+            last_good: BTreeMap::new(),
+            reported: BTreeSet::new(),
+            warned_sharding: false,
+        }
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Forgets what was applied: the next reconcile re-reads the WasmPlugins
+    /// from the cluster (repairs drift, finds stale ones).
+    pub fn resync(&mut self) {
+        self.applier.forget();
+    }
+
+    /// The WasmPlugins `snapshot` calls for. No I/O; it updates only the
+    /// memory of each policy's last valid version.
+    pub fn desired(&mut self, snapshot: &Snapshot) -> Result<Plan, ReconcileError> {
+        let counts = snapshot.counts();
+        let first = inventory(&snapshot.objects);
+        let (inv, invalid, other_errors) = if first.errors.is_empty() {
+            self.last_good = snapshot.objects.iter().filter(|o| is_policy_kind(o)).map(|o| (object_key(o), o.clone())).collect();
+            (first, Vec::new(), Vec::new())
+        } else {
+            self.with_last_good(snapshot, &first)
+        };
+
+        let opts = PlanOptions {
+            namespace: None,
+            mesh_namespace: &self.settings.mesh_namespace,
+            per_namespace: self.settings.per_namespace,
+            limit: MAX_CONFIG_BYTES,
+        };
+        let planned = compile::plan(&inv, &opts, &self.settings.module)?;
+        if planned.sharded && !self.settings.per_namespace && !self.warned_sharding {
+            info!(limit = MAX_CONFIG_BYTES, "the config is too large for one WasmPlugin; one pair per namespace, each scoped to its namespace");
+            self.warned_sharding = true;
+        }
+        let (values, revisions, bytes, sharded) = (planned.objects, planned.revisions, planned.max_bytes, planned.sharded);
+        let objects = values.into_iter().map(serde_json::from_value).collect::<Result<Vec<DynamicObject>, _>>()?;
+        Ok(Plan { objects, revisions, bytes, sharded, invalid, other_errors, counts })
+    }
+
+    /// Builds the inventory again with each invalid policy or tier replaced
+    /// by its last valid version, if it had one; says which objects are invalid.
+    fn with_last_good(&mut self, snapshot: &Snapshot, first: &Inventory) -> (Inventory, Vec<Invalid>, Vec<ConfigError>) {
+        let mut invalid = Vec::new();
+        let mut attributed: Vec<ConfigError> = Vec::new();
+        let mut inputs: Vec<Value> = Vec::with_capacity(snapshot.objects.len());
+        let mut good_tiers: Vec<Value> = Vec::new();
+        let present: BTreeSet<String> = snapshot.objects.iter().map(object_key).collect();
+        self.last_good.retain(|k, _| present.contains(k));
+
+        // Tiers first: a policy's validity depends on its tier being declared.
+        let (tiers, others): (Vec<&Value>, Vec<&Value>) = snapshot.objects.iter().partition(|o| is_tier(o));
+        for pass in [tiers, others] {
+            for obj in pass {
+                let key = object_key(obj);
+                let alone = if is_tier(obj) {
+                    inventory([obj])
+                } else if is_policy_kind(obj) {
+                    inventory(good_tiers.iter().chain([obj]))
+                } else {
+                    inventory([obj])
+                };
+                let chosen = if alone.errors.is_empty() {
+                    if is_policy_kind(obj) {
+                        self.last_good.insert(key, obj.clone());
+                    }
+                    Some(obj.clone())
+                } else {
+                    let previous = self.last_good.get(&key).cloned();
+                    attributed.extend(alone.errors.iter().cloned());
+                    invalid.push(Invalid { key, reference: reference(obj), errors: alone.errors, kept_previous: previous.is_some() });
+                    previous
+                };
+                if let Some(v) = chosen {
+                    if is_tier(&v) {
+                        good_tiers.push(v.clone());
+                    }
+                    inputs.push(v);
+                }
+            }
+        }
+        let other_errors = first.errors.iter().filter(|e| !attributed.contains(e)).cloned().collect();
+        (inventory(&inputs), invalid, other_errors)
+    }
+
+    /// One pass: compile `snapshot` and make the cluster hold the result.
+    /// On a compile error nothing is written.
+    pub async fn reconcile(&mut self, snapshot: &Snapshot) -> Result<Outcome, ReconcileError> {
+        let started = Instant::now();
+        let plan = self.desired(snapshot);
+        let took = started.elapsed();
+        let plan = match plan {
+            Ok(plan) => {
+                self.metrics.compiled(true, took, plan.bytes, plan.objects.len());
+                plan
+            }
+            Err(e) => {
+                self.metrics.compiled(false, took, 0, 0);
+                error!(error = %e, "cannot compile the cluster's policies; the WasmPlugins applied before stay in force");
+                return Err(e);
+            }
+        };
+        let invalid_objects = plan.invalid.len() + plan.other_errors.iter().map(|e| &e.object).collect::<BTreeSet<_>>().len();
+        self.metrics.objects(plan.counts.clone(), invalid_objects);
+        debug!(revisions = ?plan.revisions, bytes = plan.bytes, sharded = plan.sharded, took_ms = took.as_millis(), "compiled");
+
+        let applied = self.applier.apply(&self.client, &plan.objects).await;
+        let events = self.report(&plan).await;
+        let applied = match applied {
+            Ok(a) => a,
+            Err(e) => {
+                self.metrics.apply_failed();
+                return Err(e.into());
+            }
+        };
+        self.metrics.applied(applied.written.len(), applied.deleted.len());
+        self.metrics.set_ready();
+        Ok(Outcome { applied, revisions: plan.revisions, invalid: invalid_objects, events })
+    }
+
+    /// Logs each problem and publishes an Event on each invalid object, once
+    /// per object version. Returns how many Events went out.
+    async fn report(&mut self, plan: &Plan) -> usize {
+        let mut still = BTreeSet::new();
+        let mut published = 0;
+        for bad in &plan.invalid {
+            let version = bad.reference.resource_version.clone().unwrap_or_default();
+            let problems = bad.errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+            let id = (bad.key.clone(), version, problems.clone());
+            still.insert(id.clone());
+            if self.reported.contains(&id) {
+                continue;
+            }
+            let consequence = if bad.kept_previous { "its last valid version stays in force" } else { "left out of the config" };
+            warn!(object = %bad.key, problems = %problems, "invalid object: {consequence}");
+            let mut note = format!("Krites: {problems}; {consequence}");
+            if note.len() > 1000 {
+                let mut cut = 997;
+                while !note.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                note.truncate(cut);
+                note.push_str("...");
+            }
+            let event = Event {
+                type_: EventType::Warning,
+                reason: INVALID_REASON.into(),
+                note: Some(note),
+                action: "Compile".into(),
+                secondary: None,
+            };
+            match self.recorder.publish(&event, &bad.reference).await {
+                Ok(()) => {
+                    self.metrics.event_published();
+                    published += 1;
+                    self.reported.insert(id);
+                }
+                // Not remembered: tried again on the next reconcile.
+                Err(e) => warn!(object = %bad.key, error = %e, "cannot publish an Event"),
+            }
+        }
+        for e in &plan.other_errors {
+            let id = (e.object.clone(), String::new(), e.to_string());
+            still.insert(id.clone());
+            if self.reported.insert(id) {
+                warn!(problem = %e, "invalid input; left out");
+            }
+        }
+        self.reported.retain(|id| still.contains(id));
+        published
+    }
+}

@@ -1,0 +1,418 @@
+//! The controller's inputs: one reflector store per watched kind, fed by a
+//! `watcher` task, and a [`Snapshot`] of all of them as JSON objects, the form
+//! [`Inventory::add`](crate::inventory::Inventory::add) reads.
+//!
+//! Watched: Pods, ServiceAccounts, Namespaces, `networking.k8s.io`
+//! NetworkPolicies (all required), and Calico's GlobalNetworkPolicy,
+//! NetworkPolicy and Tier (optional: a cluster without the Calico CRDs is
+//! told once in the log and runs on Kubernetes NetworkPolicies only).
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::hash::Hash;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::reflector::Store;
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+/// Which API serves Calico's policies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum CalicoApi {
+    /// `crd.projectcalico.org/v1`: the CRDs Calico stores its objects in
+    /// (no Calico API server needed).
+    #[default]
+    Crd,
+    /// `projectcalico.org/v3`: the Calico API server's aggregated API.
+    V3,
+}
+
+impl CalicoApi {
+    pub fn group_version(self) -> (&'static str, &'static str) {
+        match self {
+            CalicoApi::Crd => ("crd.projectcalico.org", "v1"),
+            CalicoApi::V3 => ("projectcalico.org", "v3"),
+        }
+    }
+
+    /// GlobalNetworkPolicy, NetworkPolicy and Tier in that API.
+    pub fn resources(self) -> Vec<ApiResource> {
+        let (group, version) = self.group_version();
+        [("GlobalNetworkPolicy", "globalnetworkpolicies"), ("NetworkPolicy", "networkpolicies"), ("Tier", "tiers")]
+            .iter()
+            .map(|(kind, plural)| ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural))
+            .collect()
+    }
+}
+
+/// Where a source stands: the controller compiles only once every source
+/// has listed its objects (or is known to be absent), so a half-read cluster
+/// never produces a config that lacks policies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceState {
+    /// Initial list not done yet.
+    Pending,
+    /// Listed; watching.
+    Synced,
+    /// The API server does not serve this kind (Calico not installed).
+    Absent,
+}
+
+#[derive(Debug)]
+pub struct Source {
+    /// `Pod`, `crd.projectcalico.org/GlobalNetworkPolicy`, ...
+    pub name: String,
+    /// Absent is allowed (Calico kinds).
+    pub optional: bool,
+    state: AtomicU8,
+}
+
+impl Source {
+    fn new(name: String, optional: bool) -> Arc<Source> {
+        Arc::new(Source { name, optional, state: AtomicU8::new(0) })
+    }
+
+    pub fn state(&self) -> SourceState {
+        match self.state.load(Ordering::SeqCst) {
+            1 => SourceState::Synced,
+            2 => SourceState::Absent,
+            _ => SourceState::Pending,
+        }
+    }
+
+    pub fn set(&self, state: SourceState) {
+        let v = match state {
+            SourceState::Pending => 0,
+            SourceState::Synced => 1,
+            SourceState::Absent => 2,
+        };
+        self.state.store(v, Ordering::SeqCst);
+    }
+}
+
+/// Everything the cluster holds that the compiler reads, as JSON objects
+/// with `apiVersion` and `kind` set, in a stable order.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub objects: Vec<Value>,
+}
+
+fn str_at<'a>(v: &'a Value, pointer: &str) -> &'a str {
+    v.pointer(pointer).and_then(Value::as_str).unwrap_or("")
+}
+
+impl Snapshot {
+    pub fn new(mut objects: Vec<Value>) -> Snapshot {
+        objects.sort_by(|a, b| {
+            let key = |v: &Value| {
+                (
+                    str_at(v, "/apiVersion").to_string(),
+                    str_at(v, "/kind").to_string(),
+                    str_at(v, "/metadata/namespace").to_string(),
+                    str_at(v, "/metadata/name").to_string(),
+                )
+            };
+            key(a).cmp(&key(b))
+        });
+        Snapshot { objects }
+    }
+
+    /// Objects per (API group, kind), for the `krites_control_objects` gauge.
+    pub fn counts(&self) -> BTreeMap<(String, String), usize> {
+        let mut counts = BTreeMap::new();
+        for o in &self.objects {
+            let group = str_at(o, "/apiVersion").rsplit_once('/').map_or("", |(g, _)| g).to_string();
+            *counts.entry((group, str_at(o, "/kind").to_string())).or_default() += 1;
+        }
+        counts
+    }
+}
+
+/// Serializes a stored object for the inventory, setting `apiVersion` and
+/// `kind` when the object does not carry them.
+pub fn to_value<K: Resource + Serialize>(obj: &K, dt: &K::DynamicType) -> Option<Value> {
+    let mut value = match serde_json::to_value(obj) {
+        Ok(v) => v,
+        Err(e) => {
+            warn!(kind = %K::kind(dt), name = %obj.name_any(), error = %e, "cannot serialize a stored object; left out");
+            return None;
+        }
+    };
+    let map = value.as_object_mut()?;
+    if map.get("apiVersion").and_then(Value::as_str).is_none_or(str::is_empty) {
+        map.insert("apiVersion".into(), Value::String(K::api_version(dt).into_owned()));
+    }
+    if map.get("kind").and_then(Value::as_str).is_none_or(str::is_empty) {
+        map.insert("kind".into(), Value::String(K::kind(dt).into_owned()));
+    }
+    Some(value)
+}
+
+/// Read handles on every store.
+#[derive(Clone)]
+pub struct Stores {
+    pods: Store<Pod>,
+    service_accounts: Store<ServiceAccount>,
+    namespaces: Store<Namespace>,
+    network_policies: Store<NetworkPolicy>,
+    calico: Vec<(ApiResource, Store<DynamicObject>)>,
+    sources: Vec<Arc<Source>>,
+}
+
+/// Write handles on every store: the watchers' (see [`watch`]), or a test's.
+pub struct Writers {
+    pods: Writer<Pod>,
+    service_accounts: Writer<ServiceAccount>,
+    namespaces: Writer<Namespace>,
+    network_policies: Writer<NetworkPolicy>,
+    calico: Vec<(ApiResource, Writer<DynamicObject>)>,
+    sources: Vec<Arc<Source>>,
+}
+
+/// Empty stores for every watched kind.
+pub fn stores(calico: CalicoApi) -> (Stores, Writers) {
+    let pods = Writer::default();
+    let service_accounts = Writer::default();
+    let namespaces = Writer::default();
+    let network_policies = Writer::default();
+    let calico: Vec<(ApiResource, Writer<DynamicObject>)> =
+        calico.resources().into_iter().map(|ar| (ar.clone(), Writer::new(ar))).collect();
+    let mut sources = vec![
+        Source::new("Pod".into(), false),
+        Source::new("ServiceAccount".into(), false),
+        Source::new("Namespace".into(), false),
+        Source::new("networking.k8s.io/NetworkPolicy".into(), false),
+    ];
+    sources.extend(calico.iter().map(|(ar, _)| Source::new(format!("{}/{}", ar.group, ar.kind), true)));
+    let stores = Stores {
+        pods: pods.as_reader(),
+        service_accounts: service_accounts.as_reader(),
+        namespaces: namespaces.as_reader(),
+        network_policies: network_policies.as_reader(),
+        calico: calico.iter().map(|(ar, w)| (ar.clone(), w.as_reader())).collect(),
+        sources: sources.clone(),
+    };
+    (stores, Writers { pods, service_accounts, namespaces, network_policies, calico, sources })
+}
+
+fn dump<K>(store: &Store<K>, dt: &K::DynamicType, out: &mut Vec<Value>)
+where
+    K: Resource + Serialize + Clone + 'static,
+    K::DynamicType: Eq + Hash + Clone,
+{
+    out.extend(store.state().iter().filter_map(|o| to_value(o.as_ref(), dt)));
+}
+
+impl Stores {
+    /// Every source, with its state.
+    pub fn sources(&self) -> &[Arc<Source>] {
+        &self.sources
+    }
+
+    /// True once every source has listed its objects or is absent.
+    pub fn synced(&self) -> bool {
+        self.sources.iter().all(|s| s.state() != SourceState::Pending)
+    }
+
+    /// Names of the sources still waiting for their first list.
+    pub fn pending(&self) -> Vec<&str> {
+        self.sources.iter().filter(|s| s.state() == SourceState::Pending).map(|s| s.name.as_str()).collect()
+    }
+
+    /// All stored objects as JSON.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut out = Vec::new();
+        dump(&self.pods, &(), &mut out);
+        dump(&self.service_accounts, &(), &mut out);
+        dump(&self.namespaces, &(), &mut out);
+        dump(&self.network_policies, &(), &mut out);
+        for (ar, store) in &self.calico {
+            dump(store, ar, &mut out);
+        }
+        Snapshot::new(out)
+    }
+}
+
+/// What [`Writers::apply`] did with an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routed {
+    Stored,
+    /// A kind no store holds (Deployments, Services, ...).
+    Ignored,
+}
+
+fn put<K>(writer: &mut Writer<K>, value: &Value, delete: bool) -> Result<Routed, serde_json::Error>
+where
+    K: Resource + DeserializeOwned + Clone + 'static,
+    K::DynamicType: Eq + Hash + Clone,
+{
+    let obj: K = serde_json::from_value(value.clone())?;
+    writer.apply_watcher_event(&if delete { watcher::Event::Delete(obj) } else { watcher::Event::Apply(obj) });
+    Ok(Routed::Stored)
+}
+
+impl Writers {
+    /// Stores one object given as JSON (a manifest), as a watch event would.
+    pub fn apply(&mut self, value: &Value) -> Result<Routed, serde_json::Error> {
+        self.route(value, false)
+    }
+
+    /// Removes one object, as a watch `Delete` event would.
+    pub fn delete(&mut self, value: &Value) -> Result<Routed, serde_json::Error> {
+        self.route(value, true)
+    }
+
+    /// Marks every source listed (what a watcher's first `InitDone` does).
+    pub fn mark_synced(&self) {
+        for s in &self.sources {
+            s.set(SourceState::Synced);
+        }
+    }
+
+    fn route(&mut self, value: &Value, delete: bool) -> Result<Routed, serde_json::Error> {
+        match (str_at(value, "/apiVersion"), str_at(value, "/kind")) {
+            ("v1", "Pod") => put(&mut self.pods, value, delete),
+            ("v1", "ServiceAccount") => put(&mut self.service_accounts, value, delete),
+            ("v1", "Namespace") => put(&mut self.namespaces, value, delete),
+            ("networking.k8s.io/v1", "NetworkPolicy") => put(&mut self.network_policies, value, delete),
+            (api_version, kind) => {
+                match self.calico.iter_mut().find(|(ar, _)| ar.api_version == api_version && ar.kind == kind) {
+                    Some((_, writer)) => put(writer, value, delete),
+                    None => Ok(Routed::Ignored),
+                }
+            }
+        }
+    }
+}
+
+fn not_found(e: &watcher::Error) -> bool {
+    match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s)) | watcher::Error::WatchStartFailed(kube::Error::Api(s)) => {
+            s.is_not_found() || s.code == 404
+        }
+        _ => false,
+    }
+}
+
+/// Feeds one store from a watcher, tells `changes` after every change, and
+/// keeps `source`'s state current. Runs until `changes` closes.
+async fn watch_into<K>(api: Api<K>, writer: Writer<K>, source: Arc<Source>, changes: mpsc::Sender<()>)
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Eq + Hash + Clone + Send + Sync,
+{
+    let stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .modify(|o: &mut K| o.managed_fields_mut().clear())
+        .reflect(writer);
+    let mut stream = std::pin::pin!(stream);
+    let mut told_absent = false;
+    let mut told_error = false;
+    while let Some(item) = stream.next().await {
+        let changed = match item {
+            Ok(watcher::Event::InitDone) => {
+                if source.state() != SourceState::Synced {
+                    info!(source = %source.name, "listed");
+                }
+                source.set(SourceState::Synced);
+                told_absent = false;
+                told_error = false;
+                true
+            }
+            Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => true,
+            Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => false,
+            Err(e) if source.optional && not_found(&e) => {
+                if !told_absent {
+                    warn!(source = %source.name, "the API server does not serve this kind (is Calico installed? see --calico-api); going on without it");
+                    told_absent = true;
+                }
+                let was = source.state();
+                if was == SourceState::Pending {
+                    source.set(SourceState::Absent);
+                }
+                was == SourceState::Pending
+            }
+            Err(e) => {
+                if told_error {
+                    debug!(source = %source.name, error = %e, "watch failed; retrying");
+                } else {
+                    warn!(source = %source.name, error = %e, "watch failed; retrying with backoff (the last known objects stay in force)");
+                    told_error = true;
+                }
+                false
+            }
+        };
+        if changed {
+            match changes.try_send(()) {
+                Ok(()) | Err(mpsc::error::TrySendError::Full(())) => {}
+                Err(mpsc::error::TrySendError::Closed(())) => return,
+            }
+        }
+    }
+}
+
+/// Starts one watcher task per store (all namespaces).
+pub fn watch(client: &Client, writers: Writers, changes: mpsc::Sender<()>) -> Vec<JoinHandle<()>> {
+    let Writers { pods, service_accounts, namespaces, network_policies, calico, sources } = writers;
+    let source = |i: usize| sources.get(i).cloned().unwrap_or_else(|| Source::new(format!("source {i}"), false));
+    let mut tasks = vec![
+        tokio::spawn(watch_into(Api::<Pod>::all(client.clone()), pods, source(0), changes.clone())),
+        tokio::spawn(watch_into(Api::<ServiceAccount>::all(client.clone()), service_accounts, source(1), changes.clone())),
+        tokio::spawn(watch_into(Api::<Namespace>::all(client.clone()), namespaces, source(2), changes.clone())),
+        tokio::spawn(watch_into(Api::<NetworkPolicy>::all(client.clone()), network_policies, source(3), changes.clone())),
+    ];
+    for (i, (ar, writer)) in calico.into_iter().enumerate() {
+        let api = Api::<DynamicObject>::all_with(client.clone(), &ar);
+        tasks.push(tokio::spawn(watch_into(api, writer, source(4 + i), changes.clone())));
+    }
+    tasks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn typed_objects_get_api_version_and_kind() {
+        let (stores, mut writers) = stores(CalicoApi::Crd);
+        let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "a"}});
+        assert_eq!(writers.apply(&pod).unwrap(), Routed::Stored);
+        let gnp = json!({"apiVersion": "crd.projectcalico.org/v1", "kind": "GlobalNetworkPolicy", "metadata": {"name": "default.x"}, "spec": {}});
+        assert_eq!(writers.apply(&gnp).unwrap(), Routed::Stored);
+        let v3 = json!({"apiVersion": "projectcalico.org/v3", "kind": "GlobalNetworkPolicy", "metadata": {"name": "y"}});
+        assert_eq!(writers.apply(&v3).unwrap(), Routed::Ignored);
+        assert_eq!(writers.apply(&json!({"apiVersion": "apps/v1", "kind": "Deployment"})).unwrap(), Routed::Ignored);
+        let snap = stores.snapshot();
+        let kinds: Vec<(&str, &str)> = snap.objects.iter().map(|o| (str_at(o, "/apiVersion"), str_at(o, "/kind"))).collect();
+        assert_eq!(kinds, [("crd.projectcalico.org/v1", "GlobalNetworkPolicy"), ("v1", "Pod")]);
+        assert_eq!(snap.counts().get(&(String::new(), "Pod".to_string())), Some(&1));
+        writers.delete(&pod).unwrap();
+        assert_eq!(stores.snapshot().objects.len(), 1);
+    }
+
+    #[test]
+    fn synced_waits_for_every_source() {
+        let (stores, writers) = stores(CalicoApi::V3);
+        assert!(!stores.synced());
+        assert_eq!(stores.pending().len(), 7);
+        for (i, s) in stores.sources().iter().enumerate() {
+            s.set(if i < 4 { SourceState::Synced } else { SourceState::Absent });
+        }
+        assert!(stores.synced());
+        writers.mark_synced();
+        assert!(stores.sources().iter().all(|s| s.state() == SourceState::Synced));
+    }
+}
