@@ -10,11 +10,18 @@ say() { printf '[setup] %s\n' "$*"; }
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else "$@"; fi; }
 
-# Debian packages: curl (test client), binaryen (wasm-opt), python venv support.
+# Debian packages: curl (test client), binaryen (wasm-opt), python venv support,
+# etcd (the demo's database), the CNCF registry and skopeo (publish round trip).
 need_pkgs=()
 command -v curl >/dev/null || need_pkgs+=(curl)
 command -v wasm-opt >/dev/null || need_pkgs+=(binaryen)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_pkgs+=(python3-venv)
+command -v etcd >/dev/null || need_pkgs+=(etcd-server)
+command -v etcdctl >/dev/null || need_pkgs+=(etcd-client)
+if [ "${1:-}" != demo ]; then
+  command -v docker-registry >/dev/null || need_pkgs+=(docker-registry)
+  command -v skopeo >/dev/null || need_pkgs+=(skopeo)
+fi
 if [ ${#need_pkgs[@]} -gt 0 ] && command -v apt-get >/dev/null; then
   say "installing Debian packages: ${need_pkgs[*]}"
   as_root apt-get update -qq
