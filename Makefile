@@ -9,7 +9,11 @@ WASM_OPT_FEATURES := --enable-bulk-memory --enable-sign-ext --enable-mutable-glo
   --enable-nontrapping-float-to-int --enable-reference-types --enable-multivalue
 export KRITES_ENVOY ?= $(CURDIR)/.venv/bin/envoy
 
-.PHONY: help setup build test test-native test-wasm lint demo bench clean
+# Where `make publish` pushes the module (a local registry by default).
+PUBLISH_REF ?= 127.0.0.1:5000/krites/krites:$(shell git describe --tags --always 2>/dev/null || echo dev)
+PUBLISH_ARGS ?= --plain-http
+
+.PHONY: help setup build test test-native test-wasm lint demo bench publish clean
 
 help:
 	@echo "make setup   install the toolchain pieces (wasm target, Envoy, wasm-bindgen runner)"
@@ -17,6 +21,7 @@ help:
 	@echo "make test    lint, unit tests, engine tests on wasm32, end-to-end tests in Envoy"
 	@echo "make demo    play the YAO Bank tutorial in local Envoys (ARGS=--once to exit after)"
 	@echo "make bench   engine micro-benchmarks"
+	@echo "make publish push the module as an OCI image Istio accepts (PUBLISH_REF=host/repo:tag PUBLISH_ARGS=...)"
 
 setup:
 	@scripts/setup.sh
@@ -54,6 +59,11 @@ demo:
 
 bench:
 	$(CARGO) bench -p krites-bench
+
+# Pushes wasm-out/krites.wasm and points the shipped manifests at the pushed digest.
+publish: build
+	$(CARGO) run -q -p krites-control --bin control -- publish $(WASM_OUT) $(PUBLISH_REF) $(PUBLISH_ARGS) \
+	  --update-manifest istio-manifests/wasmplugin.yaml --update-manifest istio-manifests/control/deployment.yaml
 
 clean:
 	$(CARGO) clean

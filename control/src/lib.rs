@@ -12,4 +12,5 @@ pub mod controller;
 pub mod inventory;
 pub mod knp;
 pub mod manifests;
+pub mod publish;
 pub mod wasmplugin;

@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use krites_control::check::{self, Source};
 use krites_control::compile::{self, Options, PlanOptions, MAX_CONFIG_BYTES};
 use krites_control::inventory::Inventory;
-use krites_control::{manifests, wasmplugin};
+use krites_control::{manifests, publish, wasmplugin};
 use krites_policy::Verdict;
 
 #[derive(Parser)]
@@ -82,6 +82,40 @@ enum Command {
     },
     /// In-cluster controller: watch policies and the cluster, keep the WasmPlugins current.
     Run(krites_control::controller::RunArgs),
+    /// Push the module to an OCI registry as an image Istio's WasmPlugin can load.
+    ///
+    /// Pushes one OCI image manifest (never an index), reads it back by tag and
+    /// checks its digest, layer media types and the module bytes. Prints
+    /// `pushed REF`, `digest: sha256:...` (the manifest digest), `sha256: HEX`
+    /// (what goes in WasmPlugin.sha256 for oci:// URLs; not the .wasm file's
+    /// hash) and `url: oci://...`. The same module always gives the same digest.
+    Publish {
+        /// The module, e.g. wasm-out/krites.wasm (must be a core wasm module).
+        wasm: PathBuf,
+        /// Where to push: REGISTRY/REPO:TAG (an oci:// prefix is allowed).
+        reference: String,
+        /// Talk plain HTTP to the registry (local or insecure registries).
+        #[arg(long)]
+        plain_http: bool,
+        /// Registry user (HTTP basic auth; token realms are followed); needs --password-stdin.
+        #[arg(long, requires = "password_stdin")]
+        username: Option<String>,
+        /// Read the registry password or token from stdin (one line).
+        #[arg(long, requires = "username")]
+        password_stdin: bool,
+        /// Image layout: `oci` = two layers (wasm runtime config + raw module,
+        /// Istio's "oci" variant); `compat` = one tar+gzip layer holding
+        /// plugin.wasm (for registries or tools that refuse custom media types).
+        #[arg(long, value_enum, default_value = "oci")]
+        variant: publish::Variant,
+        /// After a verified push, set spec.url and spec.sha256 of every WasmPlugin,
+        /// and the --module-url/--sha256 of a Deployment running `control run`, in
+        /// this YAML file (multi-document, `kind: List` too), in place; repeatable.
+        /// A URL pinned by @sha256: stays pinned. The file is re-serialized:
+        /// comments and formatting are not kept.
+        #[arg(long, value_name = "FILE")]
+        update_manifest: Vec<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -181,6 +215,37 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Run(args) => {
             krites_control::controller::run_blocking(&args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Publish { wasm, reference, plain_http, username, password_stdin, variant, update_manifest } => {
+            let credentials = match username {
+                Some(user) if password_stdin => {
+                    let mut password = String::new();
+                    std::io::stdin().read_line(&mut password).context("cannot read the password from stdin")?;
+                    let password = password.trim_end_matches(['\r', '\n']).to_string();
+                    if password.is_empty() {
+                        bail!("--password-stdin: stdin gave an empty password");
+                    }
+                    Some((user, password))
+                }
+                _ => None,
+            };
+            let opts = publish::Options { wasm, reference, plain_http, credentials, variant };
+            let done = publish::publish(&opts)?;
+            println!("pushed {}", done.reference);
+            println!("digest: {}", done.digest);
+            println!("sha256: {}", done.wasmplugin_sha256());
+            println!("url: {}", done.url);
+            eprintln!(
+                "verified: read back by tag, manifest {} ({} variant), module {} bytes, file sha256 {}",
+                done.digest,
+                opts.variant.name(),
+                done.module_bytes, done.module_sha256
+            );
+            for file in update_manifest {
+                let n = publish::update_manifest(&file, &done)?;
+                eprintln!("updated {n} object(s) in {}", file.display());
+            }
             Ok(ExitCode::SUCCESS)
         }
     }
