@@ -2,7 +2,8 @@
 //!
 //! A path rule must mean the same thing to Krites as to the application behind
 //! it, whether or not the user's Envoy normalises paths. Canonical form: query
-//! and fragment stripped, percent-decoded exactly once, `\` read as `/`,
+//! and fragment stripped, percent-decoded exactly once (a decoded `%`, `?` or
+//! `#` is written back encoded), `\` read as `/`,
 //! `;params` dropped from each segment, empty and `.` segments removed, `..`
 //! resolved (never above the root), no trailing `/`. Encodings that different
 //! servers read differently are refused instead of guessed: an encoded `/`,
@@ -118,7 +119,16 @@ fn resolve_segments(decoded: &str) -> String {
     let mut out = String::with_capacity(decoded.len());
     for s in &segments {
         out.push('/');
-        out.push_str(s);
+        // Characters that mean something in a raw path stay encoded, so that
+        // the canonical form is itself canonical (normalising it is a no-op).
+        for c in s.chars() {
+            match c {
+                '%' => out.push_str("%25"),
+                '?' => out.push_str("%3F"),
+                '#' => out.push_str("%23"),
+                c => out.push(c),
+            }
+        }
     }
     if out.is_empty() {
         out.push('/');
@@ -172,6 +182,9 @@ mod tests {
             ("/caf%C3%A9", "/café"),
             ("/a%20b", "/a b"),
             ("/a.b/c..d/...", "/a.b/c..d/..."),
+            ("/100%25", "/100%25"),
+            ("/a%3fb", "/a%3Fb"),
+            ("/a%23b", "/a%23b"),
         ];
         for (raw, want) in ok {
             assert_eq!(normalize(raw).as_deref(), Ok(*want), "normalize({raw:?})");
