@@ -3,9 +3,9 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::thread::sleep;
@@ -16,6 +16,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use crate::client::{Request, Response};
 use crate::config::{self, Ports};
 use crate::pki::Identity;
+use crate::process::{free_port, ChildGuard};
 
 /// How long `start` waits for Envoy to come up (V8 compiling the module is the slow part).
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -49,6 +50,57 @@ pub struct SidecarSpec {
     /// connection manager, as a `type: NETWORK` WasmPlugin does in Istio: it records each
     /// connection's real peer so that `x-forwarded-for` cannot stand in for it.
     pub peer_address_filter: bool,
+}
+
+/// How a sidecar is wired into the mesh beyond its two inbound listeners. The default is the
+/// echo rig: the inbound listeners answer themselves, no outbound listeners, no `POD_PORTS`.
+///
+/// A separate struct (not more `SidecarSpec` fields) so that every existing `SidecarSpec { .. }`
+/// literal keeps compiling: `Sidecar::start(spec)` is `Sidecar::start_with(spec, Mesh::default())`.
+#[derive(Debug, Clone, Default)]
+pub struct Mesh {
+    /// The application container. Inbound requests that pass the filters are proxied here in
+    /// plain HTTP, as Istio's `inbound|<port>||` cluster does. `None`: Envoy answers itself
+    /// (`200 ok <name>` with the request echoed, see `config.rs`).
+    pub app: Option<SocketAddr>,
+    /// Outbound listeners on the pod IP, one per destination service: the application sends
+    /// plain HTTP there and the sidecar carries it over mTLS with this workload's certificate,
+    /// from the pod IP, to the destination sidecars' mTLS listeners.
+    pub outbound: Vec<Outbound>,
+    /// The pod's container ports, handed to the filter as Istio's `POD_PORTS` node metadata
+    /// (a JSON string); left out when empty.
+    pub pod_ports: Vec<ContainerPort>,
+}
+
+/// One destination service as seen from a sidecar (an Istio `outbound|<port>||<host>` cluster).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outbound {
+    /// The service name, e.g. "database": listener and cluster names, SNI.
+    pub service: String,
+    /// The destination sidecars' mTLS listeners, balanced round robin.
+    pub endpoints: Vec<SocketAddr>,
+    /// The SPIFFE id the destination must present, checked as Istio checks the server's
+    /// identity (e.g. `spiffe://cluster.local/ns/default/sa/database`).
+    pub server_identity: String,
+}
+
+/// A container port as Kubernetes declares it (`POD_PORTS` carries a list of these).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerPort {
+    pub name: String,
+    pub container_port: u16,
+    /// "TCP" unless told otherwise.
+    pub protocol: String,
+}
+
+impl ContainerPort {
+    pub fn tcp(name: &str, port: u16) -> ContainerPort {
+        ContainerPort {
+            name: name.to_string(),
+            container_port: port,
+            protocol: "TCP".to_string(),
+        }
+    }
 }
 
 /// What Envoy did with an ECDS version.
@@ -99,10 +151,10 @@ impl Paths {
 /// A running Envoy. Dropping it stops the process.
 pub struct Sidecar {
     spec: SidecarSpec,
+    mesh: Mesh,
     ports: Ports,
     paths: Paths,
-    child: Child,
-    watchdog: Option<Child>,
+    process: ChildGuard,
     version: AtomicU64,
     wasm: Mutex<Option<PathBuf>>,
     initial_ecds: Option<EcdsOutcome>,
@@ -114,7 +166,7 @@ impl std::fmt::Debug for Sidecar {
             .field("name", &self.spec.name)
             .field("ip", &self.spec.ip)
             .field("ports", &self.ports)
-            .field("pid", &self.child.id())
+            .field("pid", &self.process.pid())
             .finish_non_exhaustive()
     }
 }
@@ -125,7 +177,16 @@ impl Sidecar {
     /// With `wasm` set, waits for the first ECDS verdict as well; a rejected initial config
     /// is not an error (tests may want exactly that): check `initial_ecds()`.
     pub fn start(spec: SidecarSpec) -> Result<Sidecar> {
+        Sidecar::start_with(spec, Mesh::default())
+    }
+
+    /// `start`, wired into a mesh: an application behind the inbound listeners, outbound
+    /// listeners to other sidecars, `POD_PORTS`.
+    pub fn start_with(spec: SidecarSpec, mesh: Mesh) -> Result<Sidecar> {
         validate_name(&spec.name)?;
+        for o in &mesh.outbound {
+            validate_name(&o.service)?;
+        }
         let binary = crate::envoy_binary()?;
         fs::create_dir_all(&spec.work_dir)
             .with_context(|| format!("creating {}", spec.work_dir.display()))?;
@@ -133,7 +194,7 @@ impl Sidecar {
         // is rare (each sidecar has its own IP) and shows up as a bind error, so retry.
         let mut last_err = anyhow!("not started");
         for _ in 0..3 {
-            match Sidecar::try_start(&binary, spec.clone()) {
+            match Sidecar::try_start(&binary, spec.clone(), mesh.clone()) {
                 Ok(sidecar) => return Ok(sidecar),
                 Err(e) if format!("{e:#}").contains("Address already in use") => last_err = e,
                 Err(e) => return Err(e),
@@ -142,11 +203,16 @@ impl Sidecar {
         Err(last_err)
     }
 
-    fn try_start(binary: &Path, spec: SidecarSpec) -> Result<Sidecar> {
+    fn try_start(binary: &Path, spec: SidecarSpec, mesh: Mesh) -> Result<Sidecar> {
         let ports = Ports {
             admin: free_port(spec.ip)?,
             mtls: free_port(spec.ip)?,
             plain: free_port(spec.ip)?,
+            outbound: mesh
+                .outbound
+                .iter()
+                .map(|_| free_port(spec.ip))
+                .collect::<Result<_>>()?,
         };
         let paths = Paths::new(&spec);
         for stale in [&paths.log, &paths.stderr, &paths.access_log] {
@@ -160,41 +226,28 @@ impl Sidecar {
         }
         let boot = config::bootstrap(
             &spec,
-            ports,
+            &mesh,
+            &ports,
             &paths.ecds_file,
             &paths.ecds_dir,
             &paths.access_log,
         );
         write_json(&paths.bootstrap, &boot)?;
 
-        let stderr = fs::File::create(&paths.stderr)
-            .with_context(|| format!("creating {}", paths.stderr.display()))?;
-        let child = Command::new(binary)
-            .arg("-c")
-            .arg(&paths.bootstrap)
-            .args(["--concurrency", "1"])
-            .arg("--base-id")
-            .arg(base_id().to_string())
-            // Shared memory for hot restart is useless here and collides between runs.
-            .arg("--disable-hot-restart")
-            .arg("--log-path")
-            .arg(&paths.log)
-            .args(["-l", "info", "--component-log-level", "wasm:debug"])
-            // Flush logs promptly so `log()` sees what just happened.
-            .args(["--file-flush-interval-msec", "50"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .with_context(|| format!("spawning {}", binary.display()))?;
-        let watchdog = spawn_watchdog(child.id());
+        let process = spawn_envoy(
+            &spec.name,
+            binary,
+            &paths.bootstrap,
+            &paths.log,
+            &paths.stderr,
+        )?;
         let mut sidecar = Sidecar {
             wasm: Mutex::new(spec.wasm.clone()),
             spec,
+            mesh,
             ports,
             paths,
-            child,
-            watchdog,
+            process,
             version: AtomicU64::new(1),
             initial_ecds: None,
         };
@@ -205,7 +258,7 @@ impl Sidecar {
     fn wait_ready(&mut self) -> Result<()> {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            if let Some(status) = self.child.try_wait().context("polling envoy")? {
+            if let Some(status) = self.process.try_wait()? {
                 bail!(
                     "envoy {} exited during startup ({status}):\n{}",
                     self.spec.name,
@@ -253,7 +306,15 @@ impl Sidecar {
                 ready.body.trim()
             )));
         }
-        for addr in [self.mtls_addr(), self.plain_addr()] {
+        let outbound = self
+            .ports
+            .outbound
+            .iter()
+            .map(|&p| SocketAddr::from((self.spec.ip, p)));
+        for addr in [self.mtls_addr(), self.plain_addr()]
+            .into_iter()
+            .chain(outbound)
+        {
             if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
                 return Ok(Some(format!("a listener on {addr}")));
             }
@@ -274,7 +335,27 @@ impl Sidecar {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid()
+    }
+
+    /// Whether the Envoy process still runs.
+    pub fn is_running(&mut self) -> bool {
+        self.process.is_running()
+    }
+
+    pub fn mesh(&self) -> &Mesh {
+        &self.mesh
+    }
+
+    /// The outbound listener for `service` (see `Mesh::outbound`).
+    pub fn outbound_addr(&self, service: &str) -> Option<SocketAddr> {
+        let i = self
+            .mesh
+            .outbound
+            .iter()
+            .position(|o| o.service == service)?;
+        let port = *self.ports.outbound.get(i)?;
+        Some(SocketAddr::from((self.spec.ip, port)))
     }
 
     pub fn mtls_addr(&self) -> SocketAddr {
@@ -464,64 +545,57 @@ impl Sidecar {
     }
 
     fn log_tail(&self) -> String {
-        let mut out = String::new();
-        for (label, path) in [("stderr", &self.paths.stderr), ("log", &self.paths.log)] {
-            let text = read_lossy(path).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
-            let tail = lines.get(lines.len().saturating_sub(40)..).unwrap_or(&[]);
-            if !tail.is_empty() {
-                out.push_str(&format!(
-                    "--- {label} {} ---\n{}\n",
-                    path.display(),
-                    tail.join("\n")
-                ));
-            }
-        }
-        out
+        tail_of(&[("stderr", &self.paths.stderr), ("log", &self.paths.log)])
     }
 }
 
-impl Drop for Sidecar {
-    fn drop(&mut self) {
-        // The watchdog first, so it cannot outlive Envoy and shoot a recycled pid.
-        if let Some(mut w) = self.watchdog.take() {
-            let _ = w.kill();
-            let _ = w.wait();
+/// The last 40 lines of each file, labelled, for error messages.
+pub(crate) fn tail_of(files: &[(&str, &Path)]) -> String {
+    let mut out = String::new();
+    for (label, path) in files {
+        let text = read_lossy(path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines.get(lines.len().saturating_sub(40)..).unwrap_or(&[]);
+        if !tail.is_empty() {
+            out.push_str(&format!(
+                "--- {label} {} ---\n{}\n",
+                path.display(),
+                tail.join("\n")
+            ));
         }
-        // SIGTERM lets Envoy flush its logs; SIGKILL if it dawdles.
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .stderr(Stdio::null())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
+    out
 }
 
-/// Kills Envoy if this test process dies without running `Drop` (panic=abort, SIGKILL,
-/// a `static` fixture). Best effort: without `sh` we just lose that guarantee.
-fn spawn_watchdog(envoy_pid: u32) -> Option<Child> {
-    Command::new("sh")
-        .arg("-c")
-        .arg(
-            "while kill -0 \"$1\" 2>/dev/null && kill -0 \"$2\" 2>/dev/null; do sleep 0.5; done; \
-             kill -9 \"$2\" 2>/dev/null",
-        )
-        .arg("krites-watchdog")
-        .arg(std::process::id().to_string())
-        .arg(envoy_pid.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()
+/// Start Envoy on `bootstrap` with the rig's usual flags, under a guard that stops it.
+pub(crate) fn spawn_envoy(
+    name: &str,
+    binary: &Path,
+    bootstrap: &Path,
+    log: &Path,
+    stderr: &Path,
+) -> Result<ChildGuard> {
+    let stderr =
+        fs::File::create(stderr).with_context(|| format!("creating {}", stderr.display()))?;
+    ChildGuard::spawn(
+        &format!("envoy {name}"),
+        Command::new(binary)
+            .arg("-c")
+            .arg(bootstrap)
+            .args(["--concurrency", "1"])
+            .arg("--base-id")
+            .arg(base_id().to_string())
+            // Shared memory for hot restart is useless here and collides between runs.
+            .arg("--disable-hot-restart")
+            .arg("--log-path")
+            .arg(log)
+            .args(["-l", "info", "--component-log-level", "wasm:debug"])
+            // Flush logs promptly so `log()` sees what just happened.
+            .args(["--file-flush-interval-msec", "50"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr),
+    )
 }
 
 /// Unique per Envoy started by this process, and unlikely to collide across processes.
@@ -531,7 +605,7 @@ fn base_id() -> u32 {
     (std::process::id() % 100_000) * 100 + n % 100
 }
 
-fn validate_name(name: &str) -> Result<()> {
+pub(crate) fn validate_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name
             .bytes()
@@ -542,12 +616,7 @@ fn validate_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-fn free_port(ip: Ipv4Addr) -> Result<u16> {
-    let l = TcpListener::bind((ip, 0)).with_context(|| format!("binding {ip}:0"))?;
-    Ok(l.local_addr()?.port())
-}
-
-fn write_json(path: &Path, doc: &serde_json::Value) -> Result<()> {
+pub(crate) fn write_json(path: &Path, doc: &serde_json::Value) -> Result<()> {
     let text = serde_json::to_string_pretty(doc)?;
     fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
@@ -566,7 +635,7 @@ fn write_atomically(dir: &Path, path: &Path, doc: &serde_json::Value) -> Result<
     Ok(())
 }
 
-fn read_lossy(path: &Path) -> Result<String> {
+pub(crate) fn read_lossy(path: &Path) -> Result<String> {
     let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }

@@ -2,6 +2,13 @@
 //! sidecars on their own 127.0.0.x "pod IPs", a test CA standing in for Istio's, and curl
 //! standing in for client pods.
 //!
+//! For `make demo` the same sidecars carry real traffic: `Sidecar::start_with` puts an
+//! application behind the inbound listeners and adds outbound listeners that call other
+//! sidecars over mTLS from the pod IP (`Mesh`); `Ingress` is the gateway for a browser;
+//! `etcd::Etcd` runs a real etcd; `yaobank::live` wires YAO Bank from these parts. Every
+//! process is owned by a `process::ChildGuard`, which stops it on drop, on
+//! `process::terminate_all` (signal handlers) or, through a watchdog, when the owner dies.
+//!
 //! ```no_run
 //! # fn main() -> anyhow::Result<()> {
 //! use krites_testbed::*;
@@ -34,7 +41,10 @@
 mod client;
 mod config;
 mod envoy;
+pub mod etcd;
+mod ingress;
 mod pki;
+pub mod process;
 pub mod yaobank;
 
 use std::path::PathBuf;
@@ -43,7 +53,11 @@ use anyhow::{bail, Result};
 
 pub use client::{Request, Response, TransportError};
 pub use config::ecds_name;
-pub use envoy::{parse_stats, EcdsCounts, EcdsOutcome, Sidecar, SidecarSpec, READY_TIMEOUT};
+pub use envoy::{
+    parse_stats, ContainerPort, EcdsCounts, EcdsOutcome, Mesh, Outbound, Sidecar, SidecarSpec,
+    READY_TIMEOUT,
+};
+pub use ingress::{Ingress, IngressSpec};
 pub use pki::{Identity, Pki};
 
 /// The Cargo workspace root (parent of this crate).

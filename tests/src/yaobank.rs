@@ -10,6 +10,8 @@ use anyhow::{Context, Result};
 
 use crate::{Identity, Pki, Request, Response, Sidecar, SidecarSpec};
 
+pub mod live;
+
 /// The tutorial's three policies and the cluster's pods, as Krites config.
 pub const POLICY_CONFIG: &str = include_str!("../fixtures/yaobank-plugin-config.json");
 /// The same workloads before any policy is applied (everything allowed).
