@@ -115,6 +115,10 @@ enum Command {
         /// comments and formatting are not kept.
         #[arg(long, value_name = "FILE")]
         update_manifest: Vec<PathBuf>,
+        /// Build the image and print its digest without pushing (the build is
+        /// deterministic: the same module always gives the same digest).
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -217,7 +221,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             krites_control::controller::run_blocking(&args)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Publish { wasm, reference, plain_http, username, password_stdin, variant, update_manifest } => {
+        Command::Publish { wasm, reference, plain_http, username, password_stdin, variant, update_manifest, dry_run } => {
             let credentials = match username {
                 Some(user) if password_stdin => {
                     let mut password = String::new();
@@ -230,18 +234,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 _ => None,
             };
-            let opts = publish::Options { wasm, reference, plain_http, credentials, variant };
+            let opts = publish::Options { wasm, reference, plain_http, credentials, variant, dry_run };
             let done = publish::publish(&opts)?;
-            println!("pushed {}", done.reference);
+            println!("{} {}", if dry_run { "would push" } else { "pushed" }, done.reference);
             println!("digest: {}", done.digest);
             println!("sha256: {}", done.wasmplugin_sha256());
             println!("url: {}", done.url);
-            eprintln!(
-                "verified: read back by tag, manifest {} ({} variant), module {} bytes, file sha256 {}",
-                done.digest,
-                opts.variant.name(),
-                done.module_bytes, done.module_sha256
-            );
+            if !dry_run {
+                eprintln!(
+                    "verified: read back by tag, manifest {} ({} variant), module {} bytes, file sha256 {}",
+                    done.digest,
+                    opts.variant.name(),
+                    done.module_bytes,
+                    done.module_sha256
+                );
+            }
             for file in update_manifest {
                 let n = publish::update_manifest(&file, &done)?;
                 eprintln!("updated {n} object(s) in {}", file.display());

@@ -75,6 +75,8 @@ pub struct Options {
     /// Basic credentials (`--username` + `--password-stdin`); anonymous if `None`.
     pub credentials: Option<(String, String)>,
     pub variant: Variant,
+    /// Build the image and report its digest without pushing.
+    pub dry_run: bool,
 }
 
 /// A blob of the image and its digest.
@@ -460,7 +462,9 @@ pub fn extract_compat(gz: &[u8]) -> Result<Vec<u8>> {
     bail!("no {COMPAT_FILE} in the archive")
 }
 
-/// The whole command: read and check the module, build, push, verify.
+/// The whole command: read and check the module, build, push, verify. With
+/// `dry_run`, only build: the image is deterministic, so its digest is the one
+/// a push of the same module gives.
 pub fn publish(opts: &Options) -> Result<Published> {
     let wasm = std::fs::read(&opts.wasm).with_context(|| format!("cannot read {}", opts.wasm.display()))?;
     check_module(&wasm).with_context(|| format!("{} was not pushed", opts.wasm.display()))?;
@@ -470,8 +474,10 @@ pub fn publish(opts: &Options) -> Result<Published> {
         Some((u, p)) => RegistryAuth::Basic(u.clone(), p.clone()),
         None => RegistryAuth::Anonymous,
     };
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(push_and_verify(&image, &wasm, &reference, &auth, opts.plain_http))?;
+    if !opts.dry_run {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        runtime.block_on(push_and_verify(&image, &wasm, &reference, &auth, opts.plain_http))?;
+    }
     let base = format!("{}/{}", reference.registry(), reference.repository());
     let tag = reference.tag().unwrap_or("latest");
     Ok(Published {

@@ -397,3 +397,16 @@ fn read_back_detects_mismatches() {
     let err = rt.block_on(publish::verify(&held, &other_module, &reference, &auth, true)).unwrap_err().to_string();
     assert!(err.contains("read-back mismatch: the module in the registry hashes to"), "{err}");
 }
+
+/// The image build is deterministic: `--dry-run` (no registry) names the digest a push gives.
+#[test]
+fn dry_run_names_the_digest_a_push_gives() {
+    let reg = Registry::start(None);
+    let tmp = tempfile::tempdir().unwrap();
+    let (wasm, _) = module(tmp.path());
+    let dry = control(&["publish", wasm.to_str().unwrap(), "unreachable.invalid:1/krites/krites:1", "--dry-run"], None);
+    assert!(dry.status.success(), "{}", text(&dry));
+    let dry_digest = String::from_utf8_lossy(&dry.stdout).lines().find_map(|l| l.strip_prefix("digest: ").map(str::to_string)).unwrap();
+    let pushed = printed(&control(&["publish", wasm.to_str().unwrap(), &reg.reference("same"), "--plain-http"], None));
+    assert_eq!(pushed.digest, dry_digest);
+}
