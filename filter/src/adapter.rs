@@ -123,22 +123,27 @@ pub fn parse_port(bytes: &[u8]) -> Option<u16> {
 /// metadata `LABELS` struct): u32 count, (u32 key len, u32 value len) per
 /// pair, then each key and value followed by a NUL.
 pub fn decode_string_map(bytes: &[u8]) -> Result<BTreeMap<String, String>, String> {
+    // Lengths come from the host: every offset is checked, nothing can overflow.
+    let truncated = || "map is truncated".to_string();
     let word = |at: usize| -> Result<usize, String> {
-        let raw: [u8; 4] = bytes.get(at..at + 4).and_then(|s| s.try_into().ok()).ok_or("map is truncated")?;
+        let end = at.checked_add(4).ok_or_else(truncated)?;
+        let raw: [u8; 4] = bytes.get(at..end).and_then(|s| s.try_into().ok()).ok_or_else(truncated)?;
         Ok(u32::from_le_bytes(raw) as usize)
     };
     let count = word(0)?;
-    let mut sizes = Vec::with_capacity(count.min(1024));
+    let header = count.checked_mul(8).and_then(|n| n.checked_add(4)).filter(|&n| n <= bytes.len()).ok_or_else(truncated)?;
+    let mut sizes = Vec::with_capacity(count);
     for i in 0..count {
         sizes.push((word(4 + 8 * i)?, word(8 + 8 * i)?));
     }
-    let mut at = 4 + 8 * count;
+    let mut at = header;
     let mut take = |len: usize| -> Result<String, String> {
-        let s = bytes.get(at..at + len).ok_or("map is truncated")?;
-        if bytes.get(at + len) != Some(&0) {
+        let end = at.checked_add(len).ok_or_else(truncated)?;
+        let s = bytes.get(at..end).ok_or_else(truncated)?;
+        if bytes.get(end) != Some(&0) {
             return Err("map entry is not NUL-terminated".into());
         }
-        at += len + 1;
+        at = end + 1;
         String::from_utf8(s.to_vec()).map_err(|_| "map entry is not UTF-8".to_string())
     };
     let mut map = BTreeMap::new();
