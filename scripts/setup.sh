@@ -21,6 +21,7 @@ command -v etcdctl >/dev/null || need_pkgs+=(etcd-client)
 if [ "${1:-}" != demo ]; then
   command -v docker-registry >/dev/null || need_pkgs+=(docker-registry)
   command -v skopeo >/dev/null || need_pkgs+=(skopeo)
+  command -v h2load >/dev/null || need_pkgs+=(nghttp2-client)   # load generator (bench, soak)
 fi
 if [ ${#need_pkgs[@]} -gt 0 ] && command -v apt-get >/dev/null; then
   say "installing Debian packages: ${need_pkgs[*]}"

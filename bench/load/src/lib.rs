@@ -1,0 +1,6 @@
+//! The Krites load benchmark (`make bench`): one Envoy per configuration
+//! (no filter, Envoy RBAC, ext_authz to an out-of-process Krites engine, the
+//! Krites Wasm filter), the same h2load request mix through each, alternated.
+
+pub mod ext_authz;
+pub mod rbac;
