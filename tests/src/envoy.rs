@@ -16,7 +16,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use crate::client::{Request, Response};
 use crate::config::{self, Ports};
 use crate::pki::Identity;
-use crate::process::{free_port, ChildGuard};
+use crate::process::{free_ports, ChildGuard};
 
 /// How long `start` waits for Envoy to come up (V8 compiling the module is the slow part).
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -204,15 +204,12 @@ impl Sidecar {
     }
 
     fn try_start(binary: &Path, spec: SidecarSpec, mesh: Mesh) -> Result<Sidecar> {
+        let picked = free_ports(spec.ip, 3 + mesh.outbound.len())?;
         let ports = Ports {
-            admin: free_port(spec.ip)?,
-            mtls: free_port(spec.ip)?,
-            plain: free_port(spec.ip)?,
-            outbound: mesh
-                .outbound
-                .iter()
-                .map(|_| free_port(spec.ip))
-                .collect::<Result<_>>()?,
+            admin: picked[0],
+            mtls: picked[1],
+            plain: picked[2],
+            outbound: picked[3..].to_vec(),
         };
         let paths = Paths::new(&spec);
         for stale in [&paths.log, &paths.stderr, &paths.access_log] {

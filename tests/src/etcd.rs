@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use crate::client::{Request, Response};
 use crate::envoy::{read_lossy, tail_of};
-use crate::process::{free_port, port_or_free, ChildGuard};
+use crate::process::{free_ports, port_or_free, ChildGuard};
 
 /// How long `start` waits for etcd to serve the v2 API.
 pub const ETCD_READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -73,7 +73,8 @@ impl Etcd {
             let (client, peer) = if attempt == 0 {
                 (port_or_free(ip, 2379)?, port_or_free(ip, 2380)?)
             } else {
-                (free_port(ip)?, free_port(ip)?)
+                let p = free_ports(ip, 2)?;
+                (p[0], p[1])
             };
             match Etcd::try_start(&binary, name, ip, client, peer, work_dir) {
                 Ok(etcd) => return Ok(etcd),

@@ -13,7 +13,7 @@ use crate::client::Request;
 use crate::config;
 use crate::envoy::{read_lossy, spawn_envoy, tail_of, validate_name, write_json, Outbound};
 use crate::pki::Identity;
-use crate::process::{free_port, port_or_free, ChildGuard};
+use crate::process::{free_port, free_ports, port_or_free, ChildGuard};
 use crate::READY_TIMEOUT;
 
 #[derive(Debug, Clone)]
@@ -77,7 +77,8 @@ impl Ingress {
     }
 
     fn try_start(binary: &Path, spec: IngressSpec, port: u16) -> Result<Ingress> {
-        let admin_port = free_port(spec.ip)?;
+        // Distinct from the listener's port, which is not bound yet.
+        let admin_port = free_ports(spec.ip, 2)?.into_iter().find(|p| *p != port).unwrap_or(0);
         let d = &spec.work_dir;
         let n = &spec.name;
         let bootstrap = d.join(format!("{n}.envoy.json"));

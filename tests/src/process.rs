@@ -179,6 +179,15 @@ pub fn free_port(ip: Ipv4Addr) -> Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
+/// `n` distinct ports free on `ip` right now: all are held while the next is picked, so the
+/// kernel cannot hand the same port out twice (two listeners of one Envoy on one port).
+pub fn free_ports(ip: Ipv4Addr, n: usize) -> Result<Vec<u16>> {
+    let held: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind((ip, 0)).with_context(|| format!("binding {ip}:0")))
+        .collect::<Result<_>>()?;
+    held.iter().map(|l| Ok(l.local_addr()?.port())).collect()
+}
+
 /// `preferred` if it is free on `ip`, else any free port.
 pub fn port_or_free(ip: Ipv4Addr, preferred: u16) -> Result<u16> {
     if TcpListener::bind((ip, preferred)).is_ok() {
