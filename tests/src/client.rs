@@ -4,7 +4,7 @@
 //! (`--request-target`), which path-confusion tests need, and it keeps a TLS stack out of
 //! the rig's dependencies.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -79,7 +79,7 @@ struct Tls {
 /// One HTTP/1.1 request; build, then `send()`.
 #[derive(Debug, Clone)]
 pub struct Request {
-    from: Option<Ipv4Addr>,
+    from: Option<IpAddr>,
     to: Option<SocketAddr>,
     tls: Option<Tls>,
     method: String,
@@ -111,6 +111,11 @@ impl Request {
 
     /// Start a request whose source address is `ip` (the "client pod IP").
     pub fn from(ip: Ipv4Addr) -> Request {
+        Request::from_ip(IpAddr::V4(ip))
+    }
+
+    /// `from` for any address family, e.g. `::1` to an IPv6 listener.
+    pub fn from_ip(ip: IpAddr) -> Request {
         Request {
             from: Some(ip),
             ..Request::default()
@@ -183,8 +188,12 @@ impl Request {
                 if let Some(id) = &tls.client {
                     cmd.arg("--cert").arg(&id.cert).arg("--key").arg(&id.key);
                 }
+                let ip = match to.ip() {
+                    IpAddr::V6(v6) => format!("[{v6}]"),
+                    v4 => v4.to_string(),
+                };
                 cmd.arg("--resolve")
-                    .arg(format!("{}:{}:{}", tls.server_name, to.port(), to.ip()));
+                    .arg(format!("{}:{}:{ip}", tls.server_name, to.port()));
                 format!("https://{}:{}/", tls.server_name, to.port())
             }
             None => format!("http://{to}/"),

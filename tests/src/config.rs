@@ -4,7 +4,7 @@
 //! configuration strings need no YAML quoting. The shape follows
 //! shared/reference/istio-envoy-wasm.md section 4, which was validated against Envoy 1.40.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 
 use serde_json::{json, Value};
@@ -22,6 +22,8 @@ pub struct Ports {
     pub plain: u16,
     /// One per `Mesh::outbound`, in order.
     pub outbound: Vec<u16>,
+    /// One per `Mesh::extra_inbound`, in order: (address, mTLS port, plaintext port).
+    pub extra: Vec<(IpAddr, u16, u16)>,
 }
 
 /// The cluster behind the inbound listeners when the sidecar has an application.
@@ -67,7 +69,7 @@ pub fn bootstrap(
             "inbound_mtls",
             spec,
             mesh,
-            ports.mtls,
+            socket(spec.ip, ports.mtls),
             &http_filters,
             access_log,
             true,
@@ -76,12 +78,27 @@ pub fn bootstrap(
             "inbound_plain",
             spec,
             mesh,
-            ports.plain,
+            socket(spec.ip, ports.plain),
             &http_filters,
             access_log,
             false,
         ),
     ];
+    // The same two listeners again on each extra address (Envoy's `additional_addresses`
+    // would share one listener, but it refuses `ipv4_compat` there).
+    for (i, &(ip, mtls, plain)) in ports.extra.iter().enumerate() {
+        for (kind, port, tls) in [("mtls", mtls, true), ("plain", plain, false)] {
+            listeners.push(listener(
+                &format!("inbound_{kind}_x{i}"),
+                spec,
+                mesh,
+                socket_ip(ip, port),
+                &http_filters,
+                access_log,
+                tls,
+            ));
+        }
+    }
     let mut clusters = Vec::new();
     if let Some(app) = mesh.app {
         clusters.push(static_cluster(APP_CLUSTER, &[app]));
@@ -302,11 +319,21 @@ fn socket_addr(addr: SocketAddr) -> Value {
     json!({ "socket_address": { "address": addr.ip().to_string(), "port_value": addr.port() } })
 }
 
+/// A listener address on any family. `::` is dual-stack (`ipv4_compat`): IPv4 clients reach it
+/// too, and the kernel reports them as IPv4-mapped IPv6 peers (`::ffff:a.b.c.d`).
+fn socket_ip(ip: IpAddr, port: u16) -> Value {
+    let mut addr = json!({ "socket_address": { "address": ip.to_string(), "port_value": port } });
+    if ip == IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED) {
+        addr["socket_address"]["ipv4_compat"] = json!(true);
+    }
+    addr
+}
+
 fn listener(
     name: &str,
     spec: &SidecarSpec,
     mesh: &Mesh,
-    port: u16,
+    address: Value,
     http_filters: &[Value],
     access_log: &Path,
     mtls: bool,
@@ -340,7 +367,7 @@ fn listener(
     }
     json!({
         "name": name,
-        "address": socket(spec.ip, port),
+        "address": address,
         // Envoy binds with SO_REUSEPORT by default: a second Envoy (another test, another
         // demo) picking the same port would silently share it. Without, it fails to start
         // and `Sidecar::start` retries on another port.
@@ -475,7 +502,42 @@ mod tests {
             mtls: 2,
             plain: 3,
             outbound,
+            extra: vec![],
         }
+    }
+
+    #[test]
+    fn extra_inbound_addresses_get_their_own_listeners() {
+        let mut p = ports(vec![]);
+        p.extra = vec![("::1".parse().unwrap(), 4, 5), ("::".parse().unwrap(), 6, 7)];
+        let boot = bootstrap(
+            &spec(),
+            &Mesh::default(),
+            &p,
+            Path::new("/e"),
+            Path::new("/e"),
+            Path::new("/a"),
+        );
+        let listeners = boot["static_resources"]["listeners"].as_array().unwrap();
+        let addr = |i: usize| (listeners[i]["name"].clone(), listeners[i]["address"].clone());
+        assert_eq!(listeners.len(), 6);
+        assert_eq!(
+            addr(2),
+            (
+                json!("inbound_mtls_x0"),
+                json!({"socket_address": {"address": "::1", "port_value": 4}})
+            )
+        );
+        assert_eq!(
+            addr(5),
+            (
+                json!("inbound_plain_x1"),
+                json!({"socket_address": {"address": "::", "port_value": 7, "ipv4_compat": true}})
+            )
+        );
+        assert!(listeners[4]["filter_chains"][0]
+            .get("transport_socket")
+            .is_some());
     }
 
     #[test]
@@ -507,6 +569,7 @@ mod tests {
                 server_identity: "spiffe://cluster.local/ns/default/sa/database".into(),
             }],
             pod_ports: vec![ContainerPort::tcp("http", 8080)],
+            ..Mesh::default()
         };
         let boot = bootstrap(
             &spec(),

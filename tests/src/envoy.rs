@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -70,6 +70,11 @@ pub struct Mesh {
     /// The pod's container ports, handed to the filter as Istio's `POD_PORTS` node metadata
     /// (a JSON string); left out when empty.
     pub pod_ports: Vec<ContainerPort>,
+    /// Further addresses both inbound listeners also accept on, each on its own ports (see
+    /// `mtls_addr_on`/`plain_addr_on`): `::1` for IPv6 clients; `::` for a dual-stack listener
+    /// (`ipv4_compat`), where IPv4 clients arrive as IPv4-mapped IPv6 peers
+    /// (`::ffff:a.b.c.d`) as on a dual-stack pod.
+    pub extra_inbound: Vec<IpAddr>,
 }
 
 /// One destination service as seen from a sidecar (an Istio `outbound|<port>||<host>` cluster).
@@ -210,6 +215,14 @@ impl Sidecar {
             mtls: picked[1],
             plain: picked[2],
             outbound: picked[3..].to_vec(),
+            extra: mesh
+                .extra_inbound
+                .iter()
+                .map(|&ip| {
+                    let p = free_ports(ip, 2)?;
+                    Ok((ip, p[0], p[1]))
+                })
+                .collect::<Result<_>>()?,
         };
         let paths = Paths::new(&spec);
         for stale in [&paths.log, &paths.stderr, &paths.access_log] {
@@ -308,9 +321,19 @@ impl Sidecar {
             .outbound
             .iter()
             .map(|&p| SocketAddr::from((self.spec.ip, p)));
+        let extra = self.ports.extra.iter().flat_map(|&(ip, m, p)| {
+            // A wildcard listener is reached through the pod IP.
+            let ip = if ip.is_unspecified() {
+                IpAddr::V4(self.spec.ip)
+            } else {
+                ip
+            };
+            [SocketAddr::new(ip, m), SocketAddr::new(ip, p)]
+        });
         for addr in [self.mtls_addr(), self.plain_addr()]
             .into_iter()
             .chain(outbound)
+            .chain(extra)
         {
             if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
                 return Ok(Some(format!("a listener on {addr}")));
@@ -361,6 +384,19 @@ impl Sidecar {
 
     pub fn plain_addr(&self) -> SocketAddr {
         SocketAddr::from((self.spec.ip, self.ports.plain))
+    }
+
+    /// The mTLS listener's port on one of `Mesh::extra_inbound` (for `::`, connect to any
+    /// local address on this port, e.g. the pod IP).
+    pub fn mtls_addr_on(&self, ip: IpAddr) -> Option<SocketAddr> {
+        let &(ip, port, _) = self.ports.extra.iter().find(|(i, _, _)| *i == ip)?;
+        Some(SocketAddr::new(ip, port))
+    }
+
+    /// The plaintext listener's port on one of `Mesh::extra_inbound`.
+    pub fn plain_addr_on(&self, ip: IpAddr) -> Option<SocketAddr> {
+        let &(ip, _, port) = self.ports.extra.iter().find(|(i, _, _)| *i == ip)?;
+        Some(SocketAddr::new(ip, port))
     }
 
     pub fn admin_addr(&self) -> SocketAddr {

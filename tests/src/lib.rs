@@ -45,6 +45,7 @@ pub mod etcd;
 mod ingress;
 mod pki;
 pub mod process;
+mod raw;
 pub mod yaobank;
 
 use std::path::PathBuf;
@@ -59,6 +60,7 @@ pub use envoy::{
 };
 pub use ingress::{Ingress, IngressSpec};
 pub use pki::{Identity, Pki};
+pub use raw::{raw_request, RawConn, RawResponse};
 
 /// The Cargo workspace root (parent of this crate).
 pub fn workspace_root() -> PathBuf {

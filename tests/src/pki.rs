@@ -97,10 +97,17 @@ impl Pki {
     /// Issue a certificate with an arbitrary URI SAN (or none), for malformed-identity tests.
     /// DNS SANs are always `<name>` and `localhost`.
     pub fn issue_with_uri(&self, name: &str, uri: Option<&str>) -> Result<Identity> {
+        self.issue_with_uris(name, uri.as_slice())
+    }
+
+    /// Issue a certificate with any number of URI SANs, in this order (Istio issues exactly
+    /// one; a certificate with several is what a test wants to see handled). `Identity::uri`
+    /// is the first.
+    pub fn issue_with_uris(&self, name: &str, uris: &[&str]) -> Result<Identity> {
         let mut params = CertificateParams::default();
         params.distinguished_name.push(DnType::CommonName, name);
         let mut sans = Vec::new();
-        if let Some(uri) = uri {
+        for &uri in uris {
             sans.push(SanType::URI(
                 uri.try_into()
                     .with_context(|| format!("URI SAN {uri:?} is not IA5"))?,
@@ -133,7 +140,7 @@ impl Pki {
         Ok(Identity {
             cert: cert_path,
             key: key_path,
-            uri: uri.map(str::to_string),
+            uri: uris.first().map(|u| u.to_string()),
         })
     }
 }

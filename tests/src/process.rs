@@ -9,7 +9,7 @@
 //! - a watchdog `sh` per child that SIGKILLs it once this process is gone (SIGKILL,
 //!   `panic = "abort"`, a `static` fixture that never drops).
 
-use std::net::{Ipv4Addr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, TcpListener};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::thread::sleep;
@@ -174,16 +174,19 @@ fn spawn_watchdog(pid: u32) -> Option<Child> {
 
 /// A port the kernel considers free on `ip` right now (released before returning, so a
 /// caller can lose it to someone else: retry on "address in use").
-pub fn free_port(ip: Ipv4Addr) -> Result<u16> {
-    let l = TcpListener::bind((ip, 0)).with_context(|| format!("binding {ip}:0"))?;
+/// IPv6 works too; `::` (unspecified) gives a port free on every address, IPv4 included.
+pub fn free_port(ip: impl Into<IpAddr>) -> Result<u16> {
+    let ip = ip.into();
+    let l = TcpListener::bind((ip, 0)).with_context(|| format!("binding {ip} port 0"))?;
     Ok(l.local_addr()?.port())
 }
 
 /// `n` distinct ports free on `ip` right now: all are held while the next is picked, so the
 /// kernel cannot hand the same port out twice (two listeners of one Envoy on one port).
-pub fn free_ports(ip: Ipv4Addr, n: usize) -> Result<Vec<u16>> {
+pub fn free_ports(ip: impl Into<IpAddr>, n: usize) -> Result<Vec<u16>> {
+    let ip = ip.into();
     let held: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind((ip, 0)).with_context(|| format!("binding {ip}:0")))
+        .map(|_| TcpListener::bind((ip, 0)).with_context(|| format!("binding {ip} port 0")))
         .collect::<Result<_>>()?;
     held.iter().map(|l| Ok(l.local_addr()?.port())).collect()
 }

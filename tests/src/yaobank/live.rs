@@ -198,6 +198,7 @@ impl LiveBank {
                 app: Some(etcd.client_addr()),
                 outbound: vec![],
                 pod_ports: vec![ContainerPort::tcp("client", etcd.client_addr().port())],
+                ..Mesh::default()
             },
         )?;
         progress("database sidecar")?;
@@ -217,6 +218,7 @@ impl LiveBank {
                 app: Some(app),
                 outbound: vec![to_database.clone()],
                 pod_ports: vec![ContainerPort::tcp("http", app.port())],
+                ..Mesh::default()
             };
             let (s, app) = start_workload(
                 launch,
@@ -242,6 +244,7 @@ impl LiveBank {
             app: Some(app),
             outbound: vec![to_summary.clone()],
             pod_ports: vec![ContainerPort::tcp("http", app.port())],
+            ..Mesh::default()
         };
         let (customer, customer_app) = start_workload(
             launch,
