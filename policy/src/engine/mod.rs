@@ -64,11 +64,12 @@ pub struct WorkloadPolicy {
     group_rules: Vec<u32>,
     /// Positions of identity rules an unknown address satisfies.
     unknown: Vec<u32>,
-    /// Positions of identity rules that restrict (Deny/Log): the only identity
-    /// rules that can match when the two factors disagree.
+    /// Positions of identity rules that restrict (Deny/Log) or pass (Pass):
+    /// the only identity rules that can have an effect when the two factors
+    /// disagree.
     restricting: Vec<u32>,
-    /// Some Deny/Log rule has source identity clauses: a certificate from an
-    /// unknown address then needs the slow path (such rules take either factor).
+    /// Some Deny/Log/Pass rule has source identity clauses: a certificate from
+    /// an unknown address then needs the slow path (such rules take either factor).
     deny_by_identity: bool,
     policies_selecting: usize,
     needs: Needs,
@@ -146,7 +147,7 @@ impl WorkloadPolicy {
                 free.push(pos);
                 continue;
             }
-            if matches!(rule.action, Action::Deny | Action::Log) {
+            if matches!(rule.action, Action::Deny | Action::Log | Action::Pass) {
                 deny_by_identity = true;
                 restricting.push(pos);
             }
@@ -218,12 +219,12 @@ impl WorkloadPolicy {
             IdentityCheck::UnknownAddress { .. } if !self.deny_by_identity => {
                 Candidates::Lists { lists: [&self.free, &self.unknown, none], check_identity: false }
             }
-            // A certificate from an unknown address: granting rules see an
-            // unknown address, restricting ones also the certificate.
+            // A certificate from an unknown address: Allow rules see an unknown
+            // address, restricting and Pass ones also the certificate.
             IdentityCheck::UnknownAddress { .. } => {
                 Candidates::Lists { lists: [&self.free, &self.unknown, &self.restricting], check_identity: true }
             }
-            // Factors disagree: granting identity rules cannot match.
+            // Factors disagree: Allow identity rules cannot match.
             IdentityCheck::Mismatch { .. } | IdentityCheck::NoSpiffeId { .. } => {
                 Candidates::Lists { lists: [&self.free, &self.restricting, none], check_identity: true }
             }
@@ -280,13 +281,17 @@ impl WorkloadPolicy {
         (check, group)
     }
 
-    /// Source identity clauses under both factors. Rules that grant (Allow,
-    /// Pass) need the factors to agree; rules that restrict (Deny, Log) match
-    /// if either factor satisfies them, so a disagreement never loosens policy.
-    fn source_identity_matches(&self, rule: &Rule, identity: &IdentityCheck<'_, '_>) -> bool {
+    /// Source identity clauses under both factors. Allow rules need the
+    /// factors to agree; Deny and Log rules match if either factor satisfies
+    /// them. A Pass rule is [`SourceMatch::Disputed`] when the factors disagree
+    /// and so do their readings of its clauses (a certificate without a SPIFFE
+    /// id reads as an unknown source): passing can loosen (skip a later Deny
+    /// of its tier) or tighten (skip a later Allow), so the walk takes the
+    /// stricter outcome. A disagreement never loosens policy.
+    fn source_identity_matches(&self, rule: &Rule, identity: &IdentityCheck<'_, '_>) -> SourceMatch {
         let clause = &rule.source.identity;
         if clause.is_empty() {
-            return true;
+            return SourceMatch::Yes;
         }
         let universe = &self.set.universe;
         let restricts = matches!(rule.action, Action::Deny | Action::Log);
@@ -294,13 +299,24 @@ impl WorkloadPolicy {
         let by_cert = |id: &SpiffeId<'_>| {
             clause.matches(SourceView::Certified { namespace: id.namespace, service_account: id.service_account }, universe)
         };
-        match identity {
+        let agreed = |m: bool| if m { SourceMatch::Yes } else { SourceMatch::No };
+        if rule.action == Action::Pass {
+            let (address, certificate) = match identity {
+                IdentityCheck::Address { owner } => return agreed(by_owner(*owner)),
+                IdentityCheck::Verified { owner } => return agreed(by_owner(Some(owner))),
+                IdentityCheck::UnknownAddress { certified } => (by_owner(None), by_cert(certified)),
+                IdentityCheck::Mismatch { certified, owner } => (by_owner(Some(owner)), by_cert(certified)),
+                IdentityCheck::NoSpiffeId { owner, .. } => (by_owner(*owner), by_owner(None)),
+            };
+            return if address == certificate { agreed(address) } else { SourceMatch::Disputed };
+        }
+        agreed(match identity {
             IdentityCheck::Address { owner } => by_owner(*owner),
             IdentityCheck::Verified { owner } => by_owner(Some(owner)),
             IdentityCheck::UnknownAddress { certified } => by_owner(None) || (restricts && by_cert(certified)),
             IdentityCheck::Mismatch { certified, owner } => restricts && (by_owner(Some(owner)) || by_cert(certified)),
             IdentityCheck::NoSpiffeId { owner, .. } => restricts && by_owner(*owner),
-        }
+        })
     }
 
     fn walk<'p, 'r>(
@@ -320,21 +336,34 @@ impl WorkloadPolicy {
             source_ip: facts.source_ip,
         };
         let mut path = PathCache::new(facts.path);
+        // An Allow reached after a disputed Pass in its tier stands only if the
+        // other reading (the Pass taken: on to the next tiers) allows too; it
+        // waits here while the walk continues with that reading.
+        let mut pending_allow = None;
         for tier in &self.tiers {
             let mut cursor = candidates.cursor(tier.start);
             let mut passed = false;
+            let mut disputed_pass = false;
             while let Some(pos) = cursor.next_below(tier.end) {
                 let Some(rule) = self.rules.get(pos as usize).and_then(|&i| self.set.rules.get(i as usize)) else {
                     continue;
                 };
-                if candidates.check_identity() && !self.source_identity_matches(rule, &identity) {
-                    continue;
-                }
-                if !rest_matches(rule, self.resolved_ports(pos, rule), facts, &mut path) {
+                let source = if candidates.check_identity() {
+                    self.source_identity_matches(rule, &identity)
+                } else {
+                    SourceMatch::Yes
+                };
+                if source == SourceMatch::No || !rest_matches(rule, self.resolved_ports(pos, rule), facts, &mut path) {
                     continue;
                 }
                 match rule.action {
-                    Action::Allow => return decision(Reason::AllowRule, Some(rule), Some(&tier.name)),
+                    _ if source == SourceMatch::Disputed => disputed_pass = true,
+                    Action::Allow if disputed_pass => {
+                        pending_allow = pending_allow.or(Some(decision(Reason::AllowRule, Some(rule), Some(&tier.name))));
+                        passed = true;
+                        break;
+                    }
+                    Action::Allow => return pending_allow.unwrap_or(decision(Reason::AllowRule, Some(rule), Some(&tier.name))),
                     Action::Deny => return decision(Reason::DenyRule, Some(rule), Some(&tier.name)),
                     Action::Log => on_log(rule),
                     Action::Pass => {
@@ -348,8 +377,18 @@ impl WorkloadPolicy {
             }
         }
         let reason = if self.tiers.is_empty() { Reason::NoPolicySelects } else { Reason::AllTiersPassed };
-        decision(reason, None, None)
+        pending_allow.unwrap_or(decision(reason, None, None))
     }
+}
+
+/// How a rule's source identity clauses judge a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SourceMatch {
+    No,
+    Yes,
+    /// A Pass rule that one factor's reading satisfies and the other's does
+    /// not, while the factors disagree.
+    Disputed,
 }
 
 fn position(n: usize) -> u32 {

@@ -95,7 +95,10 @@ impl Selector {
     }
 }
 
-/// Canonical text: re-parses to an equal selector.
+/// Canonical text: re-parses to an equal selector. Parentheses only where the
+/// grammar needs them (precedence is comparisons, `!`, `&&`, `||`), so the
+/// canonical form never nests deeper than the text it was parsed from and
+/// always stays within the parser's depth limit.
 impl fmt::Display for Selector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -109,21 +112,27 @@ impl fmt::Display for Selector {
             Selector::Contains(k, v) => write!(f, "{k} contains {}", Quoted(v)),
             Selector::StartsWith(k, v) => write!(f, "{k} starts with {}", Quoted(v)),
             Selector::EndsWith(k, v) => write!(f, "{k} ends with {}", Quoted(v)),
-            Selector::Not(inner) => write!(f, "!({inner})"),
-            Selector::And(parts) => write_joined(f, parts, " && "),
-            Selector::Or(parts) => write_joined(f, parts, " || "),
+            // `!!x` would collapse by parity, so a nested `!` keeps its group.
+            Selector::Not(inner) => match **inner {
+                Selector::Not(_) | Selector::And(_) | Selector::Or(_) => write!(f, "!({inner})"),
+                _ => write!(f, "!{inner}"),
+            },
+            Selector::And(parts) => write_joined(f, parts, " && ", |p| matches!(p, Selector::And(_) | Selector::Or(_))),
+            // `&&` binds tighter than `||`: an `&&` part needs no parentheses.
+            Selector::Or(parts) => write_joined(f, parts, " || ", |p| matches!(p, Selector::Or(_))),
         }
     }
 }
 
-fn write_joined(f: &mut fmt::Formatter<'_>, parts: &[Selector], sep: &str) -> fmt::Result {
+fn write_joined(f: &mut fmt::Formatter<'_>, parts: &[Selector], sep: &str, group: fn(&Selector) -> bool) -> fmt::Result {
     for (i, p) in parts.iter().enumerate() {
         if i > 0 {
             f.write_str(sep)?;
         }
-        match p {
-            Selector::And(_) | Selector::Or(_) => write!(f, "({p})")?,
-            _ => write!(f, "{p}")?,
+        if group(p) {
+            write!(f, "({p})")?;
+        } else {
+            write!(f, "{p}")?;
         }
     }
     Ok(())

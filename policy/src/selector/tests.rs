@@ -168,7 +168,13 @@ fn canonical_form_is_stable() {
         ("app=='a'", "app == 'a'"),
         ("a in {'y','x','x'}", "a in {'x', 'y'}"),
         ("a notin{}", "a not in {}"),
-        ("!has(a)", "!(has(a))"),
+        ("!has(a)", "!has(a)"),
+        ("!!!a=='x'", "!a == 'x'"),
+        ("!(!a=='x')", "!(!a == 'x')"),
+        ("!(a=='x'||b=='y')", "!(a == 'x' || b == 'y')"),
+        ("(a=='1'&&b=='2')||c=='3'", "a == '1' && b == '2' || c == '3'"),
+        ("(a=='1'||b=='2')||c=='3'", "(a == '1' || b == '2') || c == '3'"),
+        ("(a=='1'&&b=='2')&&c=='3'", "(a == '1' && b == '2') && c == '3'"),
         ("a=='1'&&(b=='2'||c=='3')", "a == '1' && (b == '2' || c == '3')"),
         ("q == \"it's\"", "q == \"it's\""),
     ];
@@ -176,4 +182,21 @@ fn canonical_form_is_stable() {
         let sel = Selector::parse(text).unwrap_or_else(|e| panic!("{text:?}: {e}"));
         assert_eq!(sel.to_string(), *canonical, "{text:?}");
     }
+}
+
+/// Found by `fuzz/selector`: the canonical form added parentheses (around
+/// every `!` operand and every `&&` inside `||`), so a selector within the
+/// depth limit printed as one beyond it, which no longer parsed.
+#[test]
+fn canonical_form_stays_within_the_depth_limit() {
+    let mut text = "!z == '1' && y == '1' || w == '1'".to_string();
+    for i in 0..64 {
+        let op = if i % 2 == 0 { "&&" } else { "||" };
+        text = format!("k{i} == '1' {op} ({text})");
+    }
+    let sel = Selector::parse(&text).unwrap_or_else(|e| panic!("64 levels parse: {e}"));
+    let canonical = sel.to_string();
+    let again = Selector::parse(&canonical).unwrap_or_else(|e| panic!("canonical form should parse: {e}"));
+    assert_eq!(again, sel);
+    assert_eq!(again.to_string(), canonical);
 }
