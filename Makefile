@@ -13,7 +13,7 @@ export KRITES_ENVOY ?= $(CURDIR)/.venv/bin/envoy
 PUBLISH_REF ?= 127.0.0.1:5000/krites/krites:$(shell git describe --tags --always 2>/dev/null || echo dev)
 PUBLISH_ARGS ?= --plain-http
 
-.PHONY: help setup build test test-native test-wasm lint demo bench publish clean
+.PHONY: help setup build test test-native test-wasm lint demo bench publish clean fuzz fuzz-smoke
 
 help:
 	@echo "make setup   install the toolchain pieces (wasm target, Envoy, wasm-bindgen runner)"
@@ -21,6 +21,8 @@ help:
 	@echo "make test    lint, unit tests, engine tests on wasm32, end-to-end tests in Envoy"
 	@echo "make demo    play the YAO Bank tutorial in local Envoys (ARGS=--once to exit after)"
 	@echo "make bench   engine micro-benchmarks"
+	@echo "make fuzz-smoke  replay each fuzz target's corpus, fuzz it $(FUZZ_SMOKE_SECONDS) s (part of make test)"
+	@echo "make fuzz    fuzz each target $(FUZZ_SECONDS) s (FUZZ_SECONDS=..., FUZZ_TARGETS='selector config decide path')"
 	@echo "make publish push the module as an OCI image Istio accepts (PUBLISH_REF=host/repo:tag PUBLISH_ARGS=...)"
 
 setup:
@@ -50,7 +52,18 @@ test-wasm:
 	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
 	  $(CARGO) test -p krites-policy --target $(WASM_TARGET)
 
-test: lint test-native test-wasm
+# cargo-fuzz targets in fuzz/ (selector parser, config compiler, decide(), path
+# normalisation) on the stable toolchain; libFuzzer's summary per target.
+FUZZ_SMOKE_SECONDS ?= 20
+FUZZ_SECONDS ?= 600
+FUZZ_TARGETS ?=
+fuzz-smoke:
+	RUSTC_BOOTSTRAP=1 fuzz/run.sh $(FUZZ_SMOKE_SECONDS) $(FUZZ_TARGETS)
+
+fuzz:
+	RUSTC_BOOTSTRAP=1 fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
+test: lint test-native test-wasm fuzz-smoke
 
 demo:
 	@scripts/setup.sh demo

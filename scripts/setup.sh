@@ -22,6 +22,7 @@ if [ "${1:-}" != demo ]; then
   command -v docker-registry >/dev/null || need_pkgs+=(docker-registry)
   command -v skopeo >/dev/null || need_pkgs+=(skopeo)
   command -v h2load >/dev/null || need_pkgs+=(nghttp2-client)   # load generator (bench, soak)
+  command -v c++ >/dev/null || need_pkgs+=(g++)                  # libFuzzer (make fuzz)
 fi
 if [ ${#need_pkgs[@]} -gt 0 ] && command -v apt-get >/dev/null; then
   say "installing Debian packages: ${need_pkgs[*]}"
@@ -57,6 +58,12 @@ if ! wasm-bindgen-test-runner --version 2>/dev/null | grep -q " $wb_version\$"; 
   # Not --locked: its lockfile pins crate versions the registry mirror may not carry yet;
   # the version that must match (the CLI itself) is pinned.
   cargo install -q wasm-bindgen-cli --version "$wb_version"
+fi
+# cargo-fuzz for `make fuzz-smoke` / `make fuzz` (run on the stable toolchain
+# with RUSTC_BOOTSTRAP=1; libFuzzer builds with the system C++ compiler).
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  say "installing cargo-fuzz"
+  cargo install -q cargo-fuzz --locked
 fi
 command -v node >/dev/null || say "warning: node is missing; the wasm32 engine tests need it"
 say "done"

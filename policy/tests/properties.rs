@@ -65,6 +65,68 @@ proptest! {
     }
 }
 
+/// Segments built from dot and separator spellings: literal, percent-encoded
+/// in either case, double-encoded, overlong UTF-8, with `\\` and `;params`.
+fn dotty_segments() -> impl Strategy<Value = Vec<String>> {
+    let piece = prop::sample::select(vec![
+        ".", "..", "%2e", "%2E", "%2e%2e", ".%2E", "%252e", "%252E", "%25", "%c0%ae", "%e0%80%ae", "\\", ";x", ";",
+        "/", "%2f", "%5c", "a", "b", "%61",
+    ]);
+    proptest::collection::vec(proptest::collection::vec(piece, 1..4).prop_map(|p| p.concat()), 0..8)
+}
+
+/// Percent-decodes every valid escape, as a server that decodes again would.
+fn decode_all(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let hex = |c: u8| (c as char).to_digit(16);
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while let Some(&c) = b.get(i) {
+        if let (b'%', Some(h), Some(l)) = (c, b.get(i + 1).and_then(|&x| hex(x)), b.get(i + 2).and_then(|&x| hex(x))) {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(c);
+            i += 1;
+        }
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(4000))]
+
+    /// Dot segments however spelled: the canonical form is a fixed point that
+    /// starts with `/` and has no `.` or `..` segment, not even once a server
+    /// percent-decodes it again; an encoded dot (or a double-encoded one, or
+    /// an overlong one) is refused, never decoded into a `..`; and under
+    /// `/jail/` only a literal `..` can leave the jail.
+    #[test]
+    fn decoded_dots_never_escape(segments in dotty_segments()) {
+        let suffix = segments.join("/");
+        let raw = format!("/jail/{suffix}");
+        let lower = raw.to_ascii_lowercase();
+        match normalize(&raw) {
+            Err(_) => {}
+            Ok(n) => {
+                let twice = normalize(&n);
+                prop_assert_eq!(twice.as_deref(), Ok(n.as_ref()), "not idempotent for {:?}", raw);
+                prop_assert!(n.starts_with('/'), "{:?} -> {:?}", raw, n);
+                let again = decode_all(&n);
+                for seg in again.split(|&b| b == b'/' || b == b'\\') {
+                    let seg = seg.split(|&b| b == b';').next().unwrap_or_default();
+                    prop_assert!(seg != b".." && seg != b".", "{:?} -> {:?} decodes to a dot segment", raw, n);
+                }
+                prop_assert!(!lower.contains("%2e") && !lower.contains("%252e") && !lower.contains("%c0%ae") && !lower.contains("%e0%80%ae"),
+                    "{:?} has an encoded dot but normalised to {:?}", raw, n);
+                if !suffix.contains("..") {
+                    prop_assert!(has_prefix(&n, "/jail"), "{:?} left /jail: {:?}", raw, n);
+                }
+            }
+        }
+    }
+}
+
 fn policy() -> WorkloadPolicy {
     let config = serde_json::json!({
         "version": 1,
