@@ -20,6 +20,24 @@ pub const PEER_ADDRESS_KEY: &str = "krites_peer_address";
 /// The `root_id` (Istio `WasmPlugin.pluginName`) that selects the NETWORK role.
 pub const PEER_ADDRESS_ROOT_ID: &str = "krites_peer_address";
 
+/// The largest plugin config the filter accepts: 8 MiB. `control` shards its output per
+/// namespace at 900 KiB (1,000 policies and 10,000 pods compile to about 660 KB), so a config
+/// this large is a mistake or an attack on the proxy's memory; it is refused before it is
+/// read, like any invalid config, and the previous config keeps enforcing.
+pub const MAX_CONFIG_BYTES: usize = 8 * 1024 * 1024;
+
+/// Refuses a plugin config over [`MAX_CONFIG_BYTES`], naming both sizes, in the
+/// `<object>: <field>: <problem>` form of every config error.
+pub fn check_config_size(size: usize) -> Result<(), String> {
+    if size <= MAX_CONFIG_BYTES {
+        return Ok(());
+    }
+    Err(format!(
+        "plugin config: size: {size} bytes is over the limit of {MAX_CONFIG_BYTES} bytes ({} MiB); control shards configs at 900 KiB",
+        MAX_CONFIG_BYTES / (1024 * 1024)
+    ))
+}
+
 /// One request's facts, owned (the host hands out fresh buffers anyway).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct RequestData {
@@ -249,6 +267,16 @@ mod tests {
     }
 
     #[test]
+    fn config_size_limit() {
+        assert!(check_config_size(0).is_ok());
+        assert!(check_config_size(900 * 1024).is_ok());
+        assert!(check_config_size(MAX_CONFIG_BYTES).is_ok());
+        let err = check_config_size(MAX_CONFIG_BYTES + 1).unwrap_err();
+        assert!(err.starts_with("plugin config: size: 8388609 bytes is over the limit of 8388608 bytes (8 MiB)"), "{err}");
+        assert!(check_config_size(usize::MAX).is_err());
+    }
+
+    #[test]
     fn string_maps() {
         let pairs = [("app", "customer"), ("version", "v1"), ("empty", "")];
         let map = decode_string_map(&encode(&pairs)).unwrap();
@@ -302,7 +330,16 @@ mod tests {
         host.properties.insert("source.address".into(), b"127.0.0.12:0".to_vec());
         host.properties.insert(PEER_ADDRESS_KEY.into(), b"127.0.0.66:4000".to_vec());
         assert_eq!(RequestData::gather(&host, all).source_ip, Some("127.0.0.66".parse().unwrap()));
+        // An IPv4-mapped IPv6 peer (a dual-stack listener that does not fold it) is the IPv4
+        // address, so endpoint ownership and IPv4 nets apply to it; forged through XFF it
+        // stays unverified.
+        host.properties.insert(PEER_ADDRESS_KEY.into(), b"[::ffff:127.0.0.66]:4000".to_vec());
+        let mapped = RequestData::gather(&host, all);
+        assert_eq!((mapped.source_ip, mapped.source_port), (Some("127.0.0.66".parse().unwrap()), Some(4000)));
         host.properties.remove(PEER_ADDRESS_KEY);
+        host.properties.insert("source.address".into(), b"[::ffff:127.0.0.12]:0".to_vec());
+        let spoofed = RequestData::gather(&host, all);
+        assert_eq!((spoofed.source_ip, spoofed.unverified_source), (None, Some("127.0.0.12".parse().unwrap())));
         host.properties.insert("source.address".into(), b"127.0.0.66:4000".to_vec());
         // Non-UTF-8 path: absent, never a panic.
         host.headers.insert(":path".into(), vec![b'/', 0xff]);

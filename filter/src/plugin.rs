@@ -71,6 +71,12 @@ impl RootContext for Root {
         }
         let metrics = Metrics::define();
         let started = host::now_nanos();
+        // Checked before the config is copied into the VM.
+        if let Err(e) = adapter::check_config_size(size) {
+            host::log(Level::Error, &format!("krites: config rejected, keeping the last good config: {e}"));
+            Metrics::bump(metrics.config_errors);
+            return false;
+        }
         let bytes = match host::plugin_configuration(size) {
             Ok(Some(bytes)) if !bytes.is_empty() => bytes,
             _ => {

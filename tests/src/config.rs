@@ -509,7 +509,10 @@ mod tests {
     #[test]
     fn extra_inbound_addresses_get_their_own_listeners() {
         let mut p = ports(vec![]);
-        p.extra = vec![("::1".parse().unwrap(), 4, 5), ("::".parse().unwrap(), 6, 7)];
+        p.extra = vec![
+            ("::1".parse().unwrap(), 4, 5),
+            ("::".parse().unwrap(), 6, 7),
+        ];
         let boot = bootstrap(
             &spec(),
             &Mesh::default(),
@@ -519,7 +522,12 @@ mod tests {
             Path::new("/a"),
         );
         let listeners = boot["static_resources"]["listeners"].as_array().unwrap();
-        let addr = |i: usize| (listeners[i]["name"].clone(), listeners[i]["address"].clone());
+        let addr = |i: usize| {
+            (
+                listeners[i]["name"].clone(),
+                listeners[i]["address"].clone(),
+            )
+        };
         assert_eq!(listeners.len(), 6);
         assert_eq!(
             addr(2),

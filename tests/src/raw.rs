@@ -211,7 +211,12 @@ fn parse_status(line: &str) -> Result<u16> {
 }
 
 /// One request on a fresh connection (closed afterwards).
-pub fn raw_request(from: IpAddr, to: SocketAddr, bytes: &[u8], timeout: Duration) -> Result<RawResponse> {
+pub fn raw_request(
+    from: IpAddr,
+    to: SocketAddr,
+    bytes: &[u8],
+    timeout: Duration,
+) -> Result<RawResponse> {
     RawConn::connect(from, to, timeout)?.send(bytes)
 }
 
@@ -242,15 +247,23 @@ mod tests {
                 }
             };
             read_request();
-            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").unwrap();
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                .unwrap();
             read_request();
             s.write_all(b"HTTP/1.1 403 Forbidden\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n1\r\nd\r\n0\r\n\r\n").unwrap();
             read_request();
-            s.write_all(b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n").unwrap();
+            s.write_all(
+                b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
+            )
+            .unwrap();
         });
-        let mut c = RawConn::connect("127.0.0.9".parse().unwrap(), addr, Duration::from_secs(5)).unwrap();
+        let mut c =
+            RawConn::connect("127.0.0.9".parse().unwrap(), addr, Duration::from_secs(5)).unwrap();
         let a = c.request("GET", "/a", &[("x", "y")]).unwrap();
-        assert_eq!((a.status, a.body_text().as_str(), a.close), (200, "ok", false));
+        assert_eq!(
+            (a.status, a.body_text().as_str(), a.close),
+            (200, "ok", false)
+        );
         let b = c.send(b"GET /\xff HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
         assert_eq!((b.status, b.body_text().as_str()), (403, "abcd"));
         let z = c.request("GET", "/", &[]).unwrap();

@@ -74,13 +74,39 @@ fn bad_config_is_rejected_and_the_last_good_one_keeps_enforcing() {
     assert_eq!(rig.call(SUMMARY, "summary", &[]).status, 200);
     assert_eq!(rig.call(ATTACK, "summary", &[]).status, 403);
 
-    // Malformed JSON and an unknown version are refused the same way.
-    for (bad, needle) in [(r#"{"version": 1, "policies": ["#.to_string(), "plugin config"), (r#"{"version": 99}"#.to_string(), "unsupported version 99")] {
-        assert_eq!(rig.db.reconfigure(&bad, Duration::from_secs(10)).unwrap(), EcdsOutcome::Rejected);
-        rig.db.wait_for_log(needle, Duration::from_secs(5)).unwrap();
-        assert_eq!(rig.call(ATTACK, "summary", &[]).status, 403);
-        assert_eq!(rig.call(SUMMARY, "summary", &[]).status, 200);
+    // Malformed JSON, an unknown version, a bad CIDR and an oversized config are refused the
+    // same way: each names the object and field, and counts.
+    let mut bad_cidr: serde_json::Value = serde_json::from_str(POLICY_CONFIG).unwrap();
+    for p in bad_cidr["policies"].as_array_mut().unwrap() {
+        if p["name"] == "database" {
+            // Would also open the database to 10/8 and the attack pod's net, if it loaded.
+            p["ingress"][0]["source"]["nets"] = serde_json::json!(["10.0.0.0/33"]);
+            p["ingress"] = serde_json::json!([p["ingress"][0].clone(), {"action": "Allow", "source": {"nets": ["127.0.0.0/8"]}}]);
+        }
     }
+    // Valid JSON (whitespace pads it) that would open the database to everyone, over the
+    // filter's 8 MiB limit: refused before it is read, whatever it says.
+    let mut opened: serde_json::Value = serde_json::from_str(POLICY_CONFIG).unwrap();
+    opened["policies"] = serde_json::json!([]);
+    let oversized = format!("{}{}", opened, " ".repeat(9 * 1024 * 1024));
+    let rejected = [
+        (r#"{"version": 1, "policies": ["#.to_string(), "plugin config: line 1 column 28"),
+        (r#"{"version": 99}"#.to_string(), "plugin config: version: unsupported version 99"),
+        (bad_cidr.to_string(), r#"GlobalNetworkPolicy/database: spec.ingress[0].source.nets[0]: "10.0.0.0/33" has an invalid prefix length"#),
+        (oversized, &format!("plugin config: size: {} bytes is over the limit of 8388608 bytes (8 MiB)", opened.to_string().len() + 9 * 1024 * 1024)),
+    ];
+    for (bad, needle) in &rejected {
+        let errors = rig.stat("krites_config_errors_total");
+        assert_eq!(rig.db.reconfigure(bad, Duration::from_secs(20)).unwrap(), EcdsOutcome::Rejected, "{needle}");
+        let log = rig.db.wait_for_log(needle, Duration::from_secs(5)).unwrap();
+        let line = log.lines().find(|l| l.contains(needle)).unwrap();
+        assert!(line.contains("config rejected, keeping the last good config"), "{line}");
+        assert!(rig.stat("krites_config_errors_total") > errors, "{needle}: krites_config_errors_total did not move");
+        assert_eq!(rig.call(ATTACK, "summary", &[]).status, 403, "{needle}");
+        assert_eq!(rig.call(SUMMARY, "summary", &[]).status, 200, "{needle}");
+    }
+    // Envoy's own view: every one of these versions was rejected, the first one still serves.
+    assert_eq!(rig.db.ecds_counts().unwrap().rejected, 1 + rejected.len() as u64);
 
     // A good update is applied without a restart: the database opens to everyone.
     let mut opened: serde_json::Value = serde_json::from_str(POLICY_CONFIG).unwrap();
