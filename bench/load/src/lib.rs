@@ -3,4 +3,9 @@
 //! Krites Wasm filter), the same h2load request mix through each, alternated.
 
 pub mod ext_authz;
+pub mod h2load;
+pub mod plot;
 pub mod rbac;
+pub mod report;
+pub mod scenario;
+pub mod topology;
