@@ -414,6 +414,18 @@ fn semantics_table() {
         ("Pass needs both factors",
          json!([p("a", json!({"tier": "security", "ingress": [{"action": "Pass", "source": {"selector": "app == 'web'"}}]})), p("b", json!({"ingress": [{"action": "Allow"}]}))]),
          req(WEB, Some(&api), "GET", "/"), Deny, "tier/security"),
+        ("a Pass one factor satisfies is disputed: a stolen cert does not skip it into a later Allow",
+         json!([p("a", json!({"tier": "security", "ingress": [{"action": "Pass", "source": {"selector": "app == 'web'"}}, {"action": "Allow"}]})),
+                p("b", json!({"ingress": [{"action": "Allow", "source": {"serviceAccounts": {"names": ["api"]}}}]}))]),
+         req(WEB, Some(&api), "GET", "/"), Deny, "tier/default"),
+        ("a disputed Pass: the Allow stands when the later tiers allow too",
+         json!([p("a", json!({"tier": "security", "ingress": [{"action": "Pass", "source": {"selector": "app == 'web'"}}, {"action": "Allow"}]})),
+                p("b", json!({"ingress": [{"action": "Allow"}]}))]),
+         req(WEB, Some(&api), "GET", "/"), Allow, "security/a/ingress[1]"),
+        ("a Pass both factors satisfy is taken",
+         json!([p("a", json!({"tier": "security", "ingress": [{"action": "Pass", "source": {"notSelector": "app == 'db'"}}, {"action": "Deny"}]})),
+                p("b", json!({"ingress": [{"action": "Allow"}]}))]),
+         req(OUTSIDE, Some(&web), "GET", "/"), Allow, "default/b/ingress[0]"),
     ];
     for (what, policies, r, verdict, by) in rows {
         let policy = one_workload(policies, json!([]));
