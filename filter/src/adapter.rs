@@ -2,7 +2,7 @@
 //! small [`Host`] trait, so the parsing is unit-tested natively; the real
 //! host is `crate::host` (wasm32 only).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 
 use krites_policy::{Needs, Peer, RequestFacts, Workload};
@@ -67,27 +67,28 @@ impl RequestData {
     /// has: it is then not an identity factor, and the engine treats the
     /// source address as unknown (fail closed).
     pub fn gather(host: &impl Host, needs: Needs) -> RequestData {
-        let recorded = host.property(&[PEER_ADDRESS_KEY]).as_deref().and_then(parse_address);
-        let source = recorded.or_else(|| host.property(&["source", "address"]).as_deref().and_then(parse_address));
-        let (source, unverified_source) = match source {
-            Some((ip, Some(0))) => (None, Some(ip)),
-            other => (other, None),
-        };
+        let (conn, _) = ConnectionData::read(host, needs);
+        RequestData::with_connection(&conn, host, needs)
+    }
+
+    /// [`RequestData::gather`], with the connection's facts from `cache` when
+    /// an earlier request on the same connection read them.
+    pub fn gather_cached(host: &impl Host, needs: Needs, cache: &mut ConnectionCache) -> RequestData {
+        let conn = cache.get_or_read(host, needs);
+        RequestData::with_connection(&conn, host, needs)
+    }
+
+    fn with_connection(conn: &ConnectionData, host: &impl Host, needs: Needs) -> RequestData {
         let mut data = RequestData {
-            source_ip: source.map(|(ip, _)| ip),
-            source_port: source.and_then(|(_, port)| port),
-            unverified_source,
-            uri_san: host.property(&["connection", "uri_san_peer_certificate"]).and_then(utf8),
+            source_ip: conn.source.map(|(ip, _)| ip),
+            source_port: conn.source.and_then(|(_, port)| port),
+            destination_ip: conn.destination_ip,
+            destination_port: conn.destination_port,
+            unverified_source: conn.unverified_source,
+            mtls: conn.mtls,
+            uri_san: conn.uri_san.clone(),
             ..RequestData::default()
         };
-        data.mtls = data.uri_san.is_some()
-            || host.property(&["connection", "mtls"]).is_some_and(|b| b.first().is_some_and(|&v| v != 0));
-        if needs.destination_port {
-            data.destination_port = host.property(&["destination", "port"]).as_deref().and_then(parse_port);
-        }
-        if needs.destination_ip {
-            data.destination_ip = host.property(&["destination", "address"]).as_deref().and_then(parse_address).map(|(ip, _)| ip);
-        }
         if needs.http {
             data.read_http(host);
         }
@@ -117,6 +118,90 @@ impl RequestData {
     }
 }
 
+/// What is the same for every request on a connection: the peer (address
+/// and certificate) and the local address.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ConnectionData {
+    source: Option<(IpAddr, Option<u16>)>,
+    unverified_source: Option<IpAddr>,
+    destination_ip: Option<IpAddr>,
+    destination_port: Option<u16>,
+    mtls: bool,
+    uri_san: Option<String>,
+}
+
+impl ConnectionData {
+    /// Reads the connection's facts (see [`RequestData::gather`] for where
+    /// the source address comes from). The second value says whether they
+    /// may be reused for later requests on the connection: only when the
+    /// NETWORK role recorded the peer. Without it, `source.address` follows
+    /// each request's `x-forwarded-for` and must be read every time.
+    fn read(host: &impl Host, needs: Needs) -> (ConnectionData, bool) {
+        let recorded = host.property(&[PEER_ADDRESS_KEY]).as_deref().and_then(parse_address);
+        let source = recorded.or_else(|| host.property(&["source", "address"]).as_deref().and_then(parse_address));
+        let (source, unverified_source) = match source {
+            Some((ip, Some(0))) => (None, Some(ip)),
+            other => (other, None),
+        };
+        let uri_san = host.property(&["connection", "uri_san_peer_certificate"]).and_then(utf8);
+        let mtls = uri_san.is_some()
+            || host.property(&["connection", "mtls"]).is_some_and(|b| b.first().is_some_and(|&v| v != 0));
+        let destination_port =
+            if needs.destination_port { host.property(&["destination", "port"]).as_deref().and_then(parse_port) } else { None };
+        let destination_ip = if needs.destination_ip {
+            host.property(&["destination", "address"]).as_deref().and_then(parse_address).map(|(ip, _)| ip)
+        } else {
+            None
+        };
+        let conn = ConnectionData { source, unverified_source, destination_ip, destination_port, mtls, uri_san };
+        (conn, recorded.is_some())
+    }
+}
+
+/// The connection facts of recent connections, by Envoy's connection id.
+/// Reading them costs several host calls (each a CEL attribute lookup in
+/// Envoy) and they cannot change while the connection lives (the peer, the
+/// verified certificate, the local address), so a keep-alive or HTTP/2
+/// connection pays once. Connection ids are never reused within an Envoy
+/// process, so a stale entry can never describe another connection; the
+/// oldest entries go when the cache is full, and a connection whose entry
+/// went is simply read again.
+#[derive(Debug, Default)]
+pub struct ConnectionCache {
+    entries: HashMap<u64, ConnectionData>,
+    order: VecDeque<u64>,
+}
+
+impl ConnectionCache {
+    pub const CAPACITY: usize = 4096;
+
+    pub fn get_or_read(&mut self, host: &impl Host, needs: Needs) -> ConnectionData {
+        let id = host.property(&["connection", "id"]).as_deref().and_then(parse_u64);
+        if let Some(hit) = id.and_then(|id| self.entries.get(&id)) {
+            return hit.clone();
+        }
+        let (conn, cacheable) = ConnectionData::read(host, needs);
+        if let (Some(id), true) = (id, cacheable) {
+            if self.order.len() >= Self::CAPACITY {
+                if let Some(oldest) = self.order.pop_front() {
+                    self.entries.remove(&oldest);
+                }
+            }
+            self.order.push_back(id);
+            self.entries.insert(id, conn.clone());
+        }
+        conn
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
 /// Non-UTF-8 values are treated as absent (rules that need them fail closed).
 fn utf8(bytes: Vec<u8>) -> Option<String> {
     String::from_utf8(bytes).ok()
@@ -132,9 +217,13 @@ pub fn parse_address(bytes: &[u8]) -> Option<(IpAddr, Option<u16>)> {
 }
 
 /// Envoy serialises integer properties as 8 little-endian bytes.
-pub fn parse_port(bytes: &[u8]) -> Option<u16> {
+pub fn parse_u64(bytes: &[u8]) -> Option<u64> {
     let raw: [u8; 8] = bytes.try_into().ok()?;
-    u16::try_from(u64::from_le_bytes(raw)).ok()
+    Some(u64::from_le_bytes(raw))
+}
+
+pub fn parse_port(bytes: &[u8]) -> Option<u16> {
+    parse_u64(bytes).and_then(|v| u16::try_from(v).ok())
 }
 
 /// Decodes a proxy-wasm serialised string map (how Envoy returns the node
@@ -293,6 +382,50 @@ mod tests {
         assert!(decode_string_map(&no_nul).is_err());
         // A huge count must not allocate or panic.
         assert!(decode_string_map(&u32::MAX.to_le_bytes()).is_err());
+    }
+
+    #[test]
+    fn connection_facts_are_read_once_per_connection_and_only_when_the_peer_was_recorded() {
+        let all = Needs { source_port: true, destination_ip: false, destination_port: true, http: true };
+        let mut host = Canned::default();
+        host.properties.insert("connection.id".into(), 7u64.to_le_bytes().to_vec());
+        host.properties.insert("source.address".into(), b"127.0.0.12:0".to_vec());
+        host.properties.insert(PEER_ADDRESS_KEY.into(), b"127.0.0.66:4000".to_vec());
+        host.properties.insert("connection.uri_san_peer_certificate".into(), b"spiffe://td/ns/default/sa/a".to_vec());
+        host.properties.insert("destination.port".into(), 8080u64.to_le_bytes().to_vec());
+        host.headers.insert(":method".into(), b"GET".to_vec());
+        host.headers.insert(":path".into(), b"/one".to_vec());
+        let mut cache = ConnectionCache::default();
+        let first = RequestData::gather_cached(&host, all, &mut cache);
+        assert_eq!(first, RequestData::gather(&host, all), "same facts as an uncached read");
+        assert_eq!(cache.len(), 1);
+        // Same connection: the connection's facts come from the cache (the host's changed
+        // answers are not even asked for), the request's own facts are read again.
+        host.properties.insert(PEER_ADDRESS_KEY.into(), b"127.0.0.99:1".to_vec());
+        host.headers.insert(":path".into(), b"/two".to_vec());
+        let second = RequestData::gather_cached(&host, all, &mut cache);
+        assert_eq!((second.source_ip, second.uri_san.as_deref()), (first.source_ip, Some("spiffe://td/ns/default/sa/a")));
+        assert_eq!(second.path.as_deref(), Some("/two"));
+        // Another connection is read afresh.
+        host.properties.insert("connection.id".into(), 8u64.to_le_bytes().to_vec());
+        assert_eq!(RequestData::gather_cached(&host, all, &mut cache).source_ip, Some("127.0.0.99".parse().unwrap()));
+        // Without the NETWORK role's record, source.address follows each request's
+        // x-forwarded-for: never cached.
+        host.properties.remove(PEER_ADDRESS_KEY);
+        host.properties.insert("connection.id".into(), 9u64.to_le_bytes().to_vec());
+        let unverified = RequestData::gather_cached(&host, all, &mut cache);
+        assert_eq!(unverified.unverified_source, Some("127.0.0.12".parse().unwrap()));
+        host.properties.insert("source.address".into(), b"127.0.0.13:0".to_vec());
+        assert_eq!(RequestData::gather_cached(&host, all, &mut cache).unverified_source, Some("127.0.0.13".parse().unwrap()));
+        assert_eq!(cache.len(), 2);
+        // Bounded: the oldest connections go first.
+        host.properties.insert(PEER_ADDRESS_KEY.into(), b"127.0.0.66:4000".to_vec());
+        for id in 100..100 + ConnectionCache::CAPACITY as u64 {
+            host.properties.insert("connection.id".into(), id.to_le_bytes().to_vec());
+            RequestData::gather_cached(&host, all, &mut cache);
+        }
+        assert_eq!(cache.len(), ConnectionCache::CAPACITY);
+        assert!(!cache.entries.contains_key(&7) && cache.entries.contains_key(&(99 + ConnectionCache::CAPACITY as u64)));
     }
 
     #[test]

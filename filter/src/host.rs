@@ -32,6 +32,7 @@ pub enum Level {
 #[link(wasm_import_module = "env")]
 extern "C" {
     fn proxy_log(level: u32, message_data: *const u8, message_size: usize) -> u32;
+    fn proxy_get_log_level(return_level: *mut u32) -> u32;
     fn proxy_get_property(path_data: *const u8, path_size: usize, return_data: *mut *mut u8, return_size: *mut usize) -> u32;
     fn proxy_set_property(path_data: *const u8, path_size: usize, value_data: *const u8, value_size: usize) -> u32;
     fn proxy_get_header_map_value(
@@ -87,6 +88,23 @@ pub fn log(level: Level, message: &str) {
     // Nothing useful to do if logging itself fails.
     // SAFETY: pointer and length describe `message`.
     let _ = unsafe { proxy_log(level as u32, message.as_ptr(), message.len()) };
+}
+
+/// Logs the message `message()` builds, only if Envoy would print it at
+/// `level`. Formatting a denial costs more than deciding it; Istio's proxies
+/// log at `warning` by default, so most lines would be built for nothing. The
+/// level can change at run time (`istioctl proxy-config log`): asked each time.
+pub fn log_with(level: Level, message: impl FnOnce() -> String) {
+    let mut current = 0u32;
+    // SAFETY: `current` is a valid place for the host to write the level to.
+    let enabled = match unsafe { proxy_get_log_level(&mut current) } {
+        0 => current <= level as u32,
+        // A host without the call: log, as before it was asked.
+        _ => true,
+    };
+    if enabled {
+        log(level, &message());
+    }
 }
 
 /// The ABI wants property path segments NUL-separated.

@@ -1,6 +1,7 @@
 //! The proxy-wasm contexts: a root context per plugin config (compiles it for
 //! this workload) and an HTTP context per request (decides, answers 403).
 
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -9,7 +10,7 @@ use krites_policy::{PolicySet, WorkloadPolicy};
 use proxy_wasm::traits::{Context, HttpContext, RootContext, StreamContext};
 use proxy_wasm::types::{Action, ContextType};
 
-use crate::adapter::{self, Host, RequestData};
+use crate::adapter::{self, ConnectionCache, Host, RequestData};
 use crate::host::{self, Level};
 use crate::metrics::{FilterDenial, Metrics};
 
@@ -45,6 +46,8 @@ pub struct Root {
 
 struct Shared {
     enforcement: Enforcement,
+    /// Peer facts of recent connections; this VM's thread only.
+    connections: RefCell<ConnectionCache>,
     metrics: Metrics,
     revision: String,
 }
@@ -53,7 +56,7 @@ impl Default for Root {
     fn default() -> Self {
         // Until a config arrives, deny: never enforce nothing.
         Root {
-            state: Rc::new(Shared { enforcement: Enforcement::FailClosed(FilterDenial::NoConfig), metrics: Metrics::default(), revision: String::new() }),
+            state: Rc::new(Shared { enforcement: Enforcement::FailClosed(FilterDenial::NoConfig), connections: RefCell::default(), metrics: Metrics::default(), revision: String::new() }),
             peer_recorder: false,
         }
     }
@@ -82,7 +85,7 @@ impl RootContext for Root {
             _ => {
                 host::log(Level::Error, "krites: no plugin configuration; denying every request (fail closed)");
                 Metrics::bump(metrics.config_errors);
-                self.state = Rc::new(Shared { enforcement: Enforcement::FailClosed(FilterDenial::NoConfig), metrics, revision: String::new() });
+                self.state = Rc::new(Shared { enforcement: Enforcement::FailClosed(FilterDenial::NoConfig), connections: RefCell::default(), metrics, revision: String::new() });
                 return true;
             }
         };
@@ -100,7 +103,7 @@ impl RootContext for Root {
             Err(e) => {
                 host::log(Level::Error, &format!("krites: {e}; denying every request (fail closed)"));
                 Metrics::bump(metrics.config_errors);
-                self.state = Rc::new(Shared { enforcement: Enforcement::FailClosed(FilterDenial::NoWorkloadIdentity), metrics, revision: set.revision().to_string() });
+                self.state = Rc::new(Shared { enforcement: Enforcement::FailClosed(FilterDenial::NoWorkloadIdentity), connections: RefCell::default(), metrics, revision: set.revision().to_string() });
                 return true;
             }
         };
@@ -110,7 +113,7 @@ impl RootContext for Root {
                 &format!("krites: config {} is for other namespaces; {} is decided by its own namespace's config", set.revision(), workload.namespace),
             );
             Metrics::bump(metrics.config_loads);
-            self.state = Rc::new(Shared { enforcement: Enforcement::OutOfScope, metrics, revision: set.revision().to_string() });
+            self.state = Rc::new(Shared { enforcement: Enforcement::OutOfScope, connections: RefCell::default(), metrics, revision: set.revision().to_string() });
             return true;
         }
         let policy = WorkloadPolicy::new(set.clone(), &workload);
@@ -139,7 +142,7 @@ impl RootContext for Root {
                 micros
             ),
         );
-        self.state = Rc::new(Shared { enforcement: Enforcement::Policy(policy), metrics, revision });
+        self.state = Rc::new(Shared { enforcement: Enforcement::Policy(policy), connections: RefCell::default(), metrics, revision });
         true
     }
 
@@ -197,20 +200,25 @@ impl HttpContext for Request {
             Enforcement::FailClosed(why) => {
                 Metrics::bump(m.denied);
                 Metrics::bump(m.filter_denial(*why));
-                let mut data = RequestData::gather(&EnvoyHost, Default::default());
-                data.read_http(&EnvoyHost);
-                host::log(Level::Info, &format!("krites: DENY {}: fail closed; {}", why.code(), describe(&data)));
+                host::log_with(Level::Info, || {
+                    let mut data = RequestData::gather(&EnvoyHost, Default::default());
+                    data.read_http(&EnvoyHost);
+                    format!("krites: DENY {}: fail closed; {}", why.code(), describe(&data))
+                });
                 return deny(why.code());
             }
         };
-        let mut data = RequestData::gather(&EnvoyHost, policy.needs());
+        let mut data = match shared.connections.try_borrow_mut() {
+            Ok(mut cache) => RequestData::gather_cached(&EnvoyHost, policy.needs(), &mut cache),
+            Err(_) => RequestData::gather(&EnvoyHost, policy.needs()),
+        };
         if data.unverified_source.is_some() {
             Metrics::bump(m.source_unverified);
         }
         let facts = data.facts();
         let decision = policy.decide_logging(&facts, &mut |rule| {
             Metrics::bump(m.log_rule_matches);
-            host::log(Level::Info, &format!("krites: LOG {} matched", rule.id));
+            host::log_with(Level::Info, || format!("krites: LOG {} matched", rule.id));
         });
         match decision.identity {
             IdentityCheck::Mismatch { .. } => Metrics::bump(m.identity_mismatch),
@@ -221,17 +229,18 @@ impl HttpContext for Request {
         Metrics::bump(m.reason(decision.reason));
         if decision.allowed() {
             Metrics::bump(m.allowed);
-            host::log(Level::Debug, &format!("krites: {decision}"));
+            host::log_with(Level::Debug, || format!("krites: {decision}"));
             return Action::Continue;
         }
         Metrics::bump(m.denied);
-        let conflict = decision.identity.is_conflict();
-        let text = decision.to_string();
         let code = decision.reason.code();
-        data.read_http(&EnvoyHost);
         // A certificate presented from the wrong address is a stolen-credential signal.
-        let level = if conflict { Level::Warn } else { Level::Info };
-        host::log(level, &format!("krites: {text}; {}; revision {}", describe(&data), shared.revision));
+        let level = if decision.identity.is_conflict() { Level::Warn } else { Level::Info };
+        let text = decision.to_string();
+        host::log_with(level, || {
+            data.read_http(&EnvoyHost);
+            format!("krites: {text}; {}; revision {}", describe(&data), shared.revision)
+        });
         deny(code)
     }
 }
