@@ -220,7 +220,7 @@ impl Report {
             if let Some(k) = s.get("krites") {
                 let r = |c: &str| s.get(c).map(|m| (ratio(k.rps, m.rps), ratio(k.cpu_us_per_request, m.cpu_us_per_request)));
                 let mut parts = Vec::new();
-                for c in ["baseline", "rbac", "ext_authz"] {
+                for c in ["baseline", "rbac", "ext_authz", "wasm-floor"] {
                     if let Some((rps, cpu)) = r(c) {
                         parts.push(format!("krites/{c}: RPS {} cpu/req {}", fmt_ratio(rps), fmt_ratio(cpu)));
                     }

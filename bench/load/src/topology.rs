@@ -33,10 +33,15 @@ pub enum Authz {
     ExtAuthz,
     /// The Krites Wasm filter (and its NETWORK role).
     Krites,
+    /// The same module and roles with a config scoped to another namespace:
+    /// it counts each request and lets it through without deciding. What
+    /// being a Wasm filter costs at all (VM entries, context per stream),
+    /// so `krites - wasm-floor` is what deciding costs.
+    WasmFloor,
 }
 
 impl Authz {
-    pub const ALL: [Authz; 4] = [Authz::Baseline, Authz::Rbac, Authz::ExtAuthz, Authz::Krites];
+    pub const ALL: [Authz; 5] = [Authz::Baseline, Authz::Rbac, Authz::ExtAuthz, Authz::Krites, Authz::WasmFloor];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -44,6 +49,7 @@ impl Authz {
             Authz::Rbac => "rbac",
             Authz::ExtAuthz => "ext_authz",
             Authz::Krites => "krites",
+            Authz::WasmFloor => "wasm-floor",
         }
     }
 
@@ -177,6 +183,7 @@ impl Topology {
                     (vec![ext_authz_filter()], vec![h2_cluster(static_cluster("ext_authz", listen))])
                 }
                 Authz::Krites => (vec![krites_filter(&wasm, &scenario.config_json)], Vec::new()),
+                Authz::WasmFloor => (vec![krites_filter(&wasm, &out_of_scope(scenario)?)], Vec::new()),
             };
             let admin = SocketAddr::from((a.ip(), free_port(a.ip())?));
             let bootstrap = server_bootstrap(scenario, a, admin, &filters, clusters, &server_id, pki.ca_cert(), &wasm);
@@ -319,6 +326,13 @@ fn ext_authz_filter() -> Value {
     })
 }
 
+/// The scenario's config, scoped to a namespace the workload is not in.
+fn out_of_scope(scenario: &Scenario) -> Result<String> {
+    let mut config = scenario.config.clone();
+    config.scope = Some(vec!["krites-bench-elsewhere".to_string()]);
+    Ok(serde_json::to_string(&config)?)
+}
+
 fn krites_filter(wasm: &Path, config: &str) -> Value {
     json!({
         "name": "krites",
@@ -389,7 +403,7 @@ fn server_bootstrap(
     };
     let network = |stat: &str| {
         let mut f = Vec::new();
-        if a == Authz::Krites {
+        if matches!(a, Authz::Krites | Authz::WasmFloor) {
             f.push(peer_address_filter(wasm));
         }
         f.push(hcm(stat));
