@@ -54,7 +54,7 @@ test-wasm:
 
 # cargo-fuzz targets in fuzz/ (selector parser, config compiler, decide(), path
 # normalisation) on the stable toolchain; libFuzzer's summary per target.
-FUZZ_SMOKE_SECONDS ?= 20
+FUZZ_SMOKE_SECONDS ?= 15
 FUZZ_SECONDS ?= 600
 FUZZ_TARGETS ?=
 fuzz-smoke:
