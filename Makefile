@@ -13,14 +13,14 @@ export KRITES_ENVOY ?= $(CURDIR)/.venv/bin/envoy
 PUBLISH_REF ?= 127.0.0.1:5000/krites/krites:$(shell git describe --tags --always 2>/dev/null || echo dev)
 PUBLISH_ARGS ?= --plain-http
 
-.PHONY: help setup build test test-native test-wasm lint demo bench publish clean fuzz fuzz-smoke
+.PHONY: help setup build test test-native test-wasm lint demo bench bench-smoke publish clean fuzz fuzz-smoke
 
 help:
 	@echo "make setup   install the toolchain pieces (wasm target, Envoy, wasm-bindgen runner)"
 	@echo "make build   build the filter: $(WASM_OUT) and its .sha256"
 	@echo "make test    lint, unit tests, engine tests on wasm32, end-to-end tests in Envoy"
 	@echo "make demo    play the YAO Bank tutorial in local Envoys (ARGS=--once to exit after)"
-	@echo "make bench   engine micro-benchmarks"
+	@echo "make bench   load benchmark (baseline, rbac, ext_authz, krites in Envoy; BENCH_ARGS=--quick) and engine micro-benchmarks"
 	@echo "make fuzz-smoke  replay each fuzz target's corpus, fuzz it $(FUZZ_SMOKE_SECONDS) s (part of make test)"
 	@echo "make fuzz    fuzz each target $(FUZZ_SECONDS) s (FUZZ_SECONDS=..., FUZZ_TARGETS='selector config decide path')"
 	@echo "make publish push the module as an OCI image Istio accepts (PUBLISH_REF=host/repo:tag PUBLISH_ARGS=...)"
@@ -63,15 +63,29 @@ fuzz-smoke:
 fuzz:
 	RUSTC_BOOTSTRAP=1 fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 
-test: lint test-native test-wasm fuzz-smoke
+test: lint test-native test-wasm fuzz-smoke bench-smoke
 
 demo:
 	@scripts/setup.sh demo
 	@$(MAKE) --no-print-directory build
 	$(CARGO) run -q -p krites-testbed --bin krites-demo -- $(ARGS)
 
-bench:
+# The load benchmark (issue #5): baseline, Envoy RBAC, ext_authz and the Krites
+# filter in real Envoys driven by h2load, then the engine's criterion benches.
+# Results: target/krites-bench/latest.{txt,json,svg}. BENCH_ARGS=--quick for a
+# short run; `krites-loadbench --help` for scales, configurations and load.
+BENCH_ARGS ?=
+LOADBENCH := target/release/krites-loadbench
+bench: build
+	$(CARGO) build --release -p krites-loadbench --bins
+	$(LOADBENCH) $(BENCH_ARGS)
 	$(CARGO) bench -p krites-bench
+
+# CI's smoke run: two scales, one short round; fails if any configuration
+# decides a request of the mix unlike the engine.
+bench-smoke: build
+	$(CARGO) build --release -p krites-loadbench --bins
+	$(LOADBENCH) --quick --out target/krites-bench/smoke
 
 # Pushes wasm-out/krites.wasm and points the shipped manifests at the pushed digest.
 publish: build

@@ -20,11 +20,12 @@ pub const PEER_ADDRESS_KEY: &str = "krites_peer_address";
 /// The `root_id` (Istio `WasmPlugin.pluginName`) that selects the NETWORK role.
 pub const PEER_ADDRESS_ROOT_ID: &str = "krites_peer_address";
 
-/// The largest plugin config the filter accepts: 8 MiB. `control` shards its output per
-/// namespace at 900 KiB (1,000 policies and 10,000 pods compile to about 660 KB), so a config
-/// this large is a mistake or an attack on the proxy's memory; it is refused before it is
-/// read, like any invalid config, and the previous config keeps enforcing.
-pub const MAX_CONFIG_BYTES: usize = 8 * 1024 * 1024;
+/// The largest plugin config the filter accepts: 32 MiB. `control` shards its output per
+/// namespace at 900 KiB (1,000 policies and 10,000 pods compile to about 660 KB); Calico's
+/// production-sized set with all its 256k endpoint addresses is 13 MB (the benchmark loads
+/// it); a config larger still is a mistake or an attack on the proxy's memory. It is refused
+/// before it is read, like any invalid config, and the previous config keeps enforcing.
+pub const MAX_CONFIG_BYTES: usize = 32 * 1024 * 1024;
 
 /// Refuses a plugin config over [`MAX_CONFIG_BYTES`], naming both sizes, in the
 /// `<object>: <field>: <problem>` form of every config error.
@@ -361,7 +362,7 @@ mod tests {
         assert!(check_config_size(900 * 1024).is_ok());
         assert!(check_config_size(MAX_CONFIG_BYTES).is_ok());
         let err = check_config_size(MAX_CONFIG_BYTES + 1).unwrap_err();
-        assert!(err.starts_with("plugin config: size: 8388609 bytes is over the limit of 8388608 bytes (8 MiB)"), "{err}");
+        assert!(err.starts_with("plugin config: size: 33554433 bytes is over the limit of 33554432 bytes (32 MiB)"), "{err}");
         assert!(check_config_size(usize::MAX).is_err());
     }
 

@@ -21,7 +21,8 @@ pub use decision::{Decision, IdentityCheck, Reason, Verdict};
 pub use facts::{Peer, RequestFacts};
 
 use crate::config::{Action, TierDefaultAction};
-use crate::model::{Group, PolicySet, Rule, SourceView};
+use crate::model::{Group, PolicySet, Rule, SourceView, Universe};
+use fixedbitset::FixedBitSet;
 use crate::path::{normalize, PathError};
 use crate::ranges::PortSet;
 use crate::spiffe::SpiffeId;
@@ -71,6 +72,13 @@ pub struct WorkloadPolicy {
     /// Some Deny/Log/Pass rule has source identity clauses: a certificate from
     /// an unknown address then needs the slow path (such rules take either factor).
     deny_by_identity: bool,
+    /// Positions of restricting and Pass identity rules each certificate
+    /// identity satisfies (pseudo-groups of `Universe::certified`), CSR
+    /// layout as for groups: when the factors disagree, the rules either
+    /// factor satisfies are the owner's group list and this one, so the walk
+    /// never evaluates a selector on the request path.
+    cert_offsets: Vec<u32>,
+    cert_rules: Vec<u32>,
     policies_selecting: usize,
     needs: Needs,
 }
@@ -140,6 +148,8 @@ impl WorkloadPolicy {
         let mut unknown = Vec::new();
         let mut restricting = Vec::new();
         let mut deny_by_identity = false;
+        let certified = universe.certified();
+        let mut per_cert: Vec<Vec<u32>> = vec![Vec::new(); certified.map_or(0, Universe::group_count)];
         for (pos, &index) in (0u32..).zip(&rules) {
             let Some(rule) = set.rules.get(index as usize) else { continue };
             let identity = &rule.source.identity;
@@ -150,6 +160,11 @@ impl WorkloadPolicy {
             if matches!(rule.action, Action::Deny | Action::Log | Action::Pass) {
                 deny_by_identity = true;
                 restricting.push(pos);
+                for c in certified.map(|u| identity.matching_groups(u)).iter().flat_map(FixedBitSet::ones) {
+                    if let Some(list) = per_cert.get_mut(c) {
+                        list.push(pos);
+                    }
+                }
             }
             for g in identity.matching_groups(universe).ones() {
                 if let Some(list) = per_group.get_mut(g) {
@@ -160,13 +175,8 @@ impl WorkloadPolicy {
                 unknown.push(pos);
             }
         }
-        let mut group_offsets = Vec::with_capacity(groups + 1);
-        let mut group_rules = Vec::with_capacity(per_group.iter().map(Vec::len).sum());
-        group_offsets.push(0);
-        for list in per_group {
-            group_rules.extend(list);
-            group_offsets.push(position(group_rules.len()));
-        }
+        let (group_offsets, group_rules) = csr(per_group);
+        let (cert_offsets, cert_rules) = csr(per_cert);
         WorkloadPolicy {
             set,
             tiers,
@@ -178,6 +188,8 @@ impl WorkloadPolicy {
             unknown,
             restricting,
             deny_by_identity,
+            cert_offsets,
+            cert_rules,
             policies_selecting,
             needs,
         }
@@ -214,20 +226,28 @@ impl WorkloadPolicy {
         let candidates = match identity {
             // Factors agree (or only the address speaks): the group's list is exact.
             IdentityCheck::Address { .. } | IdentityCheck::Verified { .. } => {
-                Candidates::Lists { lists: [&self.free, self.group_list(group), none], check_identity: false }
+                Candidates::Lists { lists: [&self.free, self.group_list(group), none], identity: Judged::Settled }
             }
             IdentityCheck::UnknownAddress { .. } if !self.deny_by_identity => {
-                Candidates::Lists { lists: [&self.free, &self.unknown, none], check_identity: false }
+                Candidates::Lists { lists: [&self.free, &self.unknown, none], identity: Judged::Settled }
             }
             // A certificate from an unknown address: Allow rules see an unknown
             // address, restricting and Pass ones also the certificate.
-            IdentityCheck::UnknownAddress { .. } => {
-                Candidates::Lists { lists: [&self.free, &self.unknown, &self.restricting], check_identity: true }
+            IdentityCheck::UnknownAddress { certified } => {
+                let (certificate, identity) = self.cert_list(&certified, true);
+                Candidates::Lists { lists: [&self.free, &self.unknown, certificate], identity }
             }
-            // Factors disagree: Allow identity rules cannot match.
-            IdentityCheck::Mismatch { .. } | IdentityCheck::NoSpiffeId { .. } => {
-                Candidates::Lists { lists: [&self.free, &self.restricting, none], check_identity: true }
+            // Factors disagree: Allow identity rules cannot match; restricting
+            // and Pass rules matter if either factor satisfies them.
+            IdentityCheck::Mismatch { certified, .. } => {
+                let (certificate, identity) = self.cert_list(&certified, false);
+                Candidates::Lists { lists: [&self.free, self.group_list(group), certificate], identity }
             }
+            // No SPIFFE id: the certificate reads as an unknown source.
+            IdentityCheck::NoSpiffeId { .. } => Candidates::Lists {
+                lists: [&self.free, self.group_list(group), &self.unknown],
+                identity: Judged::ByMembership { allow_by_address: false, deny_by_certificate: false },
+            },
         };
         self.walk(facts, identity, candidates, on_log)
     }
@@ -256,6 +276,21 @@ impl WorkloadPolicy {
         match (self.group_offsets.get(g), self.group_offsets.get(g + 1)) {
             (Some(&lo), Some(&hi)) => self.group_rules.get(lo as usize..hi as usize).unwrap_or(&[]),
             _ => &[],
+        }
+    }
+
+    /// Restricting and Pass rules the certificate's identity satisfies, judged
+    /// by membership; for an identity the config does not know, every
+    /// restricting and Pass identity rule, judged by evaluating its clauses.
+    fn cert_list(&self, certified: &SpiffeId<'_>, allow_by_address: bool) -> (&[u32], Judged) {
+        let universe = &self.set.universe;
+        let c = universe.certified_id(certified.namespace, certified.service_account).map(|c| c as usize);
+        match c.map(|c| (self.cert_offsets.get(c), self.cert_offsets.get(c + 1))) {
+            Some((Some(&lo), Some(&hi))) => (
+                self.cert_rules.get(lo as usize..hi as usize).unwrap_or(&[]),
+                Judged::ByMembership { allow_by_address, deny_by_certificate: true },
+            ),
+            _ => (&self.restricting, Judged::Evaluate),
         }
     }
 
@@ -344,14 +379,16 @@ impl WorkloadPolicy {
             let mut cursor = candidates.cursor(tier.start);
             let mut passed = false;
             let mut disputed_pass = false;
-            while let Some(pos) = cursor.next_below(tier.end) {
+            while let Some((pos, members)) = cursor.next_below(tier.end) {
                 let Some(rule) = self.rules.get(pos as usize).and_then(|&i| self.set.rules.get(i as usize)) else {
                     continue;
                 };
-                let source = if candidates.check_identity() {
-                    self.source_identity_matches(rule, &identity)
-                } else {
-                    SourceMatch::Yes
+                let source = match candidates.identity() {
+                    Judged::Settled => SourceMatch::Yes,
+                    Judged::ByMembership { allow_by_address, deny_by_certificate } => {
+                        by_membership(rule, members, allow_by_address, deny_by_certificate)
+                    }
+                    Judged::Evaluate => self.source_identity_matches(rule, &identity),
                 };
                 if source == SourceMatch::No || !rest_matches(rule, self.resolved_ports(pos, rule), facts, &mut path) {
                     continue;
@@ -389,6 +426,34 @@ enum SourceMatch {
     /// A Pass rule that one factor's reading satisfies and the other's does
     /// not, while the factors disagree.
     Disputed,
+}
+
+/// Per-id lists in one buffer: id i's are `values[offsets[i]..offsets[i+1]]`.
+fn csr(lists: Vec<Vec<u32>>) -> (Vec<u32>, Vec<u32>) {
+    let mut offsets = Vec::with_capacity(lists.len() + 1);
+    let mut values = Vec::with_capacity(lists.iter().map(Vec::len).sum());
+    offsets.push(0);
+    for list in lists {
+        values.extend(list);
+        offsets.push(position(values.len()));
+    }
+    (offsets, values)
+}
+
+/// [`WorkloadPolicy::source_identity_matches`] when the factors disagree,
+/// from which candidate lists hold the rule (see [`Judged::ByMembership`]).
+fn by_membership(rule: &Rule, members: u8, allow_by_address: bool, deny_by_certificate: bool) -> SourceMatch {
+    if rule.source.identity.is_empty() {
+        return SourceMatch::Yes;
+    }
+    let (address, certificate) = (members & 0b010 != 0, members & 0b100 != 0);
+    let agreed = |m: bool| if m { SourceMatch::Yes } else { SourceMatch::No };
+    match rule.action {
+        Action::Pass if address == certificate => agreed(address),
+        Action::Pass => SourceMatch::Disputed,
+        Action::Deny | Action::Log => agreed(address || (deny_by_certificate && certificate)),
+        Action::Allow => agreed(allow_by_address && address),
+    }
 }
 
 fn position(n: usize) -> u32 {
@@ -452,18 +517,35 @@ impl<'r> PathCache<'r> {
 /// Which rule positions a walk considers.
 #[derive(Clone, Copy)]
 enum Candidates<'a> {
-    /// The union of sorted position lists; `check_identity` when membership
-    /// alone does not settle the source identity clauses.
-    Lists { lists: [&'a [u32]; 3], check_identity: bool },
+    /// The union of sorted position lists, and how their source identity
+    /// clauses are judged.
+    Lists { lists: [&'a [u32]; 3], identity: Judged },
     /// Every rule, identity checked directly (the reference walk).
     All,
 }
 
+/// How the walk judges a candidate's source identity clauses.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Judged {
+    /// Membership in the lists settles them: every candidate matches.
+    Settled,
+    /// The factors disagree and the lists are `[free, rules the address's
+    /// reading satisfies, rules the certificate's reading satisfies]`:
+    /// membership gives both readings, no selector is evaluated.
+    /// `allow_by_address`: Allow rules go by the address (a certificate
+    /// from an unknown address), else they never match. `deny_by_certificate`:
+    /// Deny and Log rules also match on the certificate's reading (not for a
+    /// certificate without a SPIFFE id, which names nobody to deny).
+    ByMembership { allow_by_address: bool, deny_by_certificate: bool },
+    /// Evaluate the clauses (a certificate identity the index does not know).
+    Evaluate,
+}
+
 impl<'a> Candidates<'a> {
-    fn check_identity(self) -> bool {
+    fn identity(self) -> Judged {
         match self {
-            Candidates::Lists { check_identity, .. } => check_identity,
-            Candidates::All => true,
+            Candidates::Lists { identity, .. } => identity,
+            Candidates::All => Judged::Evaluate,
         }
     }
 
@@ -483,14 +565,15 @@ enum Cursor<'a> {
 }
 
 impl Cursor<'_> {
-    /// The next position below `end`, each position once even if several lists hold it.
-    fn next_below(&mut self, end: u32) -> Option<u32> {
+    /// The next position below `end`, each position once even if several
+    /// lists hold it, with which lists hold it (bit i: list i).
+    fn next_below(&mut self, end: u32) -> Option<(u32, u8)> {
         match self {
             Cursor::Range(next) => {
                 let pos = *next;
                 (pos < end).then(|| {
                     *next += 1;
-                    pos
+                    (pos, 0)
                 })
             }
             Cursor::Merge(lists) => {
@@ -498,14 +581,16 @@ impl Cursor<'_> {
                 if pos >= end {
                     return None;
                 }
-                for list in lists.iter_mut() {
+                let mut members = 0;
+                for (bit, list) in lists.iter_mut().enumerate() {
                     if let Some((&head, rest)) = list.split_first() {
                         if head == pos {
                             *list = rest;
+                            members |= 1 << bit;
                         }
                     }
                 }
-                Some(pos)
+                Some((pos, members))
             }
         }
     }

@@ -90,10 +90,45 @@ pub struct Universe {
     index: LabelIndex,
     groups_by_namespace: BTreeMap<String, Vec<u32>>,
     groups_by_service_account: BTreeMap<(String, String), Vec<u32>>,
+    /// What certificates can say: one pseudo-group per known (namespace,
+    /// service account), labelled only as a certificate vouches for
+    /// ([`CertifiedLabels`]), so that the label index answers "which rules
+    /// does this certificate satisfy" as it does for pods. `None` inside the
+    /// certified universe itself.
+    certified: Option<Box<Universe>>,
+    /// namespace -> service account -> pseudo-group in `certified`.
+    certified_ids: HashMap<String, HashMap<String, u32>>,
 }
 
 impl Universe {
     pub(crate) fn new(
+        groups: Vec<Group>,
+        by_ip: HashMap<IpAddr, u32>,
+        namespaces: HashMap<String, BTreeMap<String, String>>,
+        service_accounts: HashMap<String, HashMap<String, BTreeMap<String, String>>>,
+    ) -> Universe {
+        // Every (namespace, service account) a pod runs as or the config names.
+        let mut identities: Vec<(String, String)> =
+            groups.iter().map(|g| (g.namespace.clone(), g.service_account.clone())).collect();
+        for (ns, accounts) in &service_accounts {
+            identities.extend(accounts.keys().map(|sa| (ns.clone(), sa.clone())));
+        }
+        identities.sort_unstable();
+        identities.dedup();
+        let mut certified_ids: HashMap<String, HashMap<String, u32>> = HashMap::new();
+        for (i, (ns, sa)) in (0u32..).zip(&identities) {
+            certified_ids.entry(ns.clone()).or_default().insert(sa.clone(), i);
+        }
+        let none = BTreeMap::new();
+        let pseudo = identities.iter().map(|(ns, sa)| Group::new(ns, sa, &none)).collect();
+        let certified = Universe::without_certified(pseudo, HashMap::new(), namespaces.clone(), service_accounts.clone());
+        let mut universe = Universe::without_certified(groups, by_ip, namespaces, service_accounts);
+        universe.certified = Some(Box::new(certified));
+        universe.certified_ids = certified_ids;
+        universe
+    }
+
+    fn without_certified(
         groups: Vec<Group>,
         by_ip: HashMap<IpAddr, u32>,
         namespaces: HashMap<String, BTreeMap<String, String>>,
@@ -106,7 +141,27 @@ impl Universe {
             groups_by_namespace.entry(g.namespace.clone()).or_default().push(i);
             groups_by_service_account.entry((g.namespace.clone(), g.service_account.clone())).or_default().push(i);
         }
-        Universe { groups, by_ip, namespaces, service_accounts, index, groups_by_namespace, groups_by_service_account }
+        Universe {
+            groups,
+            by_ip,
+            namespaces,
+            service_accounts,
+            index,
+            groups_by_namespace,
+            groups_by_service_account,
+            certified: None,
+            certified_ids: HashMap::new(),
+        }
+    }
+
+    /// The universe of certificate identities (see the field), if built.
+    pub(crate) fn certified(&self) -> Option<&Universe> {
+        self.certified.as_deref()
+    }
+
+    /// The pseudo-group of `certified()` for what a certificate says.
+    pub(crate) fn certified_id(&self, namespace: &str, service_account: &str) -> Option<u32> {
+        self.certified_ids.get(namespace).and_then(|m| m.get(service_account)).copied()
     }
 
     pub fn group(&self, id: u32) -> Option<&Group> {
