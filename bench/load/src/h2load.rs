@@ -16,6 +16,10 @@ pub struct Load {
     pub connections: u32,
     pub duration: Duration,
     pub warm_up: Duration,
+    /// `None`: as fast as the connections go (throughput; latency is then
+    /// mostly queueing). `Some(n)`: n requests/s in all, spread over the
+    /// connections (latency at a load every configuration sustains).
+    pub rate: Option<u32>,
 }
 
 /// One h2load run.
@@ -57,6 +61,7 @@ pub fn run(urls: &[String], load: Load, log: &Path) -> Result<Run> {
         .arg(format!("{}ms", load.warm_up.as_millis()))
         .arg("--log-file")
         .arg(log)
+        .args(load.rate.map(|r| format!("--rps={}", (r / load.connections.max(1)).max(1))))
         .args(urls)
         .stdin(Stdio::null())
         .output()

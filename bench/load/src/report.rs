@@ -16,10 +16,13 @@ pub struct Measurement {
     pub rps: f64,
     /// Every round's requests/s, in run order.
     pub rps_rounds: Vec<f64>,
-    /// Client-observed latency over all rounds' requests (through the callers' sidecar).
+    /// Client-observed latency at a fixed request rate every configuration
+    /// sustains, over all rounds (through the callers' sidecar).
     pub p50_us: u32,
     pub p99_us: u32,
     pub p999_us: u32,
+    /// p99 at full throughput, where it is mostly queueing.
+    pub saturated_p99_us: u32,
     pub requests: u64,
     pub status_2xx: u64,
     pub status_4xx: u64,
@@ -88,6 +91,8 @@ pub struct Machine {
 pub struct Report {
     pub machine: Machine,
     pub load: Load,
+    /// The fixed-rate runs the latency columns come from.
+    pub latency: Load,
     pub rounds: usize,
     pub mix: Vec<String>,
     pub module_bytes: u64,
@@ -161,11 +166,13 @@ impl Report {
         let _ = writeln!(out, "Krites load benchmark, {} ({} cores, {}), {}, {}", m.cpu, m.cores, m.kernel, m.envoy, m.date);
         let _ = writeln!(
             out,
-            "h2load: {} connections, {} s per run after {} ms warm-up, {} round(s) alternating configurations; server Envoy --concurrency 1; module {} bytes",
+            "h2load: {} connections, {} s per run after {} ms warm-up, {} round(s) alternating configurations; latency at {} req/s over {} connections; server Envoy --concurrency 1; module {} bytes",
             self.load.connections,
             self.load.duration.as_secs(),
             self.load.warm_up.as_millis(),
             self.rounds,
+            self.latency.rate.unwrap_or(0),
+            self.latency.connections,
             self.module_bytes
         );
         let _ = writeln!(out, "mix: {}", self.mix.join("; "));
@@ -193,19 +200,20 @@ impl Report {
             );
             let _ = writeln!(
                 out,
-                "   {:<10} {:>9} {:>8} {:>8} {:>8} {:>10} {:>9} {:>7} {:>7} {:>7} {:>6}",
-                "config", "req/s", "p50 us", "p99 us", "p99.9 us", "cpu us/req", "RSS MiB", "2xx", "4xx", "errors", "5xx"
+                "   {:<10} {:>9} {:>10} {:>10} {:>8} {:>8} {:>8} {:>9} {:>7} {:>7} {:>7} {:>6}",
+                "config", "req/s", "cpu us/req", "sat p99 us", "p50 us", "p99 us", "p99.9 us", "RSS MiB", "2xx", "4xx", "errors", "5xx"
             );
             for x in &s.measurements {
                 let _ = writeln!(
                     out,
-                    "   {:<10} {:>9.0} {:>8} {:>8} {:>8} {:>10.1} {:>9.1} {:>7} {:>7} {:>7} {:>6}{}",
+                    "   {:<10} {:>9.0} {:>10.1} {:>10} {:>8} {:>8} {:>8} {:>9.1} {:>7} {:>7} {:>7} {:>6}{}",
                     x.config,
                     x.rps,
+                    x.cpu_us_per_request,
+                    x.saturated_p99_us,
                     x.p50_us,
                     x.p99_us,
                     x.p999_us,
-                    x.cpu_us_per_request,
                     x.envoy_rss_kib as f64 / 1024.0,
                     x.status_2xx,
                     x.status_4xx,

@@ -70,6 +70,9 @@ struct Args {
     /// h2load connections (keep-alive, one request in flight each).
     #[arg(long, default_value_t = 16)]
     connections: u32,
+    /// Requests/s in all for the latency runs (well under every configuration's throughput).
+    #[arg(long, default_value_t = 1000)]
+    latency_rate: u32,
     /// Where the JSON, the chart and the table go.
     #[arg(long, default_value = "target/krites-bench")]
     out: PathBuf,
@@ -102,7 +105,9 @@ fn run(args: Args) -> Result<bool> {
         connections: args.connections,
         duration: Duration::from_secs(args.duration.unwrap_or(if args.quick { 2 } else { 5 })),
         warm_up: Duration::from_millis(args.warm_up_ms.unwrap_or(if args.quick { 500 } else { 1000 })),
+        rate: None,
     };
+    let latency = Load { connections: 4, rate: Some(args.latency_rate), ..load };
     let rounds = args.rounds.unwrap_or(if args.quick { 1 } else { 3 }).max(1);
     let ext_authz_bin = std::env::current_exe()?.with_file_name("krites-ext-authz");
     if configs.contains(&Authz::ExtAuthz) && !ext_authz_bin.is_file() {
@@ -114,6 +119,7 @@ fn run(args: Args) -> Result<bool> {
     let mut report = Report {
         machine: machine(),
         load,
+        latency,
         rounds,
         mix: Vec::new(),
         module_bytes: std::fs::metadata(krites_testbed::module_path()).map(|m| m.len()).unwrap_or(0),
@@ -154,7 +160,7 @@ fn run(args: Args) -> Result<bool> {
             }
             sr.verdict_mismatches.insert(a.to_string(), bad);
         }
-        sr.measurements = measure(&scenario, &topo, rounds, load, &work.join(bench.name))?;
+        sr.measurements = measure(&scenario, &topo, rounds, (load, latency), &work.join(bench.name))?;
         report.scales.push(sr);
     }
     report.evaluate_targets();
@@ -212,9 +218,12 @@ fn cpu(topo: &Topology, a: Authz) -> Result<f64> {
     Ok(s)
 }
 
-fn measure(scenario: &Scenario, topo: &Topology, rounds: usize, load: Load, dir: &std::path::Path) -> Result<Vec<Measurement>> {
+/// Per round and configuration: a throughput run (req/s, CPU per request,
+/// saturated p99) and a fixed-rate run (latency).
+fn measure(scenario: &Scenario, topo: &Topology, rounds: usize, (load, latency): (Load, Load), dir: &std::path::Path) -> Result<Vec<Measurement>> {
     let live: Vec<Authz> = topo.servers.iter().map(|(a, _)| *a).collect();
     let mut runs: BTreeMap<Authz, Vec<Run>> = BTreeMap::new();
+    let mut paced: BTreeMap<Authz, Vec<u32>> = BTreeMap::new();
     let mut cpu_us: BTreeMap<Authz, (f64, u64)> = BTreeMap::new();
     for round in 0..rounds {
         // Rotate the order so that machine noise and warm caches hit every configuration alike.
@@ -228,21 +237,28 @@ fn measure(scenario: &Scenario, topo: &Topology, rounds: usize, load: Load, dir:
             let e = cpu_us.entry(a).or_default();
             e.0 += (cpu1 - cpu0) * 1e6;
             e.1 += n1.saturating_sub(n0);
+            let slow = h2load::run(&urls, latency, &dir.join(format!("h2load-{a}-{round}-paced.log")))?;
             eprintln!(
-                "[bench] {} round {}: {a:<9} {:>8.0} req/s, p99 {} us, {} errors",
+                "[bench] {} round {}: {a:<10} {:>8.0} req/s, {:.1} us CPU/req; at {} req/s p50 {} us p99 {} us; {} errors",
                 scenario.bench.name,
                 round + 1,
                 run.rps,
-                quantile(&run.latencies_us, 0.99),
-                run.errors
+                (cpu1 - cpu0) * 1e6 / n1.saturating_sub(n0).max(1) as f64,
+                latency.rate.unwrap_or(0),
+                quantile(&slow.latencies_us, 0.5),
+                quantile(&slow.latencies_us, 0.99),
+                run.errors + slow.errors
             );
+            paced.entry(a).or_default().extend(slow.latencies_us);
             runs.entry(a).or_default().push(run);
         }
     }
     let mut out = Vec::new();
     for a in live {
         let rs = runs.remove(&a).unwrap_or_default();
-        let mut all: Vec<u32> = rs.iter().flat_map(|r| r.latencies_us.iter().copied()).collect();
+        let mut saturated: Vec<u32> = rs.iter().flat_map(|r| r.latencies_us.iter().copied()).collect();
+        saturated.sort_unstable();
+        let mut all = paced.remove(&a).unwrap_or_default();
         all.sort_unstable();
         let mut rps: Vec<f64> = rs.iter().map(|r| r.rps).collect();
         let rps_rounds = rps.clone();
@@ -257,6 +273,7 @@ fn measure(scenario: &Scenario, topo: &Topology, rounds: usize, load: Load, dir:
             p50_us: quantile(&all, 0.50),
             p99_us: quantile(&all, 0.99),
             p999_us: quantile(&all, 0.999),
+            saturated_p99_us: quantile(&saturated, 0.99),
             requests: rs.iter().map(|r| r.requests).sum(),
             status_2xx: rs.iter().map(|r| r.status_2xx).sum(),
             status_4xx: rs.iter().map(|r| r.status_4xx).sum(),
