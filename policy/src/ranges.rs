@@ -36,6 +36,11 @@ impl<T: Ord + Copy + Successor> RangeSet<T> {
         self.ranges.is_empty()
     }
 
+    /// The ranges, sorted and disjoint.
+    pub fn ranges(&self) -> &[(T, T)] {
+        &self.ranges
+    }
+
     /// This set plus `more` ranges.
     pub fn with(&self, more: impl IntoIterator<Item = (T, T)>) -> Self {
         RangeSet::from_ranges(self.ranges.iter().copied().chain(more).collect())
@@ -117,6 +122,11 @@ impl NetSet {
             }
         }
         Ok(NetSet { v4: RangeSet::from_ranges(v4), v6: RangeSet::from_ranges(v6) })
+    }
+
+    /// The IPv4 part (IPv4-mapped IPv6 included) as closed ranges.
+    pub fn v4(&self) -> &RangeSet<u32> {
+        &self.v4
     }
 
     pub fn contains(&self, ip: IpAddr) -> bool {

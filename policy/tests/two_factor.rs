@@ -75,6 +75,14 @@ fn source() -> impl Strategy<Value = Value> {
         Just(json!({"namespaceSelector": "env == 'prod'", "serviceAccounts": {"names": ["api", "web"]}})),
         Just(json!({"selector": "projectcalico.org/serviceaccount == 'api'"})),
         Just(json!({"nets": ["10.0.0.0/29"]})),
+        // Address clauses in several shapes, so the address-narrowed lists of
+        // rules without identity clauses are exercised (and IPv6-only nets).
+        Just(json!({"nets": ["10.0.0.0/30"]})),
+        Just(json!({"nets": ["10.0.0.4/31", "10.0.0.9/32", "10.0.0.13"]})),
+        Just(json!({"notNets": ["10.0.0.8/29"]})),
+        Just(json!({"nets": ["0.0.0.0/0"]})),
+        Just(json!({"nets": ["fd00::/8"]})),
+        prop::sample::select(APPS.to_vec()).prop_map(|app| json!({"nets": ["10.0.0.0/28"], "selector": format!("app == '{app}'")})),
     ]
 }
 

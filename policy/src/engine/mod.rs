@@ -9,6 +9,7 @@
 
 mod decision;
 mod facts;
+mod index;
 #[cfg(test)]
 mod tests;
 
@@ -23,6 +24,8 @@ pub use facts::{Peer, RequestFacts};
 use crate::config::{Action, TierDefaultAction};
 use crate::model::{Group, PolicySet, Rule, SourceView, Universe};
 use fixedbitset::FixedBitSet;
+use index::{position, Class, ClassLists, ClassListsBuilder, FreeIndex, Merge, Reading};
+use index::{ADDRESS_ALLOW, ADDRESS_PASS, ADDRESS_RESTRICT, CERTIFICATE_PASS, CERTIFICATE_RESTRICT, FREE};
 use crate::path::{normalize, PathError};
 use crate::ranges::PortSet;
 use crate::spiffe::SpiffeId;
@@ -57,28 +60,27 @@ pub struct WorkloadPolicy {
     /// Destination port sets of rules that name ports, resolved against this
     /// workload's container ports: (position, ports, notPorts), by position.
     resolved_ports: Vec<(u32, Option<PortSet>, Option<PortSet>)>,
-    /// Positions (into `rules`) of rules without source identity clauses.
-    free: Vec<u32>,
-    /// Positions of identity rules each endpoint group satisfies, CSR layout:
-    /// group g's are `group_rules[group_offsets[g]..group_offsets[g+1]]`.
-    group_offsets: Vec<u32>,
-    group_rules: Vec<u32>,
-    /// Positions of identity rules an unknown address satisfies.
-    unknown: Vec<u32>,
+    /// Positions (into `rules`) of rules without source identity clauses,
+    /// narrowed by source address.
+    free: FreeIndex,
+    /// Positions of identity rules each reading of the source address
+    /// satisfies, by class: endpoint group g is reading g, an unknown address
+    /// reading `unknown_reading`.
+    by_address: ClassLists,
+    unknown_reading: usize,
+    /// Positions of Pass and Deny/Log identity rules each certificate identity
+    /// satisfies (pseudo-groups of `Universe::certified`): when the factors
+    /// disagree, which of the owner's and the certificate's lists hold a rule
+    /// judges it, so the walk never evaluates a selector on the request path.
+    by_certificate: ClassLists,
     /// Positions of identity rules that restrict (Deny/Log) or pass (Pass):
     /// the only identity rules that can have an effect when the two factors
-    /// disagree.
+    /// disagree (walked with clauses evaluated for a certificate identity the
+    /// config does not know).
     restricting: Vec<u32>,
     /// Some Deny/Log/Pass rule has source identity clauses: a certificate from
-    /// an unknown address then needs the slow path (such rules take either factor).
+    /// an unknown address then needs the two-reading walk (such rules take either factor).
     deny_by_identity: bool,
-    /// Positions of restricting and Pass identity rules each certificate
-    /// identity satisfies (pseudo-groups of `Universe::certified`), CSR
-    /// layout as for groups: when the factors disagree, the rules either
-    /// factor satisfies are the owner's group list and this one, so the walk
-    /// never evaluates a selector on the request path.
-    cert_offsets: Vec<u32>,
-    cert_rules: Vec<u32>,
     policies_selecting: usize,
     needs: Needs,
 }
@@ -142,54 +144,46 @@ impl WorkloadPolicy {
             needs.http |= rule.http.is_some();
         }
 
-        let groups = universe.group_count();
-        let mut per_group: Vec<Vec<u32>> = vec![Vec::new(); groups];
+        let unknown_reading = universe.group_count();
+        let mut by_address = ClassListsBuilder::new(unknown_reading + 1);
         let mut free = Vec::new();
-        let mut unknown = Vec::new();
         let mut restricting = Vec::new();
         let mut deny_by_identity = false;
         let certified = universe.certified();
-        let mut per_cert: Vec<Vec<u32>> = vec![Vec::new(); certified.map_or(0, Universe::group_count)];
+        let mut by_certificate = ClassListsBuilder::new(certified.map_or(0, Universe::group_count));
         for (pos, &index) in (0u32..).zip(&rules) {
             let Some(rule) = set.rules.get(index as usize) else { continue };
             let identity = &rule.source.identity;
             if identity.is_empty() {
-                free.push(pos);
+                free.push((pos, rule.source.nets.as_ref()));
                 continue;
             }
-            if matches!(rule.action, Action::Deny | Action::Log | Action::Pass) {
+            let class = Class::of(rule.action);
+            if class != Class::Allow {
                 deny_by_identity = true;
                 restricting.push(pos);
                 for c in certified.map(|u| identity.matching_groups(u)).iter().flat_map(FixedBitSet::ones) {
-                    if let Some(list) = per_cert.get_mut(c) {
-                        list.push(pos);
-                    }
+                    by_certificate.push(c, class, pos);
                 }
             }
             for g in identity.matching_groups(universe).ones() {
-                if let Some(list) = per_group.get_mut(g) {
-                    list.push(pos);
-                }
+                by_address.push(g, class, pos);
             }
             if identity.matches_unknown() {
-                unknown.push(pos);
+                by_address.push(unknown_reading, class, pos);
             }
         }
-        let (group_offsets, group_rules) = csr(per_group);
-        let (cert_offsets, cert_rules) = csr(per_cert);
         WorkloadPolicy {
+            free: FreeIndex::new(&free),
             set,
             tiers,
             rules,
             resolved_ports,
-            free,
-            group_offsets,
-            group_rules,
-            unknown,
+            by_address: by_address.build(),
+            unknown_reading,
+            by_certificate: by_certificate.build(),
             restricting,
             deny_by_identity,
-            cert_offsets,
-            cert_rules,
             policies_selecting,
             needs,
         }
@@ -222,32 +216,31 @@ impl WorkloadPolicy {
     /// Decides one request; `on_log` sees every matching Log rule.
     pub fn decide_logging<'p, 'r>(&'p self, facts: &RequestFacts<'r>, on_log: &mut dyn FnMut(&Rule)) -> Decision<'p, 'r> {
         let (identity, group) = self.identify(facts);
-        let none: &[u32] = &[];
+        let address = self.by_address.reading(group.map_or(self.unknown_reading, |g| g as usize));
+        let plan = |certificate: Reading<'p>, identity: Judged| {
+            Candidates::Lists(Plan { free: self.free.candidates(facts.source_ip), address, certificate, identity })
+        };
         let candidates = match identity {
-            // Factors agree (or only the address speaks): the group's list is exact.
-            IdentityCheck::Address { .. } | IdentityCheck::Verified { .. } => {
-                Candidates::Lists { lists: [&self.free, self.group_list(group), none], identity: Judged::Settled }
-            }
-            IdentityCheck::UnknownAddress { .. } if !self.deny_by_identity => {
-                Candidates::Lists { lists: [&self.free, &self.unknown, none], identity: Judged::Settled }
-            }
+            // Factors agree (or only the address speaks): the address's lists are exact.
+            IdentityCheck::Address { .. } | IdentityCheck::Verified { .. } => plan(Reading::default(), Judged::Settled),
+            IdentityCheck::UnknownAddress { .. } if !self.deny_by_identity => plan(Reading::default(), Judged::Settled),
             // A certificate from an unknown address: Allow rules see an unknown
             // address, restricting and Pass ones also the certificate.
             IdentityCheck::UnknownAddress { certified } => {
-                let (certificate, identity) = self.cert_list(&certified, true);
-                Candidates::Lists { lists: [&self.free, &self.unknown, certificate], identity }
+                let (certificate, identity) = self.certificate_reading(&certified, true);
+                plan(certificate, identity)
             }
             // Factors disagree: Allow identity rules cannot match; restricting
             // and Pass rules matter if either factor satisfies them.
             IdentityCheck::Mismatch { certified, .. } => {
-                let (certificate, identity) = self.cert_list(&certified, false);
-                Candidates::Lists { lists: [&self.free, self.group_list(group), certificate], identity }
+                let (certificate, identity) = self.certificate_reading(&certified, false);
+                plan(certificate, identity)
             }
             // No SPIFFE id: the certificate reads as an unknown source.
-            IdentityCheck::NoSpiffeId { .. } => Candidates::Lists {
-                lists: [&self.free, self.group_list(group), &self.unknown],
-                identity: Judged::ByMembership { allow_by_address: false, deny_by_certificate: false },
-            },
+            IdentityCheck::NoSpiffeId { .. } => plan(
+                self.by_address.reading(self.unknown_reading),
+                Judged::ByMembership { allow_by_address: false, deny_by_certificate: false },
+            ),
         };
         self.walk(facts, identity, candidates, on_log)
     }
@@ -270,27 +263,17 @@ impl WorkloadPolicy {
         }
     }
 
-    fn group_list(&self, group: Option<u32>) -> &[u32] {
-        let Some(g) = group else { return &self.unknown };
-        let g = g as usize;
-        match (self.group_offsets.get(g), self.group_offsets.get(g + 1)) {
-            (Some(&lo), Some(&hi)) => self.group_rules.get(lo as usize..hi as usize).unwrap_or(&[]),
-            _ => &[],
-        }
-    }
-
     /// Restricting and Pass rules the certificate's identity satisfies, judged
     /// by membership; for an identity the config does not know, every
     /// restricting and Pass identity rule, judged by evaluating its clauses.
-    fn cert_list(&self, certified: &SpiffeId<'_>, allow_by_address: bool) -> (&[u32], Judged) {
+    fn certificate_reading(&self, certified: &SpiffeId<'_>, allow_by_address: bool) -> (Reading<'_>, Judged) {
         let universe = &self.set.universe;
-        let c = universe.certified_id(certified.namespace, certified.service_account).map(|c| c as usize);
-        match c.map(|c| (self.cert_offsets.get(c), self.cert_offsets.get(c + 1))) {
-            Some((Some(&lo), Some(&hi))) => (
-                self.cert_rules.get(lo as usize..hi as usize).unwrap_or(&[]),
+        match universe.certified_id(certified.namespace, certified.service_account) {
+            Some(c) => (
+                self.by_certificate.reading(c as usize),
                 Judged::ByMembership { allow_by_address, deny_by_certificate: true },
             ),
-            _ => (&self.restricting, Judged::Evaluate),
+            None => (Reading { restrict: &self.restricting, ..Reading::default() }, Judged::Evaluate { allow_by_address }),
         }
     }
 
@@ -376,25 +359,38 @@ impl WorkloadPolicy {
         // waits here while the walk continues with that reading.
         let mut pending_allow = None;
         for tier in &self.tiers {
-            let mut cursor = candidates.cursor(tier.start);
+            let mut cursor = candidates.cursor(tier.start, false);
             let mut passed = false;
             let mut disputed_pass = false;
             while let Some((pos, members)) = cursor.next_below(tier.end) {
+                // Judged before the rule is read: membership alone often settles it.
+                let judged = match candidates.identity() {
+                    Judged::Settled => Some(SourceMatch::Yes),
+                    Judged::ByMembership { allow_by_address, deny_by_certificate } => {
+                        Some(by_membership(members, allow_by_address, deny_by_certificate))
+                    }
+                    Judged::Evaluate { .. } => None,
+                };
+                if judged == Some(SourceMatch::No) {
+                    continue;
+                }
                 let Some(rule) = self.rules.get(pos as usize).and_then(|&i| self.set.rules.get(i as usize)) else {
                     continue;
                 };
-                let source = match candidates.identity() {
-                    Judged::Settled => SourceMatch::Yes,
-                    Judged::ByMembership { allow_by_address, deny_by_certificate } => {
-                        by_membership(rule, members, allow_by_address, deny_by_certificate)
-                    }
-                    Judged::Evaluate => self.source_identity_matches(rule, &identity),
-                };
+                let source = judged.unwrap_or_else(|| self.source_identity_matches(rule, &identity));
                 if source == SourceMatch::No || !rest_matches(rule, self.resolved_ports(pos, rule), facts, &mut path) {
                     continue;
                 }
                 match rule.action {
-                    _ if source == SourceMatch::Disputed => disputed_pass = true,
+                    _ if source == SourceMatch::Disputed => {
+                        // The walk now follows the reading that did not pass:
+                        // further one-sided Passes change nothing, so the
+                        // cursor skips them from here.
+                        if !disputed_pass {
+                            disputed_pass = true;
+                            cursor = candidates.cursor(pos.saturating_add(1), true);
+                        }
+                    }
                     Action::Allow if disputed_pass => {
                         pending_allow = pending_allow.or(Some(decision(Reason::AllowRule, Some(rule), Some(&tier.name))));
                         passed = true;
@@ -428,36 +424,22 @@ enum SourceMatch {
     Disputed,
 }
 
-/// Per-id lists in one buffer: id i's are `values[offsets[i]..offsets[i+1]]`.
-fn csr(lists: Vec<Vec<u32>>) -> (Vec<u32>, Vec<u32>) {
-    let mut offsets = Vec::with_capacity(lists.len() + 1);
-    let mut values = Vec::with_capacity(lists.iter().map(Vec::len).sum());
-    offsets.push(0);
-    for list in lists {
-        values.extend(list);
-        offsets.push(position(values.len()));
-    }
-    (offsets, values)
-}
-
 /// [`WorkloadPolicy::source_identity_matches`] when the factors disagree,
-/// from which candidate lists hold the rule (see [`Judged::ByMembership`]).
-fn by_membership(rule: &Rule, members: u8, allow_by_address: bool, deny_by_certificate: bool) -> SourceMatch {
-    if rule.source.identity.is_empty() {
+/// from which candidate lists hold the rule (see [`Judged::ByMembership`]):
+/// the lists say both the rule's class and which readings it satisfies.
+fn by_membership(members: u8, allow_by_address: bool, deny_by_certificate: bool) -> SourceMatch {
+    let agreed = |m: bool| if m { SourceMatch::Yes } else { SourceMatch::No };
+    if members & FREE != 0 {
         return SourceMatch::Yes;
     }
-    let (address, certificate) = (members & 0b010 != 0, members & 0b100 != 0);
-    let agreed = |m: bool| if m { SourceMatch::Yes } else { SourceMatch::No };
-    match rule.action {
-        Action::Pass if address == certificate => agreed(address),
-        Action::Pass => SourceMatch::Disputed,
-        Action::Deny | Action::Log => agreed(address || (deny_by_certificate && certificate)),
-        Action::Allow => agreed(allow_by_address && address),
+    if members & (ADDRESS_PASS | CERTIFICATE_PASS) != 0 {
+        let (address, certificate) = (members & ADDRESS_PASS != 0, members & CERTIFICATE_PASS != 0);
+        return if address == certificate { agreed(address) } else { SourceMatch::Disputed };
     }
-}
-
-fn position(n: usize) -> u32 {
-    u32::try_from(n).unwrap_or(u32::MAX)
+    if members & (ADDRESS_RESTRICT | CERTIFICATE_RESTRICT) != 0 {
+        return agreed(members & ADDRESS_RESTRICT != 0 || (deny_by_certificate && members & CERTIFICATE_RESTRICT != 0));
+    }
+    agreed(allow_by_address && members & ADDRESS_ALLOW != 0)
 }
 
 /// Everything but source identity: IP version, addresses, ports, HTTP.
@@ -519,9 +501,22 @@ impl<'r> PathCache<'r> {
 enum Candidates<'a> {
     /// The union of sorted position lists, and how their source identity
     /// clauses are judged.
-    Lists { lists: [&'a [u32]; 3], identity: Judged },
+    Lists(Plan<'a>),
     /// Every rule, identity checked directly (the reference walk).
     All,
+}
+
+/// The lists one request's walk merges.
+#[derive(Clone, Copy)]
+struct Plan<'a> {
+    /// Free rules the source address can match.
+    free: [&'a [u32]; 2],
+    /// Identity rules the address's reading satisfies (the owner's group, or
+    /// an unknown address).
+    address: Reading<'a>,
+    /// When the factors disagree: those the certificate's reading satisfies.
+    certificate: Reading<'a>,
+    identity: Judged,
 }
 
 /// How the walk judges a candidate's source identity clauses.
@@ -529,44 +524,73 @@ enum Candidates<'a> {
 enum Judged {
     /// Membership in the lists settles them: every candidate matches.
     Settled,
-    /// The factors disagree and the lists are `[free, rules the address's
-    /// reading satisfies, rules the certificate's reading satisfies]`:
-    /// membership gives both readings, no selector is evaluated.
+    /// The factors disagree; membership in the address's and the
+    /// certificate's lists gives both readings, no selector is evaluated.
     /// `allow_by_address`: Allow rules go by the address (a certificate
     /// from an unknown address), else they never match. `deny_by_certificate`:
     /// Deny and Log rules also match on the certificate's reading (not for a
     /// certificate without a SPIFFE id, which names nobody to deny).
     ByMembership { allow_by_address: bool, deny_by_certificate: bool },
-    /// Evaluate the clauses (a certificate identity the index does not know).
-    Evaluate,
+    /// Evaluate the clauses (a certificate identity the index does not know);
+    /// the certificate's `restrict` list then holds every Pass and Deny/Log
+    /// identity rule.
+    Evaluate { allow_by_address: bool },
 }
 
 impl<'a> Candidates<'a> {
     fn identity(self) -> Judged {
         match self {
-            Candidates::Lists { identity, .. } => identity,
-            Candidates::All => Judged::Evaluate,
+            Candidates::Lists(plan) => plan.identity,
+            Candidates::All => Judged::Evaluate { allow_by_address: false },
         }
     }
 
-    fn cursor(self, start: u32) -> Cursor<'a> {
-        match self {
-            Candidates::Lists { lists, .. } => {
-                Cursor::Merge(lists.map(|l| l.get(l.partition_point(|&p| p < start)..).unwrap_or(&[])))
+    /// A cursor over the tier's candidates from `start`. `after_disputed_pass`:
+    /// a Pass only one factor satisfies was taken in this tier, so only rules
+    /// that can still change the outcome are listed (free rules, Deny/Log,
+    /// Allow where the address decides, and Passes both factors satisfy).
+    fn cursor(self, start: u32, after_disputed_pass: bool) -> Cursor<'a> {
+        let Candidates::Lists(Plan { free: [free, narrowed], address: a, certificate: c, identity }) = self else {
+            return Cursor::Range(start);
+        };
+        let free = [(free, FREE), (narrowed, FREE)];
+        let merge = match identity {
+            Judged::Settled => {
+                Merge::new(&[free[0], free[1], (a.allow, ADDRESS_ALLOW), (a.pass, ADDRESS_PASS), (a.restrict, ADDRESS_RESTRICT)], None, start)
             }
-            Candidates::All => Cursor::Range(start),
-        }
+            Judged::ByMembership { allow_by_address, .. } => {
+                let allow = if allow_by_address { a.allow } else { &[] };
+                let restrict = [(allow, ADDRESS_ALLOW), (a.restrict, ADDRESS_RESTRICT), (c.restrict, CERTIFICATE_RESTRICT)];
+                if after_disputed_pass {
+                    let both = (a.pass, c.pass, ADDRESS_PASS | CERTIFICATE_PASS);
+                    Merge::new(&[free[0], free[1], restrict[0], restrict[1], restrict[2]], Some(both), start)
+                } else {
+                    let passes = [(a.pass, ADDRESS_PASS), (c.pass, CERTIFICATE_PASS)];
+                    Merge::new(&[free[0], free[1], restrict[0], restrict[1], restrict[2], passes[0], passes[1]], None, start)
+                }
+            }
+            // Clauses are evaluated: the lists only need to hold every rule
+            // that could match (the address's Pass and Deny/Log rules are
+            // among the certificate's).
+            Judged::Evaluate { allow_by_address } => {
+                let allow = if allow_by_address { a.allow } else { &[] };
+                Merge::new(&[free[0], free[1], (allow, ADDRESS_ALLOW), (c.restrict, CERTIFICATE_RESTRICT)], None, start)
+            }
+        };
+        Cursor::Merge(merge)
     }
 }
 
+// One cursor lives on the stack per tier walked; boxing the merge would
+// allocate on the request path to save stack the walk uses anyway.
+#[allow(clippy::large_enum_variant)]
 enum Cursor<'a> {
-    Merge([&'a [u32]; 3]),
+    Merge(Merge<'a>),
     Range(u32),
 }
 
 impl Cursor<'_> {
-    /// The next position below `end`, each position once even if several
-    /// lists hold it, with which lists hold it (bit i: list i).
+    /// The next position below `end`, with which lists hold it.
     fn next_below(&mut self, end: u32) -> Option<(u32, u8)> {
         match self {
             Cursor::Range(next) => {
@@ -576,22 +600,7 @@ impl Cursor<'_> {
                     (pos, 0)
                 })
             }
-            Cursor::Merge(lists) => {
-                let pos = lists.iter().filter_map(|l| l.first().copied()).min()?;
-                if pos >= end {
-                    return None;
-                }
-                let mut members = 0;
-                for (bit, list) in lists.iter_mut().enumerate() {
-                    if let Some((&head, rest)) = list.split_first() {
-                        if head == pos {
-                            *list = rest;
-                            members |= 1 << bit;
-                        }
-                    }
-                }
-                Some((pos, members))
-            }
+            Cursor::Merge(merge) => merge.next_below(end),
         }
     }
 }
