@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
 
 use krites_policy::{Needs, Peer, RequestFacts, Workload};
 
@@ -11,7 +12,10 @@ use krites_policy::{Needs, Peer, RequestFacts, Workload};
 /// absent fact makes rules that test it not match, which fails closed.
 pub trait Host {
     fn property(&self, path: &[&str]) -> Option<Vec<u8>>;
-    fn request_header(&self, name: &str) -> Option<Vec<u8>>;
+    /// Every request header, serialised as a proxy-wasm pair map: one host
+    /// call (each call that returns data re-enters the VM to allocate, which
+    /// costs more than the lookup itself).
+    fn request_headers(&self) -> Option<Vec<u8>>;
 }
 
 /// Where the NETWORK role of the module leaves the connection's real peer
@@ -49,7 +53,8 @@ pub struct RequestData {
     /// `source.address` was not the TCP peer (see [`RequestData::gather`]); kept for logs only.
     pub unverified_source: Option<IpAddr>,
     pub mtls: bool,
-    pub uri_san: Option<String>,
+    /// Shared with the connection cache: a hit costs no copy.
+    pub uri_san: Option<Rc<str>>,
     pub method: Option<String>,
     pub path: Option<String>,
 }
@@ -96,13 +101,31 @@ impl RequestData {
         data
     }
 
-    /// Method and path; also read lazily to log a denial.
+    /// Method and path; also read lazily to log a denial. A malformed header
+    /// map reads as absent, so HTTP rules fail closed.
     pub fn read_http(&mut self, host: &impl Host) {
+        if self.method.is_some() && self.path.is_some() {
+            return;
+        }
+        let Some(headers) = host.request_headers() else { return };
+        let (mut method, mut path) = (None, None);
+        let decoded = for_each_pair(&headers, |name, value| {
+            // Envoy keeps one of each pseudo-header; the first is the one it routes on.
+            match name {
+                b":method" if method.is_none() => method = Some(value),
+                b":path" if path.is_none() => path = Some(value),
+                _ => {}
+            }
+            Ok(())
+        });
+        if decoded.is_err() {
+            return;
+        }
         if self.method.is_none() {
-            self.method = host.request_header(":method").and_then(utf8);
+            self.method = method.and_then(|m| std::str::from_utf8(m).ok()).map(str::to_string);
         }
         if self.path.is_none() {
-            self.path = host.request_header(":path").and_then(utf8);
+            self.path = path.and_then(|p| std::str::from_utf8(p).ok()).map(str::to_string);
         }
     }
 
@@ -128,7 +151,7 @@ pub struct ConnectionData {
     destination_ip: Option<IpAddr>,
     destination_port: Option<u16>,
     mtls: bool,
-    uri_san: Option<String>,
+    uri_san: Option<Rc<str>>,
 }
 
 impl ConnectionData {
@@ -144,7 +167,7 @@ impl ConnectionData {
             Some((ip, Some(0))) => (None, Some(ip)),
             other => (other, None),
         };
-        let uri_san = host.property(&["connection", "uri_san_peer_certificate"]).and_then(utf8);
+        let uri_san: Option<Rc<str>> = host.property(&["connection", "uri_san_peer_certificate"]).and_then(utf8).map(Rc::from);
         let mtls = uri_san.is_some()
             || host.property(&["connection", "mtls"]).is_some_and(|b| b.first().is_some_and(|&v| v != 0));
         let destination_port =
@@ -231,6 +254,18 @@ pub fn parse_port(bytes: &[u8]) -> Option<u16> {
 /// metadata `LABELS` struct): u32 count, (u32 key len, u32 value len) per
 /// pair, then each key and value followed by a NUL.
 pub fn decode_string_map(bytes: &[u8]) -> Result<BTreeMap<String, String>, String> {
+    let text = |b: &[u8]| String::from_utf8(b.to_vec()).map_err(|_| "map entry is not UTF-8".to_string());
+    let mut map = BTreeMap::new();
+    for_each_pair(bytes, |k, v| {
+        map.insert(text(k)?, text(v)?);
+        Ok(())
+    })?;
+    Ok(map)
+}
+
+/// Walks a proxy-wasm serialised pair map (see [`decode_string_map`]) without
+/// copying it; stops at the first error `each` returns.
+pub fn for_each_pair<'b>(bytes: &'b [u8], mut each: impl FnMut(&'b [u8], &'b [u8]) -> Result<(), String>) -> Result<(), String> {
     // Lengths come from the host: every offset is checked, nothing can overflow.
     let truncated = || "map is truncated".to_string();
     let word = |at: usize| -> Result<usize, String> {
@@ -240,26 +275,22 @@ pub fn decode_string_map(bytes: &[u8]) -> Result<BTreeMap<String, String>, Strin
     };
     let count = word(0)?;
     let header = count.checked_mul(8).and_then(|n| n.checked_add(4)).filter(|&n| n <= bytes.len()).ok_or_else(truncated)?;
-    let mut sizes = Vec::with_capacity(count);
-    for i in 0..count {
-        sizes.push((word(4 + 8 * i)?, word(8 + 8 * i)?));
-    }
     let mut at = header;
-    let mut take = |len: usize| -> Result<String, String> {
+    let mut take = |len: usize| -> Result<&'b [u8], String> {
         let end = at.checked_add(len).ok_or_else(truncated)?;
         let s = bytes.get(at..end).ok_or_else(truncated)?;
         if bytes.get(end) != Some(&0) {
             return Err("map entry is not NUL-terminated".into());
         }
         at = end + 1;
-        String::from_utf8(s.to_vec()).map_err(|_| "map entry is not UTF-8".to_string())
+        Ok(s)
     };
-    let mut map = BTreeMap::new();
-    for (k, v) in sizes {
+    for i in 0..count {
+        let (k, v) = (word(4 + 8 * i)?, word(8 + 8 * i)?);
         let key = take(k)?;
-        map.insert(key, take(v)?);
+        each(key, take(v)?)?;
     }
-    Ok(map)
+    Ok(())
 }
 
 /// The workload this proxy fronts, from the node metadata Istio's sidecar
@@ -322,24 +353,30 @@ mod tests {
         fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
             self.properties.get(&path.join(".")).cloned()
         }
-        fn request_header(&self, name: &str) -> Option<Vec<u8>> {
-            self.headers.get(name).cloned()
+        fn request_headers(&self) -> Option<Vec<u8>> {
+            let pairs: Vec<(&[u8], &[u8])> = self.headers.iter().map(|(k, v)| (k.as_bytes(), v.as_slice())).collect();
+            Some(encode_bytes(&pairs))
         }
     }
 
-    fn encode(pairs: &[(&str, &str)]) -> Vec<u8> {
+    fn encode_bytes(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
         let mut out = (pairs.len() as u32).to_le_bytes().to_vec();
         for (k, v) in pairs {
             out.extend((k.len() as u32).to_le_bytes());
             out.extend((v.len() as u32).to_le_bytes());
         }
         for (k, v) in pairs {
-            out.extend(k.as_bytes());
+            out.extend(*k);
             out.push(0);
-            out.extend(v.as_bytes());
+            out.extend(*v);
             out.push(0);
         }
         out
+    }
+
+    fn encode(pairs: &[(&str, &str)]) -> Vec<u8> {
+        let pairs: Vec<(&[u8], &[u8])> = pairs.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())).collect();
+        encode_bytes(&pairs)
     }
 
     #[test]
@@ -480,6 +517,36 @@ mod tests {
         assert_eq!(RequestData::gather(&host, all).path, None);
         // Nothing needed beyond identity: no HTTP reads.
         assert_eq!(RequestData::gather(&host, Needs::default()).method, None);
+    }
+
+    /// Serves a fixed, possibly malformed, header map.
+    struct RawHeaders(Vec<u8>);
+
+    impl Host for RawHeaders {
+        fn property(&self, _: &[&str]) -> Option<Vec<u8>> {
+            None
+        }
+        fn request_headers(&self) -> Option<Vec<u8>> {
+            Some(self.0.clone())
+        }
+    }
+
+    #[test]
+    fn method_and_path_come_from_one_header_map() {
+        let read = |bytes: Vec<u8>| {
+            let mut data = RequestData::default();
+            data.read_http(&RawHeaders(bytes));
+            (data.method, data.path)
+        };
+        let map: &[(&[u8], &[u8])] = &[(b"x-a", b"1"), (b":method", b"GET"), (b":path", b"/first"), (b":path", b"/second")];
+        assert_eq!(read(encode_bytes(map)), (Some("GET".into()), Some("/first".into())));
+        // Non-UTF-8 values are absent; so is everything in a malformed map.
+        let odd: &[(&[u8], &[u8])] = &[(b":method", b"GET"), (b":path", &[b'/', 0xff])];
+        assert_eq!(read(encode_bytes(odd)), (Some("GET".into()), None));
+        let good = encode_bytes(map);
+        for cut in 0..good.len() {
+            assert_eq!(read(good[..cut].to_vec()), (None, None), "truncated at {cut}");
+        }
     }
 
     #[test]

@@ -35,13 +35,7 @@ extern "C" {
     fn proxy_get_log_level(return_level: *mut u32) -> u32;
     fn proxy_get_property(path_data: *const u8, path_size: usize, return_data: *mut *mut u8, return_size: *mut usize) -> u32;
     fn proxy_set_property(path_data: *const u8, path_size: usize, value_data: *const u8, value_size: usize) -> u32;
-    fn proxy_get_header_map_value(
-        map_type: u32,
-        key_data: *const u8,
-        key_size: usize,
-        return_data: *mut *mut u8,
-        return_size: *mut usize,
-    ) -> u32;
+    fn proxy_get_header_map_pairs(map_type: u32, return_data: *mut *mut u8, return_size: *mut usize) -> u32;
     fn proxy_get_buffer_bytes(
         buffer_type: u32,
         start: usize,
@@ -141,10 +135,11 @@ pub fn set_property(path: &[&str], value: &[u8]) -> Result<(), HostError> {
     }
 }
 
-pub fn request_header(name: &str) -> Result<Option<Vec<u8>>, HostError> {
+/// All request headers as a serialised pair map (see `adapter::for_each_pair`).
+pub fn request_headers() -> Result<Option<Vec<u8>>, HostError> {
     let (mut data, mut size) = (null_mut(), 0usize);
-    // SAFETY: valid in-pointers; out-pointers to locals.
-    let status = unsafe { proxy_get_header_map_value(MAP_REQUEST_HEADERS, name.as_ptr(), name.len(), &mut data, &mut size) };
+    // SAFETY: out-pointers to locals.
+    let status = unsafe { proxy_get_header_map_pairs(MAP_REQUEST_HEADERS, &mut data, &mut size) };
     result(status, data, size)
 }
 

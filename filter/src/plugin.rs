@@ -19,7 +19,7 @@ const DENY_BODY: &[u8] = b"RBAC: access denied";
 
 /// What this plugin instance enforces.
 enum Enforcement {
-    Policy(WorkloadPolicy),
+    Policy(Box<WorkloadPolicy>),
     /// The config names other namespaces (a shard Istio's root namespace
     /// spreads mesh-wide): this workload's own shard decides; let it through.
     OutOfScope,
@@ -33,8 +33,8 @@ impl Host for EnvoyHost {
     fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
         host::property(path).ok().flatten()
     }
-    fn request_header(&self, name: &str) -> Option<Vec<u8>> {
-        host::request_header(name).ok().flatten()
+    fn request_headers(&self) -> Option<Vec<u8>> {
+        host::request_headers().ok().flatten()
     }
 }
 
@@ -142,7 +142,7 @@ impl RootContext for Root {
                 micros
             ),
         );
-        self.state = Rc::new(Shared { enforcement: Enforcement::Policy(policy), connections: RefCell::default(), metrics, revision });
+        self.state = Rc::new(Shared { enforcement: Enforcement::Policy(Box::new(policy)), connections: RefCell::default(), metrics, revision });
         true
     }
 
