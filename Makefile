@@ -2,7 +2,9 @@
 SHELL := bash
 CARGO ?= cargo
 WASM_TARGET := wasm32-unknown-unknown
-WASM_BUILT := target/$(WASM_TARGET)/release/krites_filter.wasm
+# Cargo profile of the shipped module (Cargo.toml: dependencies optimised for size).
+WASM_PROFILE := wasm-release
+WASM_BUILT := target/$(WASM_TARGET)/$(WASM_PROFILE)/krites_filter.wasm
 WASM_OUT := wasm-out/krites.wasm
 # Rust's wasm32 target emits these post-MVP features; V8 supports them all.
 WASM_OPT_FEATURES := --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
@@ -29,7 +31,7 @@ setup:
 	@scripts/setup.sh
 
 build:
-	$(CARGO) build -p krites-filter --target $(WASM_TARGET) --release
+	$(CARGO) build -p krites-filter --target $(WASM_TARGET) --profile $(WASM_PROFILE)
 	@mkdir -p wasm-out
 	@if command -v wasm-opt >/dev/null; then \
 	  wasm-opt -O3 $(WASM_OPT_FEATURES) --strip-debug --strip-producers $(WASM_BUILT) -o $(WASM_OUT); \
