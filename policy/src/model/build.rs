@@ -444,8 +444,14 @@ impl Builder {
                     self.error(object, format!("{field}.serviceAccounts.names[{i}]"), "must not be empty");
                 }
             }
+            // Inserted one by one: collect() would sort first, another
+            // sort instantiation in the Wasm module.
+            let mut names = BTreeSet::new();
+            for name in &sa.names {
+                names.insert(name.clone());
+            }
             ServiceAccountClause {
-                names: sa.names.iter().cloned().collect(),
+                names,
                 selector: self.selector(object, &format!("{field}.serviceAccounts.selector"), sa.selector.as_deref(), false),
             }
         });

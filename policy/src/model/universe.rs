@@ -3,7 +3,7 @@
 //! selector can be turned into a set of endpoint groups without evaluating it
 //! once per group.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::net::IpAddr;
 
 use fixedbitset::FixedBitSet;
@@ -113,7 +113,8 @@ impl Universe {
         for (ns, accounts) in &service_accounts {
             identities.extend(accounts.keys().map(|sa| (ns.clone(), sa.clone())));
         }
-        identities.sort_unstable();
+        // Heapsort: configure time only, and far less Wasm than sort_unstable's.
+        let mut identities = BinaryHeap::from(identities).into_sorted_vec();
         identities.dedup();
         let mut certified_ids: HashMap<String, HashMap<String, u32>> = HashMap::new();
         for (i, (ns, sa)) in (0u32..).zip(&identities) {
