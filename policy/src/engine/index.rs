@@ -9,6 +9,7 @@
 //! Rules without identity clauses are listed once, narrowed by source address
 //! when their positive `nets` allow it.
 
+use std::collections::BinaryHeap;
 use std::net::IpAddr;
 
 use crate::config::Action;
@@ -150,7 +151,8 @@ impl FreeIndex {
                 bounds.extend(hi.checked_add(1));
             }
         }
-        bounds.sort_unstable();
+        // Heapsort, as for range sets: configure time only, and less Wasm.
+        let mut bounds = BinaryHeap::from(bounds).into_sorted_vec();
         bounds.dedup();
         let mut unnarrowed = Vec::new();
         let mut by_interval = vec![Vec::new(); bounds.len()];
