@@ -15,7 +15,7 @@ use anyhow::{anyhow, bail, Context, Result};
 
 use crate::client::{Request, Response};
 use crate::config::{self, Ports};
-use crate::pki::Identity;
+use crate::pki::{Identity, Pki};
 use crate::process::{free_ports, ChildGuard};
 
 /// How long `start` waits for Envoy to come up (V8 compiling the module is the slow part).
@@ -50,6 +50,29 @@ pub struct SidecarSpec {
     /// connection manager, as a `type: NETWORK` WasmPlugin does in Istio: it records each
     /// connection's real peer so that `x-forwarded-for` cannot stand in for it.
     pub peer_address_filter: bool,
+}
+
+impl SidecarSpec {
+    /// A sidecar of pod `name` (service account `name` in `default`, label
+    /// `app=name`) running the Krites module with both its roles, Istio's
+    /// path normalisation, and a certificate from `pki`. Override fields
+    /// with struct update syntax.
+    pub fn krites(name: &str, ip: Ipv4Addr, pki: &Pki, plugin_config: impl Into<String>, work_dir: PathBuf) -> Result<SidecarSpec> {
+        Ok(SidecarSpec {
+            name: name.into(),
+            ip,
+            namespace: "default".into(),
+            service_account: name.into(),
+            labels: BTreeMap::from([("app".to_string(), name.to_string())]),
+            identity: pki.issue(name, "default", name)?,
+            ca: pki.ca_cert().to_path_buf(),
+            wasm: Some(crate::module_path()),
+            plugin_config: plugin_config.into(),
+            work_dir,
+            normalize_path: true,
+            peer_address_filter: true,
+        })
+    }
 }
 
 /// How a sidecar is wired into the mesh beyond its two inbound listeners. The default is the

@@ -3,12 +3,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
-use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use krites_testbed::yaobank::POLICY_CONFIG;
-use krites_testbed::{module_path, EcdsOutcome, Pki, Request, Response, Sidecar, SidecarSpec};
+use krites_testbed::{EcdsOutcome, Pki, Request, Response, Sidecar, SidecarSpec};
 
 struct Rig {
     _dir: tempfile::TempDir,
@@ -20,21 +19,8 @@ struct Rig {
 fn database(ip: [u8; 4], ns: &str, config: &str, peer_address_filter: bool) -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(&dir.path().join("pki"), "cluster.local").unwrap();
-    let db = Sidecar::start(SidecarSpec {
-        name: "database".into(),
-        ip: Ipv4Addr::from(ip),
-        namespace: ns.into(),
-        service_account: "database".into(),
-        labels: BTreeMap::from([("app".to_string(), "database".to_string())]),
-        identity: pki.issue("database", "default", "database").unwrap(),
-        ca: pki.ca_cert().to_path_buf(),
-        wasm: Some(module_path()),
-        plugin_config: config.into(),
-        work_dir: dir.path().join("database"),
-        normalize_path: true,
-        peer_address_filter,
-    })
-    .unwrap();
+    let spec = SidecarSpec::krites("database", Ipv4Addr::from(ip), &pki, config, dir.path().join("database")).unwrap();
+    let db = Sidecar::start(SidecarSpec { namespace: ns.into(), peer_address_filter, ..spec }).unwrap();
     Rig { _dir: dir, pki, db }
 }
 

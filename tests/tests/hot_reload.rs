@@ -7,7 +7,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -17,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use krites_testbed::{module_path, raw_request, EcdsOutcome, Identity, Pki, RawConn, Sidecar, SidecarSpec};
+use krites_testbed::{raw_request, EcdsOutcome, Identity, Pki, RawConn, Sidecar, SidecarSpec};
 use serde_json::json;
 
 const UPDATES: usize = 100;
@@ -284,21 +283,8 @@ fn hundred_updates_under_load_no_failure_no_wrong_verdict_enforced_within_a_seco
     let pki = Pki::new(&dir.path().join("pki"), "cluster.local").unwrap();
     let web_cert = pki.issue("web-client", "default", "web").unwrap();
     let mut state = State { probe_rule: false, flip_path: "/left", moving_is_web: false, batch_pod: 1, generation: 0 };
-    let sidecar = Sidecar::start(SidecarSpec {
-        name: "app".into(),
-        ip: SIDECAR_IP,
-        namespace: "default".into(),
-        service_account: "app".into(),
-        labels: BTreeMap::from([("app".to_string(), "app".to_string())]),
-        identity: pki.issue("app", "default", "app").unwrap(),
-        ca: pki.ca_cert().to_path_buf(),
-        wasm: Some(module_path()),
-        plugin_config: state.config(),
-        work_dir: dir.path().join("app"),
-        normalize_path: true,
-        peer_address_filter: true,
-    })
-    .unwrap();
+    let spec = SidecarSpec::krites("app", SIDECAR_IP, &pki, state.config(), dir.path().join("app")).unwrap();
+    let sidecar = Sidecar::start(spec).unwrap();
     assert_eq!(sidecar.initial_ecds(), Some(EcdsOutcome::Accepted));
     // Decisions are logged per request at debug (allows) and info (denials): keep the log for
     // config events.

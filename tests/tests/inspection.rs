@@ -5,32 +5,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
-use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use krites_testbed::yaobank::POLICY_CONFIG;
-use krites_testbed::{module_path, Pki, Request, Sidecar, SidecarSpec};
+use krites_testbed::{Pki, Request, Sidecar, SidecarSpec};
 
 #[test]
 fn an_operator_can_see_what_krites_enforces_and_why() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(&dir.path().join("pki"), "cluster.local").unwrap();
-    let sidecar = Sidecar::start(SidecarSpec {
-        name: "database".into(),
-        ip: Ipv4Addr::new(127, 0, 6, 13),
-        namespace: "default".into(),
-        service_account: "database".into(),
-        labels: BTreeMap::from([("app".to_string(), "database".to_string())]),
-        identity: pki.issue("database", "default", "database").unwrap(),
-        ca: pki.ca_cert().to_path_buf(),
-        wasm: Some(module_path()),
-        plugin_config: POLICY_CONFIG.into(),
-        work_dir: dir.path().join("database"),
-        normalize_path: true,
-        peer_address_filter: true,
-    })
-    .unwrap();
+    let spec = SidecarSpec::krites("database", Ipv4Addr::new(127, 0, 6, 13), &pki, POLICY_CONFIG, dir.path().join("database")).unwrap();
+    let sidecar = Sidecar::start(spec).unwrap();
 
     // istioctl proxy-config ecds <pod> -o json reads this.
     let dump = sidecar.config_dump_ecds().unwrap();

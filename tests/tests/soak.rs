@@ -4,7 +4,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -13,7 +12,7 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use krites_testbed::process::ChildGuard;
-use krites_testbed::{module_path, EcdsOutcome, Pki, Sidecar, SidecarSpec};
+use krites_testbed::{EcdsOutcome, Pki, Sidecar, SidecarSpec};
 
 const REQUESTS: u64 = 1_000_000;
 const WARM_UP: u64 = 50_000;
@@ -122,21 +121,8 @@ fn a_million_requests_with_steady_memory() {
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(&dir.path().join("pki"), "cluster.local").unwrap();
-    let sidecar = Sidecar::start(SidecarSpec {
-        name: "app".into(),
-        ip: Ipv4Addr::new(127, 0, 12, 1),
-        namespace: "default".into(),
-        service_account: "app".into(),
-        labels: BTreeMap::from([("app".to_string(), "app".to_string())]),
-        identity: pki.issue("app", "default", "app").unwrap(),
-        ca: pki.ca_cert().to_path_buf(),
-        wasm: Some(module_path()),
-        plugin_config: CONFIG.into(),
-        work_dir: dir.path().join("app"),
-        normalize_path: true,
-        peer_address_filter: true,
-    })
-    .unwrap();
+    let spec = SidecarSpec::krites("app", Ipv4Addr::new(127, 0, 12, 1), &pki, CONFIG, dir.path().join("app")).unwrap();
+    let sidecar = Sidecar::start(spec).unwrap();
     assert_eq!(sidecar.initial_ecds(), Some(EcdsOutcome::Accepted));
     // Per-request decision logs (debug for allows, info for denials) would make this a test of
     // Envoy's logger.
