@@ -923,6 +923,21 @@ mod tests {
         }
     }
 
+    /// What serde writes, the filter's reader reads back as written, with the
+    /// same revision: tiers, float orders, nets, ports, HTTP matches and
+    /// selectors at every preset scale.
+    #[test]
+    fn generated_configs_read_back_as_written() {
+        for name in ["tutorial", "rules-100", "rules-1000", "calico"] {
+            let config = generate(&Scale::preset(name).unwrap());
+            let json = to_json(&config);
+            let read = PluginConfig::from_json(json.as_bytes()).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(read == config, "{name}: read back differs from what was written");
+            let pretty = serde_json::to_string_pretty(&config).unwrap();
+            assert!(PluginConfig::from_json(pretty.as_bytes()).unwrap() == config, "{name}: pretty");
+        }
+    }
+
     #[test]
     fn thousand_policies_ten_thousand_endpoints_fit_a_wasmplugin() {
         let scale = Scale { policies: 1000, rules_per_policy: 1, endpoints: 10_000, namespaces: 20, seed: DEFAULT_SEED };

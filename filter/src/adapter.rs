@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 
+use krites_policy::json::{Reader, Unknown};
 use krites_policy::{Needs, Peer, RequestFacts, Workload};
 
 /// The two kinds of lookups a request needs. Errors read as "absent": every
@@ -319,21 +320,27 @@ pub fn workload_from_node(host: &impl Host) -> Result<Workload, String> {
 /// `[{"name":"http","containerPort":8080,"protocol":"TCP"}]`. Named TCP ports
 /// are what named destination ports in rules resolve against.
 pub fn parse_pod_ports(bytes: &[u8]) -> Result<BTreeMap<String, u16>, String> {
-    #[derive(serde::Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct ContainerPort {
-        #[serde(default)]
-        name: Option<String>,
-        container_port: u16,
-        #[serde(default)]
-        protocol: Option<String>,
-    }
-    let ports: Vec<ContainerPort> = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-    Ok(ports
-        .into_iter()
-        .filter(|p| p.protocol.as_deref().is_none_or(|proto| proto.eq_ignore_ascii_case("TCP")))
-        .filter_map(|p| p.name.filter(|n| !n.is_empty()).map(|n| (n, p.container_port)))
-        .collect())
+    let mut r = Reader::new(bytes);
+    let mut ports = BTreeMap::new();
+    r.array(&mut |r| {
+        let (mut name, mut port, mut protocol) = (None, 0, None);
+        r.object(&["containerPort", "name", "protocol"], 1, Unknown::Skip, &mut |r, field| {
+            match field {
+                "containerPort" => port = r.unsigned(u16::MAX.into(), "a port number (0-65535)")? as u16,
+                "name" => name = r.optional(Reader::string)?,
+                _ => protocol = r.optional(Reader::string)?,
+            }
+            Ok(())
+        })?;
+        let tcp = protocol.as_deref().is_none_or(|p| p.eq_ignore_ascii_case("TCP"));
+        if let Some(name) = name.filter(|n| tcp && !n.is_empty()) {
+            ports.insert(name, port);
+        }
+        Ok(())
+    })
+    .and_then(|()| r.finish())
+    .map_err(|e| e.to_string())?;
+    Ok(ports)
 }
 
 #[cfg(test)]

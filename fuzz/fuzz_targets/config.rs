@@ -1,7 +1,7 @@
 //! The config parser and compiler: arbitrary bytes into `PolicySet::from_json`.
 //!
 //! It must never panic. When the bytes compile: the config's own canonical
-//! JSON compiles too, to the same revision; and for workloads the config
+//! JSON reads back as the same config and compiles to the same revision; and for workloads the config
 //! names, every request its vocabulary suggests gets a decision that keeps the
 //! engine's invariants (index = reference walk, provenance, two factors).
 #![no_main]
@@ -25,13 +25,18 @@ fuzz_target!(|data: &[u8]| {
             return;
         }
     };
-    let config: PluginConfig = match serde_json::from_slice(data) {
+    let config = match PluginConfig::from_json(data) {
         Ok(c) => c,
-        Err(e) => panic!("compiled, but does not deserialise on its own: {e}"),
+        Err(e) => panic!("compiled, but does not read on its own: {e}"),
     };
 
-    // The canonical JSON (what control emits) compiles to the same revision.
+    // The canonical JSON (what control emits) reads back as the same config
+    // and compiles to the same revision.
     let canonical = serde_json::to_vec(&config).unwrap_or_default();
+    match PluginConfig::from_json(&canonical) {
+        Ok(again) => assert!(again == config, "the config changes through its canonical JSON"),
+        Err(e) => panic!("canonical JSON of a valid config does not read: {e}"),
+    }
     match PolicySet::from_json(&canonical) {
         Ok(again) => assert_eq!(again.revision(), set.revision(), "revision changes through canonical JSON"),
         Err(e) => panic!("canonical JSON of a valid config does not compile: {e}"),

@@ -542,7 +542,7 @@ pub mod decide {
     pub fn targets() -> &'static [Target] {
         static TARGETS: OnceLock<Vec<Target>> = OnceLock::new();
         TARGETS.get_or_init(|| {
-            let yaobank: PluginConfig = serde_json::from_str(YAOBANK).expect("the YAO Bank fixture parses");
+            let yaobank = PluginConfig::from_json(YAOBANK.as_bytes()).expect("the YAO Bank fixture parses");
             let scale = Scale::rules(100);
             let generated = krites_bench::generate(&scale);
             let mut out = Vec::new();

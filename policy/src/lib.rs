@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod engine;
+pub mod json;
 pub mod model;
 pub mod path;
 pub mod ranges;

@@ -9,7 +9,7 @@ use wasm_bindgen_test::wasm_bindgen_test as test;
 use krites_policy::{PluginConfig, PolicySet};
 
 /// Found by `fuzz/config`: `{"version":1,"tiers":[{"name":"t","order":5e032}]}`.
-/// serde_json's default float parser is not correctly rounded: it read `5e32`
+/// serde_json's default float parser (the config's reader then) is not correctly rounded: it read `5e32`
 /// one ULP above the nearest double (which `5.0e32`, Go and the Rust standard
 /// library all give). So the same config compiled to another revision once
 /// re-serialised (control's output, Istio's Struct round trip), and two
@@ -19,14 +19,14 @@ use krites_policy::{PluginConfig, PolicySet};
 fn orders_parse_exactly() {
     let set = |text: &str| PolicySet::from_json(text.as_bytes()).unwrap_or_else(|e| panic!("{text}: {e}"));
     let raw = r#"{"version":1,"tiers":[{"name":"t","order":5e032}]}"#;
-    let parsed: PluginConfig = serde_json::from_str(raw).unwrap();
+    let parsed = PluginConfig::from_json(raw.as_bytes()).unwrap();
     assert_eq!(parsed.tiers[0].order, Some("5e32".parse::<f64>().unwrap()));
     let canonical = serde_json::to_string(&parsed).unwrap();
     assert_eq!(set(raw).revision(), set(&canonical).revision(), "{canonical}");
 
     for text in ["5e32", "5.0e32", "500000000000000000000000000000000", "0.1", "1e-7", "1000.0000000000001"] {
-        let value: f64 = serde_json::from_str(text).unwrap();
-        assert_eq!(value, text.parse::<f64>().unwrap(), "{text}");
+        let config = PluginConfig::from_json(format!(r#"{{"version":1,"tiers":[{{"name":"t","order":{text}}}]}}"#).as_bytes()).unwrap();
+        assert_eq!(config.tiers[0].order, Some(text.parse::<f64>().unwrap()), "{text}");
     }
 
     // Equal orders tie, and the tie goes by name.

@@ -1146,7 +1146,7 @@ mod tests {
 
     fn yaobank() -> PluginConfig {
         let path = krites_testbed::workspace_root().join("tests/fixtures/yaobank-plugin-config.json");
-        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+        krites_policy::PluginConfig::from_json(&std::fs::read(path).unwrap()).unwrap()
     }
 
     fn workload(ns: &str, sa: &str, app: &str) -> Workload {

@@ -255,7 +255,7 @@ fn verdict(what: &str, via: &str, s: &Sent, r: &Response) -> Verdict {
 
 fn yaobank() -> PluginConfig {
     let path = krites_testbed::workspace_root().join("tests/fixtures/yaobank-plugin-config.json");
-    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    PluginConfig::from_json(&std::fs::read(path).unwrap()).unwrap()
 }
 
 #[test]

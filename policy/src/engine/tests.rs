@@ -14,7 +14,7 @@ use crate::config::PluginConfig;
 use crate::model::PolicySet;
 
 pub(crate) fn compile(config: Value) -> Arc<PolicySet> {
-    let config: PluginConfig = serde_json::from_value(config).expect("config parses");
+    let config = PluginConfig::from_json(config.to_string().as_bytes()).unwrap_or_else(|e| panic!("config parses: {e}"));
     Arc::new(PolicySet::from_config(&config).unwrap_or_else(|e| panic!("config compiles: {e}")))
 }
 

@@ -7,15 +7,14 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use sha2::{Digest, Sha256};
-
 use super::identity::{IdentityMatch, NamespaceClause, ServiceAccountClause};
 use super::universe::{Group, Universe};
 use super::{EntityMatch, HttpMatch, PathMatch, Policy, PolicySet, Rule, Tier};
 use crate::config::{
-    Action, EntityRuleSpec, HttpMatchSpec, PluginConfig, PolicySpec, PolicyType, PortSpec, ProtocolSpec, RuleSpec,
+    Action, Digest, EntityRuleSpec, HttpMatchSpec, PluginConfig, PolicySpec, PolicyType, PortSpec, ProtocolSpec, RuleSpec,
     TierDefaultAction, CONFIG_VERSION,
 };
+use crate::json::{ErrorKind, ReadError};
 use crate::ranges::{is_port_name, parse_port_range, NetSet, PortSet};
 use crate::selector::Selector;
 
@@ -28,6 +27,25 @@ pub struct ConfigError {
     /// e.g. `ingress[0].source.selector`.
     pub field: String,
     pub problem: String,
+}
+
+/// A config that is not JSON, or not the config's shape: syntax errors name
+/// the line and column as the field, shape errors the path to the value.
+impl From<ReadError> for ConfigError {
+    fn from(e: ReadError) -> Self {
+        let path = e.path();
+        let field = match e.kind {
+            ErrorKind::Syntax => format!("line {} column {}", e.line, e.column),
+            ErrorKind::Data if path.is_empty() => "(top level)".to_string(),
+            ErrorKind::Data => path,
+        };
+        // Before the first byte (an empty or non-object config) there is no position to give.
+        let problem = match (e.line, e.column) {
+            (1, 0) => e.problem,
+            _ => format!("{} at line {} column {}", e.problem, e.line, e.column),
+        };
+        ConfigError { object: "plugin config".into(), field, problem }
+    }
 }
 
 /// Every problem found in a config.
@@ -72,21 +90,7 @@ fn order_key(order: Option<f64>) -> f64 {
 impl PolicySet {
     /// Parses and compiles plugin config JSON.
     pub fn from_json(bytes: &[u8]) -> Result<PolicySet, ConfigErrors> {
-        // serde also reads a struct from a JSON array; a config is an object.
-        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-            return Err(ConfigErrors(vec![ConfigError {
-                object: "plugin config".into(),
-                field: "(top level)".into(),
-                problem: "must be a JSON object".into(),
-            }]));
-        }
-        let config: PluginConfig = serde_json::from_slice(bytes).map_err(|e| {
-            ConfigErrors(vec![ConfigError {
-                object: "plugin config".into(),
-                field: format!("line {} column {}", e.line(), e.column()),
-                problem: e.to_string(),
-            }])
-        })?;
+        let config = PluginConfig::from_json(bytes).map_err(|e| ConfigErrors(vec![ConfigError::from(e)]))?;
         PolicySet::from_config(&config)
     }
 
@@ -145,20 +149,11 @@ impl PolicySet {
             policies: sorted,
             rules,
             universe: Arc::new(universe),
-            revision: content_revision(config),
+            revision: Digest::revision(config),
             producer_revision: config.revision.clone(),
             scope: config.scope.clone(),
         })
     }
-}
-
-/// First 16 hex digits of the SHA-256 of the config's canonical JSON, so the
-/// filter and control report the same revision whatever reformatting
-/// (Istio's protobuf Struct round trip) happened in between.
-fn content_revision(config: &PluginConfig) -> String {
-    let canonical = serde_json::to_vec(config).unwrap_or_default();
-    let digest = Sha256::digest(&canonical);
-    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
 fn policy_object(spec: &PolicySpec) -> String {
@@ -352,13 +347,13 @@ impl Builder {
         for (name, value) in [("icmp", &spec.icmp), ("notICMP", &spec.not_icmp)] {
             let Some(value) = value else { continue };
             let f = format!("{field}.{name}");
-            match value.as_object() {
-                None => self.error(object, f, "must be an object with type and code"),
-                Some(o) => {
+            match value.is_object() {
+                false => self.error(object, f, "must be an object with type and code"),
+                true => {
                     if !matches!(protocol, Some(1 | 58)) {
                         self.error(object, f.clone(), "ICMP fields need protocol ICMP or ICMPv6");
                     }
-                    if o.contains_key("code") && !o.contains_key("type") {
+                    if value.get("code").is_some() && value.get("type").is_none() {
                         self.error(object, f, "an ICMP code needs an ICMP type");
                     }
                 }

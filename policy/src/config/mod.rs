@@ -1,6 +1,8 @@
 //! The plugin config: what `control` emits into `WasmPlugin.spec.pluginConfig`
 //! and what the filter reads in `on_configure`. Plain serde types, validated and
-//! compiled by [`crate::model`].
+//! compiled by [`crate::model`]. JSON is read by [`PluginConfig::from_json`]
+//! (wherever it is read, so the filter and `control` read it alike); serde
+//! writes it, and reads the rule types inside Calico objects in `control`.
 //!
 //! The policy part follows Calico's v3 model (tiers, policies, ingress rules with
 //! entity rules and HTTP matches); the endpoint part is the table the filter
@@ -11,10 +13,17 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::json::Json;
+
+mod digest;
+mod read;
+
+pub use digest::Digest;
+
 /// The only config format version this build understands.
 pub const CONFIG_VERSION: u32 = 1;
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PluginConfig {
     /// Format version; must be [`CONFIG_VERSION`].
@@ -43,7 +52,7 @@ pub struct PluginConfig {
     pub service_accounts: Vec<ServiceAccountSpec>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TierSpec {
     pub name: String,
@@ -61,7 +70,7 @@ pub enum TierDefaultAction {
     Pass,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PolicySpec {
     pub name: String,
@@ -117,9 +126,9 @@ pub struct RuleSpec {
     pub not_protocol: Option<ProtocolSpec>,
     /// Accepted for fidelity with Calico; an ICMP rule never matches an HTTP request.
     #[serde(default, rename = "icmp", skip_serializing_if = "Option::is_none")]
-    pub icmp: Option<serde_json::Value>,
+    pub icmp: Option<Json>,
     #[serde(default, rename = "notICMP", skip_serializing_if = "Option::is_none")]
-    pub not_icmp: Option<serde_json::Value>,
+    pub not_icmp: Option<Json>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<EntityRuleSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -128,7 +137,7 @@ pub struct RuleSpec {
     pub http: Option<HttpMatchSpec>,
     /// Calico's rule metadata (annotations); no effect on decisions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub metadata: Option<serde_json::Value>,
+    pub metadata: Option<Json>,
 }
 
 impl RuleSpec {
@@ -178,7 +187,7 @@ pub struct EntityRuleSpec {
     /// Calico's `services` match needs Service/Endpoints data the config does not
     /// carry; it is rejected with a clear error rather than ignored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub services: Option<serde_json::Value>,
+    pub services: Option<Json>,
 }
 
 /// A port number or a `"min:max"` range. Named ports are resolved to numbers
@@ -219,7 +228,7 @@ pub struct HttpPathSpec {
 }
 
 /// Pods that share namespace, service account and labels, with their IPs.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EndpointSpec {
     pub namespace: String,
@@ -229,7 +238,7 @@ pub struct EndpointSpec {
     pub ips: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NamespaceSpec {
     pub name: String,
@@ -237,7 +246,7 @@ pub struct NamespaceSpec {
     pub labels: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServiceAccountSpec {
     pub namespace: String,

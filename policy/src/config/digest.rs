@@ -1,0 +1,325 @@
+//! A content digest of a [`PluginConfig`]: SHA-256 over a canonical encoding
+//! of the typed config, so the revision depends on what the config says, not
+//! on how it was written (key order, whitespace, `8080` vs `8080.0` after
+//! Istio's protobuf `Struct` round trip, a field given as its default).
+//!
+//! Each value is written with its length or a tag, so two different configs
+//! cannot encode alike.
+
+use std::collections::BTreeMap;
+
+use sha2::{Digest as _, Sha256};
+
+use super::*;
+
+pub struct Digest(Sha256);
+
+impl Digest {
+    /// First 16 hex digits of the digest of `config`.
+    pub fn revision(config: &PluginConfig) -> String {
+        let mut d = Digest(Sha256::new());
+        config.feed(&mut d);
+        d.0.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn tag(&mut self, tag: u8) {
+        self.0.update([tag]);
+    }
+
+    fn number(&mut self, n: u64) {
+        self.0.update(n.to_le_bytes());
+    }
+
+    fn text(&mut self, s: &str) {
+        self.number(s.len() as u64);
+        self.0.update(s.as_bytes());
+    }
+}
+
+trait Canonical {
+    fn feed(&self, d: &mut Digest);
+}
+
+impl Canonical for String {
+    fn feed(&self, d: &mut Digest) {
+        d.text(self);
+    }
+}
+
+impl Canonical for f64 {
+    fn feed(&self, d: &mut Digest) {
+        d.number(self.to_bits());
+    }
+}
+
+impl Canonical for u8 {
+    fn feed(&self, d: &mut Digest) {
+        d.number(u64::from(*self));
+    }
+}
+
+impl Canonical for u16 {
+    fn feed(&self, d: &mut Digest) {
+        d.number(u64::from(*self));
+    }
+}
+
+impl<T: Canonical> Canonical for Option<T> {
+    fn feed(&self, d: &mut Digest) {
+        match self {
+            None => d.tag(0),
+            Some(v) => {
+                d.tag(1);
+                v.feed(d);
+            }
+        }
+    }
+}
+
+impl<T: Canonical> Canonical for Vec<T> {
+    fn feed(&self, d: &mut Digest) {
+        d.number(self.len() as u64);
+        for item in self {
+            item.feed(d);
+        }
+    }
+}
+
+impl Canonical for BTreeMap<String, String> {
+    fn feed(&self, d: &mut Digest) {
+        d.number(self.len() as u64);
+        for (k, v) in self {
+            d.text(k);
+            d.text(v);
+        }
+    }
+}
+
+impl Canonical for Json {
+    fn feed(&self, d: &mut Digest) {
+        match self {
+            Json::Null => d.tag(0),
+            Json::Bool(b) => d.tag(if *b { 2 } else { 1 }),
+            Json::Number(n) => {
+                d.tag(3);
+                n.feed(d);
+            }
+            Json::String(s) => {
+                d.tag(4);
+                d.text(s);
+            }
+            Json::Array(items) => {
+                d.tag(5);
+                d.number(items.len() as u64);
+                for item in items {
+                    item.feed(d);
+                }
+            }
+            Json::Object(members) => {
+                // Member order does not change what an object says: members
+                // go in key order (keys are unique; objects here are small).
+                d.tag(6);
+                d.number(members.len() as u64);
+                let mut last: Option<&str> = None;
+                for _ in members {
+                    let next = members
+                        .iter()
+                        .filter(|(k, _)| last.is_none_or(|l| k.as_str() > l))
+                        .min_by(|a, b| a.0.cmp(&b.0));
+                    if let Some((k, v)) = next {
+                        d.text(k);
+                        v.feed(d);
+                        last = Some(k);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Unit-variant enums by their position.
+macro_rules! canonical_enum {
+    ($($t:ty),*) => {$(
+        impl Canonical for $t {
+            fn feed(&self, d: &mut Digest) {
+                d.tag(*self as u8);
+            }
+        }
+    )*};
+}
+canonical_enum!(TierDefaultAction, PolicyType, Action);
+
+impl Canonical for ProtocolSpec {
+    fn feed(&self, d: &mut Digest) {
+        match self {
+            ProtocolSpec::Number(n) => {
+                d.tag(0);
+                n.feed(d);
+            }
+            ProtocolSpec::Name(s) => {
+                d.tag(1);
+                d.text(s);
+            }
+        }
+    }
+}
+
+impl Canonical for PortSpec {
+    fn feed(&self, d: &mut Digest) {
+        match self {
+            PortSpec::Number(n) => {
+                d.tag(0);
+                n.feed(d);
+            }
+            PortSpec::Text(s) => {
+                d.tag(1);
+                d.text(s);
+            }
+        }
+    }
+}
+
+/// Structs field by field, in declaration order; destructured so a new field
+/// cannot be left out.
+impl Canonical for PluginConfig {
+    fn feed(&self, d: &mut Digest) {
+        let PluginConfig { version, revision, scope, tiers, policies, endpoints, namespaces, service_accounts } = self;
+        d.number(u64::from(*version));
+        revision.feed(d);
+        scope.feed(d);
+        tiers.feed(d);
+        policies.feed(d);
+        endpoints.feed(d);
+        namespaces.feed(d);
+        service_accounts.feed(d);
+    }
+}
+
+impl Canonical for TierSpec {
+    fn feed(&self, d: &mut Digest) {
+        let TierSpec { name, order, default_action } = self;
+        name.feed(d);
+        order.feed(d);
+        default_action.feed(d);
+    }
+}
+
+impl Canonical for PolicySpec {
+    fn feed(&self, d: &mut Digest) {
+        let PolicySpec {
+            name,
+            namespace,
+            kind,
+            tier,
+            order,
+            selector,
+            namespace_selector,
+            service_account_selector,
+            types,
+            ingress,
+        } = self;
+        name.feed(d);
+        namespace.feed(d);
+        kind.feed(d);
+        tier.feed(d);
+        order.feed(d);
+        selector.feed(d);
+        namespace_selector.feed(d);
+        service_account_selector.feed(d);
+        types.feed(d);
+        ingress.feed(d);
+    }
+}
+
+impl Canonical for RuleSpec {
+    fn feed(&self, d: &mut Digest) {
+        let RuleSpec { action, ip_version, protocol, not_protocol, icmp, not_icmp, source, destination, http, metadata } =
+            self;
+        action.feed(d);
+        ip_version.feed(d);
+        protocol.feed(d);
+        not_protocol.feed(d);
+        icmp.feed(d);
+        not_icmp.feed(d);
+        source.feed(d);
+        destination.feed(d);
+        http.feed(d);
+        metadata.feed(d);
+    }
+}
+
+impl Canonical for EntityRuleSpec {
+    fn feed(&self, d: &mut Digest) {
+        let EntityRuleSpec {
+            nets,
+            not_nets,
+            selector,
+            not_selector,
+            namespace_selector,
+            ports,
+            not_ports,
+            service_accounts,
+            services,
+        } = self;
+        nets.feed(d);
+        not_nets.feed(d);
+        selector.feed(d);
+        not_selector.feed(d);
+        namespace_selector.feed(d);
+        ports.feed(d);
+        not_ports.feed(d);
+        service_accounts.feed(d);
+        services.feed(d);
+    }
+}
+
+impl Canonical for ServiceAccountMatchSpec {
+    fn feed(&self, d: &mut Digest) {
+        let ServiceAccountMatchSpec { names, selector } = self;
+        names.feed(d);
+        selector.feed(d);
+    }
+}
+
+impl Canonical for HttpMatchSpec {
+    fn feed(&self, d: &mut Digest) {
+        let HttpMatchSpec { methods, paths } = self;
+        methods.feed(d);
+        paths.feed(d);
+    }
+}
+
+impl Canonical for HttpPathSpec {
+    fn feed(&self, d: &mut Digest) {
+        let HttpPathSpec { exact, prefix } = self;
+        exact.feed(d);
+        prefix.feed(d);
+    }
+}
+
+impl Canonical for EndpointSpec {
+    fn feed(&self, d: &mut Digest) {
+        let EndpointSpec { namespace, service_account, labels, ips } = self;
+        namespace.feed(d);
+        service_account.feed(d);
+        labels.feed(d);
+        ips.feed(d);
+    }
+}
+
+impl Canonical for NamespaceSpec {
+    fn feed(&self, d: &mut Digest) {
+        let NamespaceSpec { name, labels } = self;
+        name.feed(d);
+        labels.feed(d);
+    }
+}
+
+impl Canonical for ServiceAccountSpec {
+    fn feed(&self, d: &mut Digest) {
+        let ServiceAccountSpec { namespace, name, labels } = self;
+        namespace.feed(d);
+        name.feed(d);
+        labels.feed(d);
+    }
+}

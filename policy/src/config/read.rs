@@ -1,0 +1,292 @@
+//! Plugin config JSON -> [`PluginConfig`], with the shape rules serde's
+//! derives would apply: unknown and duplicate fields are errors, required
+//! fields must be present, `null` reads as absent for optional fields only.
+//! Semantic checks (CIDRs, selectors, ...) come after, in `crate::model`.
+//!
+//! Each `match` on a field name ends with its list's last name as `_`: the
+//! reader passes only names from the list.
+
+use std::collections::BTreeMap;
+
+use super::*;
+use crate::json::{Reader, Result, Unknown};
+
+impl PluginConfig {
+    /// Reads config JSON text. The top level must be an object.
+    pub fn from_json(bytes: &[u8]) -> Result<PluginConfig> {
+        let mut r = Reader::new(bytes);
+        if !r.at_object() {
+            return Err(r.invalid("must be a JSON object"));
+        }
+        let config = plugin_config(&mut r)?;
+        r.finish()?;
+        Ok(config)
+    }
+}
+
+fn plugin_config(r: &mut Reader) -> Result<PluginConfig> {
+    const FIELDS: &[&str] = &["version", "revision", "scope", "tiers", "policies", "endpoints", "namespaces", "serviceAccounts"];
+    let mut c = PluginConfig::default();
+    r.object(FIELDS, 1, Unknown::Reject, &mut |r, field| {
+        match field {
+            "version" => c.version = r.unsigned(u32::MAX.into(), "u32")? as u32,
+            "revision" => c.revision = r.optional(Reader::string)?,
+            "scope" => c.scope = r.optional(strings)?,
+            "tiers" => c.tiers = r.list(tier)?,
+            "policies" => c.policies = r.list(policy)?,
+            "endpoints" => c.endpoints = r.list(endpoint)?,
+            "namespaces" => c.namespaces = r.list(namespace)?,
+            _ => c.service_accounts = r.list(service_account)?,
+        }
+        Ok(())
+    })?;
+    Ok(c)
+}
+
+fn strings(r: &mut Reader) -> Result<Vec<String>> {
+    r.list(Reader::string)
+}
+
+/// An optional string field.
+fn text(r: &mut Reader) -> Result<Option<String>> {
+    r.optional(Reader::string)
+}
+
+fn order(r: &mut Reader) -> Result<Option<f64>> {
+    r.optional(Reader::float)
+}
+
+/// A string naming one of `variants` (serde's unit-variant enums).
+fn variant<T: Copy>(r: &mut Reader, variants: &[(&'static str, T)]) -> Result<T> {
+    let name = r.string()?;
+    match variants.iter().find(|(n, _)| *n == name) {
+        Some((_, v)) => Ok(*v),
+        None => {
+            let names: Vec<&str> = variants.iter().map(|(n, _)| *n).collect();
+            let expected = match names.as_slice() {
+                [a, b] => format!("`{a}` or `{b}`"),
+                _ => format!("one of `{}`", names.join("`, `")),
+            };
+            Err(r.invalid(format!("unknown variant `{name}`, expected {expected}")))
+        }
+    }
+}
+
+fn labels(r: &mut Reader) -> Result<BTreeMap<String, String>> {
+    let mut labels = BTreeMap::new();
+    r.map(&mut |r, key| {
+        let value = r.string()?;
+        match labels.insert(key.to_string(), value) {
+            None => Ok(()),
+            Some(_) => Err(r.invalid(format!("duplicate label `{key}`"))),
+        }
+    })?;
+    Ok(labels)
+}
+
+fn tier(r: &mut Reader) -> Result<TierSpec> {
+    let mut t = TierSpec { name: String::new(), order: None, default_action: None };
+    r.object(&["name", "order", "defaultAction"], 1, Unknown::Reject, &mut |r, field| {
+        match field {
+            "name" => t.name = r.string()?,
+            "order" => t.order = order(r)?,
+            _ => {
+                t.default_action =
+                    r.optional(|r| variant(r, &[("Deny", TierDefaultAction::Deny), ("Pass", TierDefaultAction::Pass)]))?
+            }
+        }
+        Ok(())
+    })?;
+    Ok(t)
+}
+
+fn policy(r: &mut Reader) -> Result<PolicySpec> {
+    const FIELDS: &[&str] = &[
+        "name",
+        "namespace",
+        "kind",
+        "tier",
+        "order",
+        "selector",
+        "namespaceSelector",
+        "serviceAccountSelector",
+        "types",
+        "ingress",
+    ];
+    let mut p = PolicySpec::default();
+    r.object(FIELDS, 1, Unknown::Reject, &mut |r, field| {
+        match field {
+            "name" => p.name = r.string()?,
+            "namespace" => p.namespace = text(r)?,
+            "kind" => p.kind = text(r)?,
+            "tier" => p.tier = text(r)?,
+            "order" => p.order = order(r)?,
+            "selector" => p.selector = text(r)?,
+            "namespaceSelector" => p.namespace_selector = text(r)?,
+            "serviceAccountSelector" => p.service_account_selector = text(r)?,
+            "types" => p.types = r.optional(|r| r.list(policy_type))?,
+            _ => p.ingress = r.list(rule)?,
+        }
+        Ok(())
+    })?;
+    Ok(p)
+}
+
+fn policy_type(r: &mut Reader) -> Result<PolicyType> {
+    variant(r, &[("Ingress", PolicyType::Ingress), ("Egress", PolicyType::Egress)])
+}
+
+fn rule(r: &mut Reader) -> Result<RuleSpec> {
+    const FIELDS: &[&str] = &[
+        "action",
+        "ipVersion",
+        "protocol",
+        "notProtocol",
+        "icmp",
+        "notICMP",
+        "source",
+        "destination",
+        "http",
+        "metadata",
+    ];
+    const ACTIONS: &[(&str, Action)] =
+        &[("Allow", Action::Allow), ("Deny", Action::Deny), ("Log", Action::Log), ("Pass", Action::Pass)];
+    let mut s = RuleSpec::new(Action::Deny);
+    r.object(FIELDS, 1, Unknown::Reject, &mut |r, field| {
+        match field {
+            "action" => s.action = variant(r, ACTIONS)?,
+            "ipVersion" => s.ip_version = r.optional(|r| r.unsigned(u8::MAX.into(), "an IP version (4 or 6)").map(|v| v as u8))?,
+            "protocol" => s.protocol = r.optional(protocol)?,
+            "notProtocol" => s.not_protocol = r.optional(protocol)?,
+            "icmp" => s.icmp = r.optional(Reader::value)?,
+            "notICMP" => s.not_icmp = r.optional(Reader::value)?,
+            "source" => s.source = r.optional(entity)?,
+            "destination" => s.destination = r.optional(entity)?,
+            "http" => s.http = r.optional(http)?,
+            _ => s.metadata = r.optional(Reader::value)?,
+        }
+        Ok(())
+    })?;
+    Ok(s)
+}
+
+/// A protocol name or number 1-255 (0 passes the shape check; the compiler
+/// names the problem).
+fn protocol(r: &mut Reader) -> Result<ProtocolSpec> {
+    if r.at_number() {
+        return r.unsigned(u8::MAX.into(), "a protocol name or a number from 0 to 255").map(|n| ProtocolSpec::Number(n as u8));
+    }
+    r.string().map(ProtocolSpec::Name)
+}
+
+fn port(r: &mut Reader) -> Result<PortSpec> {
+    if r.at_number() {
+        return r.unsigned(u16::MAX.into(), "a port number from 0 to 65535 or a range \"min:max\"").map(|n| PortSpec::Number(n as u16));
+    }
+    r.string().map(PortSpec::Text)
+}
+
+fn entity(r: &mut Reader) -> Result<EntityRuleSpec> {
+    const FIELDS: &[&str] = &[
+        "nets",
+        "notNets",
+        "selector",
+        "notSelector",
+        "namespaceSelector",
+        "ports",
+        "notPorts",
+        "serviceAccounts",
+        "services",
+    ];
+    let mut e = EntityRuleSpec::default();
+    r.object(FIELDS, 0, Unknown::Reject, &mut |r, field| {
+        match field {
+            "nets" => e.nets = strings(r)?,
+            "notNets" => e.not_nets = strings(r)?,
+            "selector" => e.selector = text(r)?,
+            "notSelector" => e.not_selector = text(r)?,
+            "namespaceSelector" => e.namespace_selector = text(r)?,
+            "ports" => e.ports = r.list(port)?,
+            "notPorts" => e.not_ports = r.list(port)?,
+            "serviceAccounts" => e.service_accounts = r.optional(service_account_match)?,
+            _ => e.services = r.optional(Reader::value)?,
+        }
+        Ok(())
+    })?;
+    Ok(e)
+}
+
+fn service_account_match(r: &mut Reader) -> Result<ServiceAccountMatchSpec> {
+    let mut m = ServiceAccountMatchSpec::default();
+    r.object(&["names", "selector"], 0, Unknown::Reject, &mut |r, field| {
+        match field {
+            "names" => m.names = strings(r)?,
+            _ => m.selector = text(r)?,
+        }
+        Ok(())
+    })?;
+    Ok(m)
+}
+
+fn http(r: &mut Reader) -> Result<HttpMatchSpec> {
+    let mut h = HttpMatchSpec::default();
+    r.object(&["methods", "paths"], 0, Unknown::Reject, &mut |r, field| {
+        match field {
+            "methods" => h.methods = strings(r)?,
+            _ => h.paths = r.list(http_path)?,
+        }
+        Ok(())
+    })?;
+    Ok(h)
+}
+
+fn http_path(r: &mut Reader) -> Result<HttpPathSpec> {
+    let mut p = HttpPathSpec::default();
+    r.object(&["exact", "prefix"], 0, Unknown::Reject, &mut |r, field| {
+        match field {
+            "exact" => p.exact = text(r)?,
+            _ => p.prefix = text(r)?,
+        }
+        Ok(())
+    })?;
+    Ok(p)
+}
+
+fn endpoint(r: &mut Reader) -> Result<EndpointSpec> {
+    let mut e = EndpointSpec::default();
+    r.object(&["namespace", "serviceAccount", "ips", "labels"], 3, Unknown::Reject, &mut |r, field| {
+        match field {
+            "namespace" => e.namespace = r.string()?,
+            "serviceAccount" => e.service_account = r.string()?,
+            "ips" => e.ips = strings(r)?,
+            _ => e.labels = labels(r)?,
+        }
+        Ok(())
+    })?;
+    Ok(e)
+}
+
+fn namespace(r: &mut Reader) -> Result<NamespaceSpec> {
+    let mut n = NamespaceSpec::default();
+    r.object(&["name", "labels"], 1, Unknown::Reject, &mut |r, field| {
+        match field {
+            "name" => n.name = r.string()?,
+            _ => n.labels = labels(r)?,
+        }
+        Ok(())
+    })?;
+    Ok(n)
+}
+
+fn service_account(r: &mut Reader) -> Result<ServiceAccountSpec> {
+    let mut s = ServiceAccountSpec::default();
+    r.object(&["namespace", "name", "labels"], 2, Unknown::Reject, &mut |r, field| {
+        match field {
+            "namespace" => s.namespace = r.string()?,
+            "name" => s.name = r.string()?,
+            _ => s.labels = labels(r)?,
+        }
+        Ok(())
+    })?;
+    Ok(s)
+}
