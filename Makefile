@@ -43,7 +43,7 @@ build:
 
 lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
-	$(CARGO) clippy -p krites-filter -p krites-policy --target $(WASM_TARGET) -- -D warnings
+	$(CARGO) clippy -p krites-filter -p krites-policy -p krites-config --target $(WASM_TARGET) -- -D warnings
 
 test-native: build
 	$(CARGO) test --workspace
@@ -52,7 +52,7 @@ test-native: build
 # 32-bit usize or the wasm build cannot hide a bug.
 test-wasm:
 	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
-	  $(CARGO) test -p krites-policy --target $(WASM_TARGET)
+	  $(CARGO) test -p krites-config -p krites-policy --target $(WASM_TARGET)
 
 # cargo-fuzz targets in fuzz/ (selector parser, config compiler, decide(), path
 # normalisation) on the stable toolchain; libFuzzer's summary per target.

@@ -5,14 +5,16 @@
 //! [`engine::WorkloadPolicy::new`], and ask the same
 //! [`engine::WorkloadPolicy::decide`], so they cannot disagree.
 
-pub mod config;
 pub mod engine;
-pub mod json;
 pub mod model;
 pub mod path;
 pub mod ranges;
 pub mod selector;
 pub mod spiffe;
+
+/// The plugin config and its JSON reader live in their own crate, which the
+/// module builds for size (the workspace's `wasm-release` profile).
+pub use krites_config::{self as config, json};
 
 pub use config::PluginConfig;
 pub use engine::{Decision, Needs, Peer, Reason, RequestFacts, Verdict, Workload, WorkloadPolicy};

@@ -1,6 +1,6 @@
 //! The plugin config: what `control` emits into `WasmPlugin.spec.pluginConfig`
 //! and what the filter reads in `on_configure`. Plain serde types, validated and
-//! compiled by [`crate::model`]. JSON is read by [`PluginConfig::from_json`]
+//! compiled by `krites_policy::model`. JSON is read by [`PluginConfig::from_json`]
 //! (wherever it is read, so the filter and `control` read it alike); serde
 //! writes it, and reads the rule types inside Calico objects in `control`.
 //!
@@ -13,10 +13,11 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::json::Json;
-
+pub mod json;
 mod digest;
 mod read;
+
+use crate::json::Json;
 
 pub use digest::Digest;
 

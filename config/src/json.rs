@@ -163,6 +163,7 @@ impl<'a> Reader<'a> {
         self.fail(ErrorKind::Syntax, problem)
     }
 
+    #[inline]
     fn skip_whitespace(&mut self) {
         while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.text.get(self.pos) {
             self.pos += 1;
@@ -170,6 +171,7 @@ impl<'a> Reader<'a> {
     }
 
     /// The next byte that is not whitespace, not consumed.
+    #[inline]
     fn peek(&mut self) -> Option<u8> {
         self.skip_whitespace();
         self.text.get(self.pos).copied()
@@ -387,6 +389,9 @@ impl<'a> Reader<'a> {
         let mut owned: Option<Vec<u8>> = None;
         let mut run = start;
         loop {
+            // Plain bytes up to the next quote, escape or control character, in one scan.
+            let rest = self.text.get(self.pos..).unwrap_or_default();
+            self.pos += rest.iter().position(|&b| matches!(b, b'"' | b'\\' | 0..=0x1f)).unwrap_or(rest.len());
             let b = self.next_byte().map_err(|_| self.syntax("EOF while parsing a string"))?;
             match b {
                 b'"' => {
