@@ -89,15 +89,19 @@ pub fn log(level: Level, message: &str) {
 /// log at `warning` by default, so most lines would be built for nothing. The
 /// level can change at run time (`istioctl proxy-config log`): asked each time.
 pub fn log_with(level: Level, message: impl FnOnce() -> String) {
+    if log_enabled(level) {
+        log(level, &message());
+    }
+}
+
+/// Whether the host logs at `level` now.
+pub fn log_enabled(level: Level) -> bool {
     let mut current = 0u32;
     // SAFETY: `current` is a valid place for the host to write the level to.
-    let enabled = match unsafe { proxy_get_log_level(&mut current) } {
+    match unsafe { proxy_get_log_level(&mut current) } {
         0 => current <= level as u32,
         // A host without the call: log, as before it was asked.
         _ => true,
-    };
-    if enabled {
-        log(level, &message());
     }
 }
 

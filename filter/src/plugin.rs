@@ -89,7 +89,7 @@ impl RootContext for Root {
                 return true;
             }
         };
-        let set = match PolicySet::from_json(&bytes) {
+        let set = match PolicySet::from_json_owned(bytes) {
             Ok(set) => Arc::new(set),
             Err(errors) => {
                 // Rejecting the update keeps the previous config enforcing.
@@ -236,11 +236,12 @@ impl HttpContext for Request {
         let code = decision.reason.code();
         // A certificate presented from the wrong address is a stolen-credential signal.
         let level = if decision.identity.is_conflict() { Level::Warn } else { Level::Info };
-        let text = decision.to_string();
-        host::log_with(level, || {
+        // Only when the line is wanted: formatting a denial costs more than deciding it.
+        if host::log_enabled(level) {
+            let text = decision.to_string();
             data.read_http(&EnvoyHost);
-            format!("krites: {text}; {}; revision {}", describe(&data), shared.revision)
-        });
+            host::log(level, &format!("krites: {text}; {}; revision {}", describe(&data), shared.revision));
+        }
         deny(code)
     }
 }

@@ -16,10 +16,14 @@ fn from_text(text: &str) -> Result<PolicySet, ConfigErrors> {
     PolicySet::from_json(text.as_bytes())
 }
 
-/// Compiles a JSON value through both entry points and checks they agree.
+/// Compiles a JSON value through every entry point and checks they agree.
 fn compile(config: &Value) -> Result<PolicySet, ConfigErrors> {
     let text = config.to_string();
     let via_json = from_text(&text);
+    // The filter's entry point, which drops the text before compiling, says the same.
+    let via_owned = PolicySet::from_json_owned(text.clone().into_bytes());
+    assert_eq!(via_json.as_ref().err(), via_owned.as_ref().err(), "from_json and from_json_owned disagree for {text}");
+    assert_eq!(via_json.as_ref().ok().map(PolicySet::revision), via_owned.as_ref().ok().map(PolicySet::revision));
     if let Ok(parsed) = PluginConfig::from_json(text.as_bytes()) {
         let via_config = PolicySet::from_config(&parsed);
         assert_eq!(

@@ -82,9 +82,15 @@ pub(super) struct Reading<'a> {
     pub restrict: &'a [u32],
 }
 
-/// Identity rules per reading id, by class.
+/// Identity rules per reading id, by class. Readings that no identity rule
+/// tells apart share one set of lists: at Calico's scale 32k endpoint groups
+/// fall into far fewer classes, and per-group lists of the broad security-tier
+/// rules were most of a compiled workload policy.
 #[derive(Debug, Default)]
 pub(super) struct ClassLists {
+    /// Reading id -> its class of equivalent readings.
+    class_of: Vec<u32>,
+    /// Lists per class.
     allow: Csr,
     pass: Csr,
     restrict: Csr,
@@ -92,35 +98,123 @@ pub(super) struct ClassLists {
 
 impl ClassLists {
     pub(super) fn reading(&self, id: usize) -> Reading<'_> {
-        Reading { allow: self.allow.get(id), pass: self.pass.get(id), restrict: self.restrict.get(id) }
+        match self.class_of.get(id) {
+            Some(&c) => {
+                let c = c as usize;
+                Reading { allow: self.allow.get(c), pass: self.pass.get(c), restrict: self.restrict.get(c) }
+            }
+            None => Reading::default(),
+        }
+    }
+
+    /// How many classes of readings the rules make.
+    #[cfg(test)]
+    fn classes(&self) -> usize {
+        self.class_of.iter().map(|&c| c as usize + 1).max().unwrap_or(0)
     }
 }
 
-/// Collects [`ClassLists`]: push positions in ascending order.
+/// One class of readings while [`ClassListsBuilder`] refines them.
+#[derive(Debug, Clone, Default)]
+struct Equivalent {
+    allow: Vec<u32>,
+    pass: Vec<u32>,
+    restrict: Vec<u32>,
+    /// Readings in the class.
+    size: u32,
+}
+
+const NO_CLASS: u32 = u32::MAX;
+
+/// Collects [`ClassLists`] rule by rule, in ascending position, refining a
+/// partition of the readings: a rule splits each class it holds only part
+/// of, so readings stay together exactly while every rule so far treats them
+/// alike. Work and memory go with the rules' memberships and the distinct
+/// lists, not with readings times rules.
 pub(super) struct ClassListsBuilder {
-    allow: Vec<Vec<u32>>,
-    pass: Vec<Vec<u32>>,
-    restrict: Vec<Vec<u32>>,
+    class_of: Vec<u32>,
+    classes: Vec<Equivalent>,
+    /// Per class, scratch for the current rule: readings it holds, and the
+    /// class they split off into.
+    held: Vec<u32>,
+    split_into: Vec<u32>,
+    touched: Vec<u32>,
 }
 
 impl ClassListsBuilder {
     pub(super) fn new(ids: usize) -> Self {
-        ClassListsBuilder { allow: vec![Vec::new(); ids], pass: vec![Vec::new(); ids], restrict: vec![Vec::new(); ids] }
+        let all = Equivalent { size: position(ids), ..Equivalent::default() };
+        ClassListsBuilder {
+            class_of: vec![0; ids],
+            classes: vec![all],
+            held: vec![0],
+            split_into: vec![NO_CLASS],
+            touched: Vec::new(),
+        }
     }
 
-    pub(super) fn push(&mut self, id: usize, class: Class, pos: u32) {
-        let lists = match class {
-            Class::Allow => &mut self.allow,
-            Class::Pass => &mut self.pass,
-            Class::Restrict => &mut self.restrict,
-        };
-        if let Some(list) = lists.get_mut(id) {
-            list.push(pos);
+    /// Adds the rule at `pos` (ascending across calls), satisfied by the
+    /// readings `ids` (each once).
+    pub(super) fn add(&mut self, ids: &[usize], class: Class, pos: u32) {
+        self.touched.clear();
+        for &id in ids {
+            let Some(&c) = self.class_of.get(id) else { continue };
+            let Some(held) = self.held.get_mut(c as usize) else { continue };
+            if *held == 0 {
+                self.touched.push(c);
+            }
+            *held += 1;
+        }
+        // Classes the rule holds only part of split; the part it holds takes a copy of the lists.
+        for &c in &self.touched {
+            let c = c as usize;
+            let (Some(&held), Some(whole)) = (self.held.get(c), self.classes.get_mut(c)) else { continue };
+            if held < whole.size {
+                whole.size -= held;
+                let part = Equivalent { size: held, ..whole.clone() };
+                if let Some(into) = self.split_into.get_mut(c) {
+                    *into = position(self.classes.len());
+                }
+                self.classes.push(part);
+                self.held.push(0);
+                self.split_into.push(NO_CLASS);
+            }
+        }
+        for &id in ids {
+            let Some(c) = self.class_of.get_mut(id) else { continue };
+            match self.split_into.get(*c as usize) {
+                Some(&into) if into != NO_CLASS => *c = into,
+                _ => {}
+            }
+        }
+        for &c in &self.touched {
+            let c = c as usize;
+            let target = match self.split_into.get(c) {
+                Some(&into) if into != NO_CLASS => into as usize,
+                _ => c,
+            };
+            if let Some(lists) = self.classes.get_mut(target) {
+                match class {
+                    Class::Allow => lists.allow.push(pos),
+                    Class::Pass => lists.pass.push(pos),
+                    Class::Restrict => lists.restrict.push(pos),
+                }
+            }
+            if let (Some(held), Some(into)) = (self.held.get_mut(c), self.split_into.get_mut(c)) {
+                *held = 0;
+                *into = NO_CLASS;
+            }
         }
     }
 
     pub(super) fn build(self) -> ClassLists {
-        ClassLists { allow: Csr::new(self.allow), pass: Csr::new(self.pass), restrict: Csr::new(self.restrict) }
+        let (mut allow, mut pass, mut restrict) = (Vec::new(), Vec::new(), Vec::new());
+        for class in self.classes {
+            allow.push(class.allow);
+            pass.push(class.pass);
+            restrict.push(class.restrict);
+        }
+        ClassLists { class_of: self.class_of, allow: Csr::new(allow), pass: Csr::new(pass), restrict: Csr::new(restrict) }
     }
 }
 
@@ -283,6 +377,49 @@ pub(super) fn position(n: usize) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Readings the same rules hold share lists; every reading still gets
+    /// exactly the rules that hold it, in order, by class.
+    #[test]
+    fn class_lists_share_what_readings_share() {
+        // (rule position, class, readings holding it) over readings 0..6.
+        let rules: &[(u32, Class, &[usize])] = &[
+            (0, Class::Pass, &[0, 1, 2, 3, 4]),
+            (1, Class::Allow, &[0, 1]),
+            (2, Class::Restrict, &[2]),
+            (3, Class::Pass, &[0, 1, 2, 3, 4]),
+            (4, Class::Allow, &[1, 3]),
+            (5, Class::Allow, &[]),
+            (6, Class::Restrict, &[9, 3]), // 9 is out of range: ignored
+        ];
+        let mut b = ClassListsBuilder::new(6);
+        for &(pos, class, ids) in rules {
+            b.add(ids, class, pos);
+        }
+        let lists = b.build();
+        for id in 0..7 {
+            let held = |want: Class| -> Vec<u32> {
+                rules.iter().filter(|(_, c, ids)| *c == want && ids.contains(&id) && id < 6).map(|r| r.0).collect()
+            };
+            let r = lists.reading(id);
+            assert_eq!(r.allow, held(Class::Allow), "allow of {id}");
+            assert_eq!(r.pass, held(Class::Pass), "pass of {id}");
+            assert_eq!(r.restrict, held(Class::Restrict), "restrict of {id}");
+        }
+        // {0}, {1}, {2}, {3}, {4}, {5}: 0 and 1 part at rule 4, 3 and 4 at rule 4 and 6.
+        assert_eq!(lists.classes(), 6);
+
+        // Readings no rule tells apart stay one class.
+        let mut b = ClassListsBuilder::new(1000);
+        let evens: Vec<usize> = (0..1000).step_by(2).collect();
+        for pos in 0..50 {
+            b.add(&evens, Class::Pass, pos);
+        }
+        let lists = b.build();
+        assert_eq!(lists.classes(), 2);
+        assert_eq!(lists.reading(998).pass.len(), 50);
+        assert!(lists.reading(999).pass.is_empty());
+    }
 
     fn drain(mut m: Merge<'_>, end: u32) -> Vec<(u32, u8)> {
         std::iter::from_fn(|| m.next_below(end)).collect()

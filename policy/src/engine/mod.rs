@@ -151,6 +151,7 @@ impl WorkloadPolicy {
         let mut deny_by_identity = false;
         let certified = universe.certified();
         let mut by_certificate = ClassListsBuilder::new(certified.map_or(0, Universe::group_count));
+        let mut readings = Vec::new();
         for (pos, &index) in (0u32..).zip(&rules) {
             let Some(rule) = set.rules.get(index as usize) else { continue };
             let identity = &rule.source.identity;
@@ -162,16 +163,16 @@ impl WorkloadPolicy {
             if class != Class::Allow {
                 deny_by_identity = true;
                 restricting.push(pos);
-                for c in certified.map(|u| identity.matching_groups(u)).iter().flat_map(FixedBitSet::ones) {
-                    by_certificate.push(c, class, pos);
-                }
+                readings.clear();
+                readings.extend(certified.map(|u| identity.matching_groups(u)).iter().flat_map(FixedBitSet::ones));
+                by_certificate.add(&readings, class, pos);
             }
-            for g in identity.matching_groups(universe).ones() {
-                by_address.push(g, class, pos);
-            }
+            readings.clear();
+            readings.extend(identity.matching_groups(universe).ones());
             if identity.matches_unknown() {
-                by_address.push(unknown_reading, class, pos);
+                readings.push(unknown_reading);
             }
+            by_address.add(&readings, class, pos);
         }
         WorkloadPolicy {
             free: FreeIndex::new(&free),

@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use fixedbitset::FixedBitSet;
 
@@ -81,12 +82,18 @@ impl Labels for CertifiedLabels<'_> {
     }
 }
 
+/// Namespace -> labels.
+pub(crate) type NamespaceLabels = HashMap<String, BTreeMap<String, String>>;
+/// Namespace -> service account -> labels.
+pub(crate) type ServiceAccountLabels = HashMap<String, HashMap<String, BTreeMap<String, String>>>;
+
 #[derive(Debug, Default)]
 pub struct Universe {
     pub(crate) groups: Vec<Group>,
     pub(crate) by_ip: HashMap<IpAddr, u32>,
-    namespaces: HashMap<String, BTreeMap<String, String>>,
-    service_accounts: HashMap<String, HashMap<String, BTreeMap<String, String>>>,
+    /// Shared with the certified universe, which reads the same labels.
+    namespaces: Arc<NamespaceLabels>,
+    service_accounts: Arc<ServiceAccountLabels>,
     index: LabelIndex,
     groups_by_namespace: BTreeMap<String, Vec<u32>>,
     groups_by_service_account: BTreeMap<(String, String), Vec<u32>>,
@@ -122,7 +129,9 @@ impl Universe {
         }
         let none = BTreeMap::new();
         let pseudo = identities.iter().map(|(ns, sa)| Group::new(ns, sa, &none)).collect();
-        let certified = Universe::without_certified(pseudo, HashMap::new(), namespaces.clone(), service_accounts.clone());
+        let (namespaces, service_accounts) = (Arc::new(namespaces), Arc::new(service_accounts));
+        let certified =
+            Universe::without_certified(pseudo, HashMap::new(), Arc::clone(&namespaces), Arc::clone(&service_accounts));
         let mut universe = Universe::without_certified(groups, by_ip, namespaces, service_accounts);
         universe.certified = Some(Box::new(certified));
         universe.certified_ids = certified_ids;
@@ -132,8 +141,8 @@ impl Universe {
     fn without_certified(
         groups: Vec<Group>,
         by_ip: HashMap<IpAddr, u32>,
-        namespaces: HashMap<String, BTreeMap<String, String>>,
-        service_accounts: HashMap<String, HashMap<String, BTreeMap<String, String>>>,
+        namespaces: Arc<NamespaceLabels>,
+        service_accounts: Arc<ServiceAccountLabels>,
     ) -> Universe {
         let index = LabelIndex::build(&groups);
         let mut groups_by_namespace: BTreeMap<String, Vec<u32>> = BTreeMap::new();
