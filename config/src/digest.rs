@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use sha2::{Digest as _, Sha256};
 
 use super::*;
+use crate::json::sorted_members;
 
 pub struct Digest(Sha256);
 
@@ -48,7 +49,8 @@ impl Canonical for String {
 
 impl Canonical for f64 {
     fn feed(&self, d: &mut Digest) {
-        d.number(self.to_bits());
+        // -0 equals 0, and is written as `0`.
+        d.number(if *self == 0.0 { 0 } else { self.to_bits() });
     }
 }
 
@@ -116,21 +118,12 @@ impl Canonical for Json {
                 }
             }
             Json::Object(members) => {
-                // Member order does not change what an object says: members
-                // go in key order (keys are unique; objects here are small).
+                // Member order does not change what an object says.
                 d.tag(6);
                 d.number(members.len() as u64);
-                let mut last: Option<&str> = None;
-                for _ in members {
-                    let next = members
-                        .iter()
-                        .filter(|(k, _)| last.is_none_or(|l| k.as_str() > l))
-                        .min_by(|a, b| a.0.cmp(&b.0));
-                    if let Some((k, v)) = next {
-                        d.text(k);
-                        v.feed(d);
-                        last = Some(k);
-                    }
+                for (k, v) in sorted_members(members) {
+                    d.text(k);
+                    v.feed(d);
                 }
             }
         }

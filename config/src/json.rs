@@ -14,9 +14,10 @@
 //! exhaust the Wasm stack.
 
 use std::borrow::Cow;
+use std::collections::BinaryHeap;
 use std::fmt;
 
-/// How deep free-form values may nest (serde_json's limit too).
+/// How many arrays and objects free-form values may nest (serde_json stops at 127).
 pub const MAX_DEPTH: usize = 128;
 
 /// A free-form JSON value: the config's fields that Krites only checks or
@@ -269,6 +270,8 @@ impl<'a> Reader<'a> {
         if self.peek() != Some(b'{') {
             return Err(self.expected("an object"));
         }
+        // One bit per field in `seen`.
+        debug_assert!(fields.len() <= 64, "{} fields", fields.len());
         let mut seen: u64 = 0;
         self.members(&mut |r, key| {
             let Some(index) = fields.iter().position(|f| *f == key) else {
@@ -542,39 +545,50 @@ impl<'a> Reader<'a> {
 
     /// Any value, kept as [`Json`].
     pub fn value(&mut self) -> Result<Json> {
-        if self.depth >= MAX_DEPTH {
-            return Err(self.syntax("recursion limit exceeded"));
+        match self.peek() {
+            Some(b'{' | b'[') => {
+                if self.depth >= MAX_DEPTH {
+                    self.pos += 1;
+                    return Err(self.syntax("recursion limit exceeded"));
+                }
+                self.depth += 1;
+                let value = self.container();
+                self.depth -= 1;
+                value
+            }
+            Some(b'"') => self.string().map(Json::String),
+            Some(b't' | b'f') => self.bool().map(Json::Bool),
+            Some(b'n') => self.literal(b"null").map(|()| Json::Null),
+            _ => self.float().map(Json::Number),
         }
-        self.depth += 1;
-        let value = self.value_inner();
-        self.depth -= 1;
-        value
     }
 
-    fn value_inner(&mut self) -> Result<Json> {
-        Ok(match self.peek() {
-            Some(b'{') => {
-                let mut members: Vec<(String, Json)> = Vec::new();
-                self.members(&mut |r, key| {
-                    if members.iter().any(|(k, _)| k == key) {
-                        return Err(r.invalid(format!("duplicate key `{key}`")));
-                    }
-                    let v = r.value().map_err(|e| e.within(Step::Key(key.to_string())))?;
-                    members.push((key.to_string(), v));
-                    Ok(())
-                })?;
-                Json::Object(members)
-            }
-            Some(b'[') => Json::Array(self.list(Reader::value)?),
-            Some(b'"') => Json::String(self.string()?),
-            Some(b't' | b'f') => Json::Bool(self.bool()?),
-            Some(b'n') => {
-                self.literal(b"null")?;
-                Json::Null
-            }
-            _ => Json::Number(self.float()?),
-        })
+    fn container(&mut self) -> Result<Json> {
+        if self.peek() == Some(b'[') {
+            return self.list(Reader::value).map(Json::Array);
+        }
+        let mut members: Vec<(String, Json)> = Vec::new();
+        self.members(&mut |r, key| {
+            let v = r.value().map_err(|e| e.within(Step::Key(key.to_string())))?;
+            members.push((key.to_string(), v));
+            Ok(())
+        })?;
+        // Checked once the object is read: a sort, not a scan per member
+        // (tenants write these objects, and a config may hold millions of keys).
+        let sorted = sorted_members(&members);
+        if let Some(pair) = sorted.windows(2).find(|pair| pair[0].0 == pair[1].0) {
+            let key = pair[0].0.clone();
+            return Err(self.invalid(format!("duplicate key `{key}`")).within(Step::Key(key)));
+        }
+        Ok(Json::Object(members))
     }
+}
+
+/// An object's members in key order. Heapsort, as elsewhere at configure
+/// time: far less Wasm than the standard sorts.
+pub(crate) fn sorted_members(members: &[(String, Json)]) -> Vec<&(String, Json)> {
+    let order = BinaryHeap::from_iter(members.iter().enumerate().map(|(i, (k, _))| (k.as_str(), i))).into_sorted_vec();
+    order.into_iter().filter_map(|(_, i)| members.get(i)).collect()
 }
 
 /// "`a`, `b` or `c`" as serde says it.

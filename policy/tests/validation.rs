@@ -428,7 +428,7 @@ fn rejected_json_text() {
         ("lone surrogate", "{\"version\": 1, \"revision\": \"\\udc00\"}", "line 1 column 34", "lone trailing surrogate"),
         ("free-form value nested too deep",
          &format!("{{\"version\": 1, \"policies\": [{{\"name\": \"p\", \"ingress\": [{{\"action\": \"Allow\", \"metadata\": {}1{}}}]}}]}}", "[".repeat(200), "]".repeat(200)),
-         "line 1 column 214", "recursion limit exceeded"),
+         "line 1 column 215", "recursion limit exceeded"),
     ];
     for (what, text, field, fragment) in rows {
         let errors = errors_of(what, from_text(text));
@@ -663,6 +663,22 @@ fn revision_hashes_canonical_json() {
     changed["endpoints"][3]["ips"][0] = json!("10.0.0.67");
     let e = compile(&changed).unwrap_or_else(|e| panic!("changed config compiles: {e}"));
     assert_ne!(e.revision(), revision);
+
+    // Free-form values count by what they say: member order and the sign of zero do not
+    // change the revision, their content does. (`-0` in the text is written back as `0`.)
+    let with_metadata = |metadata: &str| {
+        let mut c = config.clone();
+        c["policies"][0]["ingress"][0]["metadata"] = serde_json::from_str(metadata).expect("metadata JSON");
+        compile(&c).unwrap_or_else(|e| panic!("{metadata}: {e}")).revision().to_string()
+    };
+    let annotated = with_metadata(r#"{"annotations": {"a": "1", "b": [0, -0, 1.5]}}"#);
+    assert_eq!(annotated, with_metadata(r#"{"annotations": {"b": [-0, 0, 1.5], "a": "1"}}"#));
+    assert_ne!(annotated, with_metadata(r#"{"annotations": {"a": "2", "b": [0, -0, 1.5]}}"#));
+    assert_ne!(annotated, revision);
+    let signed_zero = r#"{"version":1,"policies":[{"name":"p","ingress":[{"action":"Allow","metadata":-0}]}]}"#;
+    let set = from_text(signed_zero).unwrap_or_else(|e| panic!("{e}"));
+    let canonical = serde_json::to_string(&PluginConfig::from_json(signed_zero.as_bytes()).expect("reads")).expect("writes");
+    assert_eq!(from_text(&canonical).map(|s| s.revision().to_string()).ok().as_deref(), Some(set.revision()), "{canonical}");
 
     // The producer's label is kept, and (being part of the config) is hashed.
     let mut labelled = config;

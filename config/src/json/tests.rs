@@ -69,7 +69,8 @@ fn rejects_what_is_not_json() {
         (b"{\"a\" 1}", "expected `:`", 1, 6),
         (b"{'a':1}", "expected a member name", 1, 2),
         (b"{\"a\":1", "EOF while parsing an object", 1, 6),
-        (b"{\"a\":1,\"a\":2}", "duplicate key `a`", 1, 11),
+        (b"{\"a\":1,\"a\":2}", "duplicate key `a`", 1, 13),
+        (b"{\"b\":1,\"a\":2,\"b\":[]}", "duplicate key `b`", 1, 20),
         (b"\"abc", "EOF while parsing a string", 1, 4),
         (b"\"a\\x\"", "invalid escape", 1, 4),
         (b"\"\\u12\"", "invalid escape", 1, 6),
@@ -97,6 +98,8 @@ fn rejects_what_is_not_json() {
 fn nesting_is_bounded() {
     let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
     assert!(read(&deep(MAX_DEPTH)).is_ok());
+    // Scalars are not levels.
+    assert!(read(&format!("{}1{}", "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH))).is_ok());
     let e = read(&deep(MAX_DEPTH + 1)).err().map(|e| e.problem);
     assert_eq!(e.as_deref(), Some("recursion limit exceeded"));
     // Far deeper than any stack allows: refused at the limit, no overflow.
@@ -198,4 +201,17 @@ mod against_serde_json {
             prop_assert_eq!(ours, theirs, "{:?}", String::from_utf8_lossy(&bytes));
         }
     }
+}
+
+/// Duplicate keys are found by sorting, so a huge object reads in n log n.
+#[test]
+fn large_objects_read_quickly() {
+    let members: Vec<String> = (0..200_000).map(|i| format!("\"k{i}\":{i}")).collect();
+    let text = format!("{{{}}}", members.join(","));
+    match read(&text) {
+        Ok(Json::Object(m)) => assert_eq!(m.len(), 200_000),
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+    let dup = format!("{{{},\"k7\":0}}", members.join(","));
+    assert!(read(&dup).is_err_and(|e| e.problem == "duplicate key `k7`" && e.path() == "k7"));
 }

@@ -154,8 +154,10 @@ impl ClassListsBuilder {
     }
 
     /// Adds the rule at `pos` (ascending across calls), satisfied by the
-    /// readings `ids` (each once).
+    /// readings `ids` (ascending, each once).
     pub(super) fn add(&mut self, ids: &[usize], class: Class, pos: u32) {
+        // A reading given twice would be counted twice and split a class wrongly.
+        debug_assert!(ids.windows(2).all(|w| w[0] < w[1]), "reading ids must be ascending and unique");
         self.touched.clear();
         for &id in ids {
             let Some(&c) = self.class_of.get(id) else { continue };
@@ -390,7 +392,7 @@ mod tests {
             (3, Class::Pass, &[0, 1, 2, 3, 4]),
             (4, Class::Allow, &[1, 3]),
             (5, Class::Allow, &[]),
-            (6, Class::Restrict, &[9, 3]), // 9 is out of range: ignored
+            (6, Class::Restrict, &[3, 9]), // 9 is out of range: ignored
         ];
         let mut b = ClassListsBuilder::new(6);
         for &(pos, class, ids) in rules {
