@@ -591,8 +591,8 @@ pub(crate) fn sorted_members(members: &[(String, Json)]) -> Vec<&(String, Json)>
     order.into_iter().filter_map(|(_, i)| members.get(i)).collect()
 }
 
-/// "`a`, `b` or `c`" as serde says it.
-fn one_of(fields: &[&str]) -> String {
+/// "`a` or `b`", "one of `a`, `b`, `c`", as serde says it.
+pub(crate) fn one_of(fields: &[&str]) -> String {
     match fields {
         [] => "no fields".to_string(),
         [only] => format!("`{only}`"),

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use super::*;
-use crate::json::{Reader, Result, Unknown};
+use crate::json::{one_of, Reader, Result, Unknown};
 
 impl PluginConfig {
     /// Reads config JSON text. The top level must be an object.
@@ -63,11 +63,7 @@ fn variant<T: Copy>(r: &mut Reader, variants: &[(&'static str, T)]) -> Result<T>
         Some((_, v)) => Ok(*v),
         None => {
             let names: Vec<&str> = variants.iter().map(|(n, _)| *n).collect();
-            let expected = match names.as_slice() {
-                [a, b] => format!("`{a}` or `{b}`"),
-                _ => format!("one of `{}`", names.join("`, `")),
-            };
-            Err(r.invalid(format!("unknown variant `{name}`, expected {expected}")))
+            Err(r.invalid(format!("unknown variant `{name}`, expected {}", one_of(&names))))
         }
     }
 }

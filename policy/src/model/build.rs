@@ -48,6 +48,11 @@ impl From<ReadError> for ConfigError {
     }
 }
 
+/// Config JSON text -> config, its one error as the config's errors.
+fn read(bytes: &[u8]) -> Result<PluginConfig, ConfigErrors> {
+    PluginConfig::from_json(bytes).map_err(|e| ConfigErrors(vec![ConfigError::from(e)]))
+}
+
 /// Every problem found in a config.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigErrors(pub Vec<ConfigError>);
@@ -90,17 +95,16 @@ fn order_key(order: Option<f64>) -> f64 {
 impl PolicySet {
     /// Parses and compiles plugin config JSON.
     pub fn from_json(bytes: &[u8]) -> Result<PolicySet, ConfigErrors> {
-        let config = PluginConfig::from_json(bytes).map_err(|e| ConfigErrors(vec![ConfigError::from(e)]))?;
-        PolicySet::from_config(&config)
+        PolicySet::from_config(&read(bytes)?)
     }
 
     /// [`PolicySet::from_json`], letting go of the text before compiling: at
     /// Calico's scale it is 13 MB of a Wasm VM's peak, and Wasm memory does
     /// not shrink afterwards.
     pub fn from_json_owned(bytes: Vec<u8>) -> Result<PolicySet, ConfigErrors> {
-        let config = PluginConfig::from_json(&bytes);
+        let config = read(&bytes);
         drop(bytes);
-        PolicySet::from_config(&config.map_err(|e| ConfigErrors(vec![ConfigError::from(e)]))?)
+        PolicySet::from_config(&config?)
     }
 
     pub fn from_config(config: &PluginConfig) -> Result<PolicySet, ConfigErrors> {
