@@ -23,11 +23,23 @@ if [ "${1:-}" != demo ]; then
   command -v skopeo >/dev/null || need_pkgs+=(skopeo)
   command -v h2load >/dev/null || need_pkgs+=(nghttp2-client)   # load generator (bench, soak)
   command -v c++ >/dev/null || need_pkgs+=(g++)                  # libFuzzer (make fuzz)
+  command -v ip >/dev/null || need_pkgs+=(iproute2)               # pods as network namespaces
+  command -v iptables >/dev/null || need_pkgs+=(iptables)         # istio-iptables' interception
 fi
 if [ ${#need_pkgs[@]} -gt 0 ] && command -v apt-get >/dev/null; then
   say "installing Debian packages: ${need_pkgs[*]}"
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+fi
+
+# kube-apiserver, etcd and a matching kubectl of a pinned Kubernetes release, built from Go
+# modules into a cache outside the repo (control's real-apiserver tests). Cold, it takes
+# minutes: it runs in the background while the rest installs; cached, it is instant.
+kube_log=
+if [ "${1:-}" != demo ]; then
+  kube_log=$(mktemp)
+  scripts/build-kube.sh >"$kube_log.out" 2>"$kube_log" &
+  kube_pid=$!
 fi
 
 if command -v rustup >/dev/null && ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
@@ -66,4 +78,11 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install -q cargo-fuzz --locked
 fi
 command -v node >/dev/null || say "warning: node is missing; the wasm32 engine tests need it"
+if ! wait "$kube_pid"; then
+  cat "$kube_log" >&2
+  say "building kube-apiserver failed"
+  exit 1
+fi
+say "kube-apiserver, etcd, kubectl: $(cat "$kube_log.out")"
+rm -f "$kube_log" "$kube_log.out"
 say "done"

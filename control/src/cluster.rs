@@ -63,7 +63,7 @@ pub fn pod(p: &Pod) -> Result<PodInfo, Skipped> {
         namespace: p.metadata.namespace.clone().unwrap_or_else(|| "default".to_string()),
         name: p.metadata.name.clone().unwrap_or_default(),
         service_account: spec.service_account_name.clone().filter(|s| !s.is_empty()).unwrap_or_else(|| "default".to_string()),
-        labels: p.metadata.labels.clone().unwrap_or_default(),
+        labels: workload_labels(p.metadata.labels.clone().unwrap_or_default()),
         ips,
         ports: container_ports
             .iter()
@@ -72,6 +72,19 @@ pub fn pod(p: &Pod) -> Result<PodInfo, Skipped> {
             .collect(),
         first_port: container_ports.iter().filter(|cp| tcp(&cp.protocol)).find_map(|cp| u16::try_from(cp.container_port).ok()),
     })
+}
+
+/// The label the Deployment controller stamps on each ReplicaSet's pods.
+pub const POD_TEMPLATE_HASH: &str = "pod-template-hash";
+
+/// A pod's labels as its sidecar sees its own: Istio's `LABELS` node metadata comes from the
+/// downward-API labels file without `pod-template-hash`, so the filter never sees that label
+/// on the workload it protects. Leaving it out of the endpoint table too keeps selectors
+/// meaning the same on both sides (and keeps one endpoint group per Deployment, not per
+/// rollout).
+pub fn workload_labels(mut labels: BTreeMap<String, String>) -> BTreeMap<String, String> {
+    labels.remove(POD_TEMPLATE_HASH);
+    labels
 }
 
 pub fn namespace(n: &Namespace) -> (String, BTreeMap<String, String>) {

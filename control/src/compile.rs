@@ -116,6 +116,53 @@ pub fn compile(inv: &Inventory, opts: &Options) -> Result<Compiled, CompileError
     Ok(Compiled { revision: set.revision().to_string(), config, bytes, addresses_known, addresses_emitted })
 }
 
+/// Policies whose selectors name `pod-template-hash`, which neither Istio's sidecar metadata
+/// nor the endpoint table carries (see `cluster::workload_labels`): such a selector does not
+/// select pods the way Calico would. One line per place, `kind/namespace/name: field: ...`.
+pub fn selector_warnings(inv: &Inventory) -> Vec<String> {
+    fn walk(value: &serde_json::Value, path: &mut String, found: &mut Vec<String>) {
+        match value {
+            serde_json::Value::String(s) if s.contains(crate::cluster::POD_TEMPLATE_HASH) => found.push(path.clone()),
+            serde_json::Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    let len = path.len();
+                    path.push_str(&format!("[{i}]"));
+                    walk(item, path, found);
+                    path.truncate(len);
+                }
+            }
+            serde_json::Value::Object(map) => {
+                for (key, item) in map {
+                    let len = path.len();
+                    path.push('.');
+                    path.push_str(key);
+                    walk(item, path, found);
+                    path.truncate(len);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut warnings = Vec::new();
+    for p in &inv.policies {
+        let Ok(value) = serde_json::to_value(p) else { continue };
+        let mut found = Vec::new();
+        walk(&value, &mut String::from("spec"), &mut found);
+        let kind = p.kind.as_deref().unwrap_or(if p.namespace.is_some() { "NetworkPolicy" } else { "GlobalNetworkPolicy" });
+        let object = match &p.namespace {
+            Some(ns) => format!("{kind}/{ns}/{}", p.name),
+            None => format!("{kind}/{}", p.name),
+        };
+        for field in found.into_iter().filter(|f| f.contains("elector")) {
+            warnings.push(format!(
+                "{object}: {field}: names {}, which Istio leaves out of a sidecar's pod labels (and so does control): it never matches as Calico would",
+                crate::cluster::POD_TEMPLATE_HASH
+            ));
+        }
+    }
+    warnings
+}
+
 /// Namespaces that have pods or namespaced policies: the shards of a
 /// per-namespace compile.
 pub fn namespaces(inv: &Inventory) -> Vec<String> {
@@ -226,5 +273,45 @@ mod tests {
         // A limit no namespace fits: a clear error, not a silent truncation.
         let err = plan(&inv, &opts(100), &module).unwrap_err();
         assert!(err.to_string().contains("alone needs"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod pod_template_hash {
+    #![allow(clippy::unwrap_used)] // test code
+
+    use super::*;
+    use crate::manifests;
+
+    const CLUSTER: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: web-6d4b9f8c5b-x1, namespace: default, labels: {app: web, pod-template-hash: 6d4b9f8c5b}}
+spec: {serviceAccountName: web, containers: [{name: web, image: web}]}
+status: {phase: Running, podIP: 10.0.0.7}
+---
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: pinned}
+spec:
+  selector: app == 'db'
+  ingress:
+  - action: Allow
+    source: {selector: "pod-template-hash == '6d4b9f8c5b'"}
+"#;
+
+    #[test]
+    fn the_label_is_dropped_and_selectors_naming_it_are_warned_about() {
+        let mut parsed = Vec::new();
+        manifests::parse_text("cluster.yaml", CLUSTER, &mut parsed).unwrap();
+        let mut inv = Inventory::from_manifests(&parsed);
+        inv.validate();
+        let pod = inv.pod("default", "web-6d4b9f8c5b-x1").unwrap();
+        assert_eq!(pod.labels.get("app").map(String::as_str), Some("web"));
+        assert!(!pod.labels.contains_key("pod-template-hash"), "Istio's LABELS never carry it: {:?}", pod.labels);
+        let warnings = selector_warnings(&inv);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].starts_with("GlobalNetworkPolicy/pinned: spec."), "{}", warnings[0]);
+        assert!(warnings[0].contains("source.selector: names pod-template-hash"), "{}", warnings[0]);
     }
 }

@@ -162,6 +162,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Compile { files, format, namespace, module_url, sha256, skip_invalid } => {
             let inv = load(&files, skip_invalid)?;
+            for warning in compile::selector_warnings(&inv) {
+                eprintln!("warning: {warning}");
+            }
             let module = wasmplugin::Module { url: module_url, sha256 };
             match format {
                 Format::PluginConfig => {

@@ -34,18 +34,22 @@ fn common(module: &Module) -> serde_json::Map<String, Value> {
     spec
 }
 
-fn object(name: &str, namespace: &str, revision: &str, spec: serde_json::Map<String, Value>) -> Value {
-    json!({
+/// A WasmPlugin; `revision` (the config's) only on the one carrying the config.
+fn object(name: &str, namespace: &str, revision: Option<&str>, spec: serde_json::Map<String, Value>) -> Value {
+    let mut o = json!({
         "apiVersion": "extensions.istio.io/v1alpha1",
         "kind": "WasmPlugin",
         "metadata": {
             "name": name,
             "namespace": namespace,
-            "labels": {"app.kubernetes.io/name": "krites", "app.kubernetes.io/managed-by": "krites-control"},
-            "annotations": {"krites.io/config-revision": revision}
+            "labels": {"app.kubernetes.io/name": "krites", "app.kubernetes.io/managed-by": "krites-control"}
         },
         "spec": spec
-    })
+    });
+    if let Some(r) = revision {
+        o["metadata"]["annotations"] = json!({"krites.io/config-revision": r});
+    }
+    o
 }
 
 /// The two WasmPlugins, placed in `ns` (Istio's root namespace: the whole mesh).
@@ -59,5 +63,8 @@ pub fn manifests(config: &PluginConfig, revision: &str, ns: &str, module: &Modul
     // Early in the network filter chain, before the connection manager.
     network.insert("phase".into(), json!("AUTHN"));
     network.insert("pluginName".into(), json!(PEER_ADDRESS_ROOT_ID));
-    vec![object(NAME, ns, revision, http), object(PEER_ADDRESS_NAME, ns, revision, network)]
+    // The NETWORK plugin does not depend on the config: no revision, so a
+    // config change does not rewrite it (every rewrite makes Istio push new
+    // listeners to every sidecar).
+    vec![object(NAME, ns, Some(revision), http), object(PEER_ADDRESS_NAME, ns, None, network)]
 }

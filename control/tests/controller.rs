@@ -107,7 +107,7 @@ fn fixtures() -> Vec<Manifest> {
 }
 
 fn yaobank_stores() -> (Stores, Writers) {
-    let (stores, mut writers) = sources::stores(CalicoApi::V3);
+    let (stores, mut writers) = sources::stores(Some(CalicoApi::V3));
     for m in fixtures() {
         writers.apply(&m.value).unwrap();
     }
@@ -118,6 +118,7 @@ fn yaobank_stores() -> (Stores, Writers) {
 fn settings() -> Settings {
     Settings {
         module: krites_control::wasmplugin::Module { url: "oci://registry.test/krites:1".into(), sha256: Some("sha256:abc".into()) },
+        reporting_instance: Some("krites-control-6c9d-7xk2p".into()),
         ..Settings::default()
     }
 }
@@ -134,26 +135,31 @@ fn revision_of(body: &Value) -> &str {
     body.pointer("/metadata/annotations/krites.io~1config-revision").and_then(Value::as_str).unwrap()
 }
 
+/// Every WasmPlugin of the cluster: what control reads after a start (and
+/// at each resync or foreign edit), unfiltered so that an object stripped of
+/// its label is still found.
+const LIST_ALL: &str = "/apis/extensions.istio.io/v1alpha1/wasmplugins?";
+
 /// The first reconcile against an empty cluster, as the API server sees it:
-/// GET krites (404), apply it, GET krites-peer-address (404), apply it, list
-/// the managed WasmPlugins (none stale). Returns the two applied bodies.
+/// list the WasmPlugins (none: nothing to recover, nothing stale), apply
+/// krites, apply krites-peer-address. Returns the two applied bodies.
 async fn first_apply(handle: Handle) -> (Handle, (Value, Value)) {
     let mut h = handle;
     let mesh = format!("{PLUGINS}/namespaces/istio-system/wasmplugins");
-    expect(&mut h, Method::GET, &format!("{mesh}/krites"), StatusCode::NOT_FOUND, |_| not_found("krites")).await;
+    expect(&mut h, Method::GET, LIST_ALL, StatusCode::OK, |_| plugin_list(vec![])).await;
     let http = expect(&mut h, Method::PATCH, &format!("{mesh}/krites{APPLY_QUERY}"), StatusCode::OK, Value::clone).await;
-    expect(&mut h, Method::GET, &format!("{mesh}/krites-peer-address"), StatusCode::NOT_FOUND, |_| not_found("krites-peer-address")).await;
     let network = expect(&mut h, Method::PATCH, &format!("{mesh}/krites-peer-address{APPLY_QUERY}"), StatusCode::OK, Value::clone).await;
-    let listed = vec![http.clone(), network.clone()];
-    expect(
-        &mut h,
-        Method::GET,
-        &format!("{PLUGINS}/wasmplugins?&labelSelector=app.kubernetes.io%2Fmanaged-by%3Dkrites-control"),
-        StatusCode::OK,
-        move |_| plugin_list(listed),
-    )
-    .await;
     (h, (http, network))
+}
+
+/// A config change: only krites is written (krites-peer-address does not
+/// carry the config, nor its revision).
+fn krites_only(mut h: Handle) -> futures::future::BoxFuture<'static, (Handle, Value)> {
+    Box::pin(async move {
+        let mesh = format!("{PLUGINS}/namespaces/istio-system/wasmplugins");
+        let a = expect(&mut h, Method::PATCH, &format!("{mesh}/krites{APPLY_QUERY}"), StatusCode::OK, Value::clone).await;
+        (h, a)
+    })
 }
 
 fn first_apply_boxed(handle: Handle) -> futures::future::BoxFuture<'static, (Handle, (Value, Value))> {
@@ -193,7 +199,7 @@ async fn applies_yaobank_then_only_changes() {
     assert_eq!(http["spec"]["failStrategy"], "FAIL_CLOSE");
     assert_eq!(network["spec"]["type"], "NETWORK");
     assert_eq!(network["spec"]["pluginName"], "krites_peer_address");
-    assert_eq!(revision_of(&network), revision);
+    assert_eq!(network["metadata"].get("annotations"), None, "no revision: a config change does not rewrite it");
     assert!(metrics.ready());
     assert_eq!(metrics.applies(), 2);
 
@@ -208,21 +214,14 @@ async fn applies_yaobank_then_only_changes() {
     reconcile_silently(&mut reconciler, &stores.snapshot(), &mut handle).await;
 
     // (3) A new customer pod: the summary policy admits its service account, so
-    // the endpoint table changes -> a new revision, applied to both plugins
-    // (no GET: the controller knows what it applied; no list: same plugin set).
+    // the endpoint table changes -> a new revision, applied to krites only
+    // (no read: the controller knows what it applied; the NETWORK plugin does
+    // not depend on the config, so Istio pushes no listener change for it).
     writers.apply(&pod("customer-2", "127.0.0.31", "customer", "customer")).unwrap();
-    let (outcome, _handle, (http2, network2)) = reconcile_with(&mut reconciler, &stores.snapshot(), handle, |mut h| {
-        Box::pin(async move {
-            let mesh = format!("{PLUGINS}/namespaces/istio-system/wasmplugins");
-            let a = expect(&mut h, Method::PATCH, &format!("{mesh}/krites{APPLY_QUERY}"), StatusCode::OK, Value::clone).await;
-            let b = expect(&mut h, Method::PATCH, &format!("{mesh}/krites-peer-address{APPLY_QUERY}"), StatusCode::OK, Value::clone).await;
-            (h, (a, b))
-        })
-    })
-    .await;
-    assert_eq!(outcome.applied.written.len(), 2);
+    let (outcome, _handle, http2) = reconcile_with(&mut reconciler, &stores.snapshot(), handle, krites_only).await;
+    assert_eq!(outcome.applied.written, ["istio-system/krites"]);
+    assert_eq!(outcome.applied.unchanged, 1);
     assert_ne!(revision_of(&http2), revision);
-    assert_eq!(revision_of(&http2), revision_of(&network2));
     let ips: Vec<String> = http2["spec"]["pluginConfig"]["endpoints"]
         .as_array()
         .unwrap()
@@ -230,7 +229,7 @@ async fn applies_yaobank_then_only_changes() {
         .flat_map(|e| e["ips"].as_array().unwrap().iter().map(|i| i.as_str().unwrap().to_string()))
         .collect();
     assert!(ips.contains(&"127.0.0.31".to_string()), "{ips:?}");
-    assert_eq!(metrics.applies(), 4);
+    assert_eq!(metrics.applies(), 3);
 }
 
 fn calico_np(name: &str, selector: &str) -> Value {
@@ -272,6 +271,7 @@ async fn invalid_policy_is_skipped_and_reported_once() {
     assert_eq!(event["reason"], "InvalidPolicy");
     assert_eq!(event["action"], "Compile");
     assert_eq!(event["reportingController"], "krites-control");
+    assert_eq!(event["reportingInstance"], "krites-control-6c9d-7xk2p", "the pod (POD_NAME), not the controller's name");
     assert_eq!(event["regarding"]["kind"], "NetworkPolicy");
     assert_eq!(event["regarding"]["apiVersion"], "projectcalico.org/v3");
     assert_eq!(event["regarding"]["name"], "broken");
@@ -291,16 +291,9 @@ async fn invalid_policy_is_skipped_and_reported_once() {
     let mut fixed = calico_np("broken", "app == 'customer'");
     fixed["metadata"]["resourceVersion"] = json!("42");
     writers.apply(&fixed).unwrap();
-    let (outcome, _handle, http2) = reconcile_with(&mut reconciler, &stores.snapshot(), handle, |mut h| {
-        Box::pin(async move {
-            let mesh = format!("{PLUGINS}/namespaces/istio-system/wasmplugins");
-            let a = expect(&mut h, Method::PATCH, &format!("{mesh}/krites{APPLY_QUERY}"), StatusCode::OK, Value::clone).await;
-            expect(&mut h, Method::PATCH, &format!("{mesh}/krites-peer-address{APPLY_QUERY}"), StatusCode::OK, Value::clone).await;
-            (h, a)
-        })
-    })
-    .await;
+    let (outcome, _handle, http2) = reconcile_with(&mut reconciler, &stores.snapshot(), handle, krites_only).await;
     assert_eq!(outcome.invalid, 0);
+    assert_eq!(outcome.applied.written, ["istio-system/krites"], "a policy change writes only krites");
     assert_ne!(revision_of(&http2), revision);
     let names: Vec<&str> = http2["spec"]["pluginConfig"]["policies"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
     assert!(names.contains(&"broken"), "{names:?}");
@@ -344,15 +337,7 @@ async fn a_policy_turned_invalid_keeps_its_last_valid_version() {
     reconcile_silently(&mut reconciler, &stores.snapshot(), &mut handle).await;
 
     writers.delete(&broken).unwrap();
-    let (_, _handle, http2) = reconcile_with(&mut reconciler, &stores.snapshot(), handle, |mut h| {
-        Box::pin(async move {
-            let mesh = format!("{PLUGINS}/namespaces/istio-system/wasmplugins");
-            let a = expect(&mut h, Method::PATCH, &format!("{mesh}/krites{APPLY_QUERY}"), StatusCode::OK, Value::clone).await;
-            expect(&mut h, Method::PATCH, &format!("{mesh}/krites-peer-address{APPLY_QUERY}"), StatusCode::OK, Value::clone).await;
-            (h, a)
-        })
-    })
-    .await;
+    let (_, _handle, http2) = reconcile_with(&mut reconciler, &stores.snapshot(), handle, krites_only).await;
     let names: Vec<&str> = http2["spec"]["pluginConfig"]["policies"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["customer", "summary"]);
 }
@@ -378,7 +363,7 @@ async fn compile_failure_leaves_the_applied_plugins_alone() {
 }
 
 /// After a restart: the WasmPlugins in the cluster already carry this config
-/// (read once, not written again); a stale per-namespace shard is deleted.
+/// (one list, nothing written again); a stale per-namespace shard is deleted.
 #[tokio::test]
 async fn after_a_restart_reads_once_and_removes_stale_plugins() {
     let (stores, _writers) = yaobank_stores();
@@ -403,21 +388,10 @@ async fn after_a_restart_reads_once_and_removes_stale_plugins() {
     let mut reconciler = Reconciler::new(client, settings(), metrics.clone());
     let (outcome, _handle, ()) = reconcile_with(&mut reconciler, &stores.snapshot(), handle, move |mut h| {
         Box::pin(async move {
-            let mesh = format!("{PLUGINS}/namespaces/istio-system/wasmplugins");
-            let (a, b) = (live[0].clone(), live[1].clone());
-            expect(&mut h, Method::GET, &format!("{mesh}/krites"), StatusCode::OK, move |_| a).await;
-            expect(&mut h, Method::GET, &format!("{mesh}/krites-peer-address"), StatusCode::OK, move |_| b).await;
             let mut stale = live[0].clone();
             stale["metadata"]["namespace"] = json!("old");
             let items = vec![live[0].clone(), live[1].clone(), stale];
-            expect(
-                &mut h,
-                Method::GET,
-                &format!("{PLUGINS}/wasmplugins?&labelSelector=app.kubernetes.io%2Fmanaged-by%3Dkrites-control"),
-                StatusCode::OK,
-                move |_| plugin_list(items),
-            )
-            .await;
+            expect(&mut h, Method::GET, LIST_ALL, StatusCode::OK, move |_| plugin_list(items)).await;
             expect(&mut h, Method::DELETE, &format!("{PLUGINS}/namespaces/old/wasmplugins/krites?"), StatusCode::OK, |_| {
                 json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "metadata": {}})
             })
@@ -490,6 +464,12 @@ async fn the_loop_lists_watches_and_applies() {
             let body: Value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
             if query.contains("watch=true") {
                 watches.push(reply);
+            } else if path == "/apis/projectcalico.org/v3" {
+                let resources: Vec<Value> = ["globalnetworkpolicies", "networkpolicies"]
+                    .iter()
+                    .map(|r| json!({"name": r, "singularName": "", "namespaced": true, "kind": "X", "verbs": ["list", "watch"]}))
+                    .collect();
+                respond(reply, StatusCode::OK, &json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "projectcalico.org/v3", "resources": resources}));
             } else if let Some(list) = lists.get(path.as_str()) {
                 respond(reply, StatusCode::OK, list);
             } else if path == "/apis/projectcalico.org/v3/tiers" {
@@ -518,7 +498,7 @@ async fn the_loop_lists_watches_and_applies() {
     let metrics = Arc::new(Metrics::default());
     let opts = krites_control::controller::Options {
         settings: settings(),
-        calico_api: CalicoApi::V3,
+        calico_api: krites_control::controller::CalicoApiFlag::V3,
         debounce: Duration::from_millis(50),
         resync: Duration::from_secs(3600),
     };

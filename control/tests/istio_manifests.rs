@@ -176,4 +176,27 @@ fn control_runs_locked_down_with_least_privilege() {
     }
     assert!(grants.contains(&"/pods:watch".to_string()) && grants.contains(&"extensions.istio.io/wasmplugins:patch".to_string()));
     assert!(!grants.iter().any(|g| g.starts_with("/secrets")), "no secrets");
+    // A deleted WasmPlugin is created again (server-side apply of a missing
+    // object is a create), foreign edits are watched and replaced.
+    for verb in ["create", "update", "watch", "list"] {
+        assert!(grants.contains(&format!("extensions.istio.io/wasmplugins:{verb}")), "wasmplugins:{verb}");
+    }
+
+    // The Calico API is detected, and Events name the pod.
+    assert!(c["args"].as_array().unwrap().iter().any(|a| a == "--calico-api=auto"), "{}", c["args"]);
+    let pod_name = c["env"].as_array().unwrap().iter().find(|e| e["name"] == "POD_NAME").expect("POD_NAME");
+    assert_eq!(pod_name["valueFrom"]["fieldRef"]["fieldPath"], "metadata.name");
+}
+
+#[test]
+fn calico_crds_include_tier() {
+    let all = load("istio-manifests/calico-crds");
+    let names: Vec<&str> = of_kind(&all, "CustomResourceDefinition").iter().filter_map(|c| c["metadata"]["name"].as_str()).collect();
+    assert!(names.contains(&"tiers.projectcalico.org") && names.contains(&"tiers.crd.projectcalico.org"), "{names:?}");
+    let k: Value = serde_yaml::from_str(&std::fs::read_to_string(root().join("istio-manifests/calico-crds/kustomization.yaml")).unwrap()).unwrap();
+    assert!(k["resources"].as_array().unwrap().iter().any(|r| r == "projectcalico.org_tiers.yaml"), "shipped with the other v3 CRDs");
+    let v1: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(root().join("istio-manifests/calico-crds/crd.projectcalico.org_tiers.yaml")).unwrap()).unwrap();
+    assert_eq!(v1["spec"]["versions"][0]["name"], "v1");
+    assert_eq!(v1["spec"]["group"], "crd.projectcalico.org");
 }

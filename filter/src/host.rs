@@ -57,7 +57,11 @@ extern "C" {
     fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
     fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
     fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
+    fn proxy_close_stream(stream_type: u32) -> u32;
 }
+
+/// proxy-wasm `StreamType::Downstream`: the connection from the client.
+const STREAM_DOWNSTREAM: u32 = 2;
 
 /// Takes ownership of a host-allocated buffer. The host allocates it through
 /// the module's exported allocator (`proxy_on_memory_allocate`, a `Vec`).
@@ -207,6 +211,16 @@ pub fn now_nanos() -> Option<u64> {
     let mut t = 0u64;
     // SAFETY: out-pointer to a local.
     (unsafe { proxy_get_current_time_nanoseconds(&mut t) } == OK).then_some(t)
+}
+
+/// Closes the downstream connection (NETWORK role). Envoy closes it without
+/// flushing, and the TCP proxy behind closes its upstream side.
+pub fn close_downstream() -> Result<(), HostError> {
+    // SAFETY: a plain value.
+    match unsafe { proxy_close_stream(STREAM_DOWNSTREAM) } {
+        OK => Ok(()),
+        other => Err(HostError(other)),
+    }
 }
 
 /// proxy-wasm map serialization: u32 count, (u32 key len, u32 value len) per

@@ -6,6 +6,8 @@
 pub mod adapter;
 
 #[cfg(target_arch = "wasm32")]
+mod connection;
+#[cfg(target_arch = "wasm32")]
 mod host;
 #[cfg(target_arch = "wasm32")]
 mod metrics;
@@ -15,5 +17,5 @@ mod plugin;
 #[cfg(target_arch = "wasm32")]
 proxy_wasm::main! {{
     host::install_panic_hook();
-    proxy_wasm::set_root_context(|_| Box::<plugin::Root>::default());
+    proxy_wasm::set_root_context(|id| Box::new(plugin::Root::new(id)));
 }}

@@ -37,6 +37,15 @@ pub struct Metrics {
     pub source_unverified: u32,
     pub log_rule_matches: u32,
     pub out_of_scope: u32,
+    /// NETWORK role: connections decided, allowed, closed, and left to the
+    /// HTTP role (an HTTP chain, where only a request can be allowed).
+    pub connections: u32,
+    pub connections_allowed: u32,
+    pub connections_denied: u32,
+    pub connections_http: u32,
+    /// Closed because only an HTTP request could be allowed, on a chain with
+    /// no HTTP filter (Istio's TCP chains): counted in `connections_denied` too.
+    pub connections_denied_http_only: u32,
     pub config_loads: u32,
     pub config_errors: u32,
     pub config_revision: u32,
@@ -74,6 +83,11 @@ impl Metrics {
             source_unverified: counter("krites_source_address_unverified_total"),
             log_rule_matches: counter("krites_log_rule_matches_total"),
             out_of_scope: counter("krites_out_of_scope_total"),
+            connections: counter("krites_connections_total"),
+            connections_allowed: counter("krites_connections_allowed_total"),
+            connections_denied: counter("krites_connections_denied_total"),
+            connections_http: counter("krites_connections_http_total"),
+            connections_denied_http_only: counter("krites_connections_denied_http_only_total"),
             config_loads: counter("krites_config_loads_total"),
             config_errors: counter("krites_config_errors_total"),
             config_revision: gauge("krites_config_revision"),

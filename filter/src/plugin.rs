@@ -11,6 +11,7 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext, StreamContext};
 use proxy_wasm::types::{Action, ContextType};
 
 use crate::adapter::{self, ConnectionCache, Host, RequestData};
+use crate::connection::{self, ConnectionGuard};
 use crate::host::{self, Level};
 use crate::metrics::{FilterDenial, Metrics};
 
@@ -18,7 +19,7 @@ use crate::metrics::{FilterDenial, Metrics};
 const DENY_BODY: &[u8] = b"RBAC: access denied";
 
 /// What this plugin instance enforces.
-enum Enforcement {
+pub(crate) enum Enforcement {
     Policy(Box<WorkloadPolicy>),
     /// The config names other namespaces (a shard Istio's root namespace
     /// spreads mesh-wide): this workload's own shard decides; let it through.
@@ -27,7 +28,7 @@ enum Enforcement {
     FailClosed(FilterDenial),
 }
 
-struct EnvoyHost;
+pub(crate) struct EnvoyHost;
 
 impl Host for EnvoyHost {
     fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
@@ -39,26 +40,44 @@ impl Host for EnvoyHost {
 }
 
 pub struct Root {
+    /// The root context id: the key under which the HTTP role publishes
+    /// what it enforces to the NETWORK role (see `connection`).
+    id: u32,
     state: Rc<Shared>,
-    /// NETWORK role: record each connection's peer for the HTTP role.
-    peer_recorder: bool,
+    /// NETWORK role: decide connections no HTTP filter sees, and record each
+    /// connection's peer for the HTTP role. Its counters.
+    network: Option<Rc<Metrics>>,
 }
 
-struct Shared {
-    enforcement: Enforcement,
+pub(crate) struct Shared {
+    pub(crate) enforcement: Enforcement,
     /// Peer facts of recent connections; this VM's thread only.
     connections: RefCell<ConnectionCache>,
     metrics: Metrics,
-    revision: String,
+    pub(crate) revision: String,
 }
 
-impl Default for Root {
-    fn default() -> Self {
+impl Root {
+    pub fn new(id: u32) -> Root {
         // Until a config arrives, deny: never enforce nothing.
         Root {
+            id,
             state: Rc::new(Shared { enforcement: Enforcement::FailClosed(FilterDenial::NoConfig), connections: RefCell::default(), metrics: Metrics::default(), revision: String::new() }),
-            peer_recorder: false,
+            network: None,
         }
+    }
+
+    /// Enforce `state` from now on, in HTTP streams and (published) in the
+    /// NETWORK role's connections.
+    fn enforce(&mut self, state: Shared) {
+        self.state = Rc::new(state);
+        connection::publish(self.id, self.state.clone());
+    }
+}
+
+impl Drop for Root {
+    fn drop(&mut self) {
+        connection::unpublish(self.id);
     }
 }
 
@@ -68,8 +87,8 @@ impl RootContext for Root {
     fn on_configure(&mut self, size: usize) -> bool {
         let root_id = host::property(&["plugin_root_id"]).ok().flatten();
         if root_id.as_deref() == Some(adapter::PEER_ADDRESS_ROOT_ID.as_bytes()) {
-            self.peer_recorder = true;
-            host::log(Level::Info, "krites: recording connection peer addresses for the HTTP filter");
+            self.network = Some(Rc::new(Metrics::define()));
+            host::log(Level::Info, "krites: NETWORK role: deciding connections on filter chains without an HTTP filter, recording peer addresses for the HTTP filter");
             return true;
         }
         let metrics = Metrics::define();
@@ -85,7 +104,7 @@ impl RootContext for Root {
             _ => {
                 host::log(Level::Error, "krites: no plugin configuration; denying every request (fail closed)");
                 Metrics::bump(metrics.config_errors);
-                self.state = Rc::new(Shared { enforcement: Enforcement::FailClosed(FilterDenial::NoConfig), connections: RefCell::default(), metrics, revision: String::new() });
+                self.enforce(Shared { enforcement: Enforcement::FailClosed(FilterDenial::NoConfig), connections: RefCell::default(), metrics, revision: String::new() });
                 return true;
             }
         };
@@ -103,7 +122,7 @@ impl RootContext for Root {
             Err(e) => {
                 host::log(Level::Error, &format!("krites: {e}; denying every request (fail closed)"));
                 Metrics::bump(metrics.config_errors);
-                self.state = Rc::new(Shared { enforcement: Enforcement::FailClosed(FilterDenial::NoWorkloadIdentity), connections: RefCell::default(), metrics, revision: set.revision().to_string() });
+                self.enforce(Shared { enforcement: Enforcement::FailClosed(FilterDenial::NoWorkloadIdentity), connections: RefCell::default(), metrics, revision: set.revision().to_string() });
                 return true;
             }
         };
@@ -113,7 +132,7 @@ impl RootContext for Root {
                 &format!("krites: config {} is for other namespaces; {} is decided by its own namespace's config", set.revision(), workload.namespace),
             );
             Metrics::bump(metrics.config_loads);
-            self.state = Rc::new(Shared { enforcement: Enforcement::OutOfScope, connections: RefCell::default(), metrics, revision: set.revision().to_string() });
+            self.enforce(Shared { enforcement: Enforcement::OutOfScope, connections: RefCell::default(), metrics, revision: set.revision().to_string() });
             return true;
         }
         let policy = WorkloadPolicy::new(set.clone(), &workload);
@@ -142,7 +161,7 @@ impl RootContext for Root {
                 micros
             ),
         );
-        self.state = Rc::new(Shared { enforcement: Enforcement::Policy(Box::new(policy)), connections: RefCell::default(), metrics, revision });
+        self.enforce(Shared { enforcement: Enforcement::Policy(Box::new(policy)), connections: RefCell::default(), metrics, revision });
         true
     }
 
@@ -151,32 +170,12 @@ impl RootContext for Root {
     }
 
     fn create_stream_context(&self, _context_id: u32) -> Option<Box<dyn StreamContext>> {
-        Some(Box::new(PeerRecorder))
+        let metrics = self.network.clone().unwrap_or_default();
+        Some(Box::new(ConnectionGuard::new(metrics)))
     }
 
     fn get_type(&self) -> Option<ContextType> {
-        Some(if self.peer_recorder { ContextType::StreamContext } else { ContextType::HttpContext })
-    }
-}
-
-/// NETWORK role. At connection level `source.address` is still the TCP peer
-/// (no header has been read yet); it is copied into the connection's filter
-/// state, which the HTTP streams on that connection inherit.
-struct PeerRecorder;
-
-impl Context for PeerRecorder {}
-
-impl StreamContext for PeerRecorder {
-    fn on_new_connection(&mut self) -> Action {
-        match host::property(&["source", "address"]) {
-            Ok(Some(peer)) => {
-                if host::set_property(&[adapter::PEER_ADDRESS_KEY], &peer).is_err() {
-                    host::log(Level::Warn, "krites: could not record the connection's peer address");
-                }
-            }
-            _ => host::log(Level::Warn, "krites: connection has no source address to record"),
-        }
-        Action::Continue
+        Some(if self.network.is_some() { ContextType::StreamContext } else { ContextType::HttpContext })
     }
 }
 

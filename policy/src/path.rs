@@ -136,6 +136,42 @@ fn resolve_segments(decoded: &str) -> String {
     out
 }
 
+/// Whether a request target (or a rule path) names a directory: its last
+/// segment is empty, `.` or `..` (`/healthz/`, `/a/.`, `/a/b/..`). The
+/// canonical form drops that trailing `/`, so an `exact` match compares it
+/// separately: to many servers `/healthz/` is another resource than
+/// `/healthz`, and Calico and Istio match exact paths exactly. Envoy's own
+/// normalisation (RFC 3986 dot segments) keeps the slash too.
+pub fn names_directory(raw: &str) -> bool {
+    let path = match raw.find(['?', '#']) {
+        Some(end) => raw.get(..end).unwrap_or(raw),
+        None => raw,
+    };
+    let last = path.rsplit(['/', '\\']).next().unwrap_or("");
+    let last = last.split(';').next().unwrap_or("");
+    matches!(last, "" | "." | "..")
+}
+
+/// The form an `exact` rule path is kept in: canonical, plus the trailing
+/// `/` when it names a directory (the root is just `/`).
+pub fn exact_form(canonical: &str, directory: bool) -> String {
+    if directory && canonical != "/" {
+        format!("{canonical}/")
+    } else {
+        canonical.to_string()
+    }
+}
+
+/// Does the exact rule path `exact` (see [`exact_form`]) name the request
+/// path `canonical` (normalised), which names a directory or not?
+pub fn exact_matches(exact: &str, canonical: &str, directory: bool) -> bool {
+    if directory && canonical != "/" {
+        exact.len() == canonical.len() + 1 && exact.starts_with(canonical) && exact.ends_with('/')
+    } else {
+        exact == canonical
+    }
+}
+
 /// Does `path` (normalised) fall under `prefix` (normalised)? Only on segment
 /// boundaries: `/pub` covers `/pub` and `/pub/x`, not `/public`.
 pub fn has_prefix(path: &str, prefix: &str) -> bool {
@@ -214,6 +250,37 @@ mod tests {
         ];
         for (raw, want) in bad {
             assert_eq!(normalize(raw), Err(*want), "normalize({raw:?})");
+        }
+    }
+
+    #[test]
+    fn exact_paths_keep_their_trailing_slash() {
+        // (rule, request, matches)
+        let cases: &[(&str, &str, bool)] = &[
+            ("/healthz", "/healthz", true),
+            ("/healthz", "/healthz/", false),
+            ("/healthz", "/healthz?x=1", true),
+            ("/healthz", "/healthz/?x=1", false),
+            ("/healthz", "/healthz/.", false),
+            ("/healthz", "/healthz//", false),
+            ("/healthz", "/healthz/;x", false),
+            ("/healthz", "/healthz;x", true),
+            ("/healthz", "//healthz", true),
+            ("/healthz", "/x/../healthz", true),
+            ("/healthz", "/healthz\\", false),
+            ("/healthz/", "/healthz/", true),
+            ("/healthz/", "/healthz", false),
+            ("/healthz/", "/healthz/x/..", true),
+            ("/", "/", true),
+            ("/", "//", true),
+            ("/", "/a/..", true),
+            ("/a", "/a/b/..", false),
+        ];
+        for (rule, request, want) in cases {
+            let rule_form = exact_form(&normalize(rule).unwrap(), names_directory(rule));
+            let canonical = normalize(request).unwrap();
+            let got = exact_matches(&rule_form, &canonical, names_directory(request));
+            assert_eq!(got, *want, "exact {rule:?} against {request:?}");
         }
     }
 

@@ -20,6 +20,8 @@ pub struct Ports {
     pub admin: u16,
     pub mtls: u16,
     pub plain: u16,
+    /// The TCP chains' listeners (mTLS, plaintext) when `Mesh::tcp_app` is set.
+    pub tcp: Option<(u16, u16)>,
     /// One per `Mesh::outbound`, in order.
     pub outbound: Vec<u16>,
     /// One per `Mesh::extra_inbound`, in order: (address, mTLS port, plaintext port).
@@ -28,6 +30,8 @@ pub struct Ports {
 
 /// The cluster behind the inbound listeners when the sidecar has an application.
 const APP_CLUSTER: &str = "inbound|app";
+/// The cluster behind the TCP chains, named as Istio names inbound clusters.
+const TCP_APP_CLUSTER: &str = "inbound|5432||";
 
 /// The HTTP filter / ECDS resource name Istio 1.21-1.29 gives a WasmPlugin `krites`.
 pub fn ecds_name(namespace: &str) -> String {
@@ -102,6 +106,12 @@ pub fn bootstrap(
     let mut clusters = Vec::new();
     if let Some(app) = mesh.app {
         clusters.push(static_cluster(APP_CLUSTER, &[app]));
+    }
+    if let (Some(app), Some((mtls, plain))) = (mesh.tcp_app, ports.tcp) {
+        clusters.push(static_cluster(TCP_APP_CLUSTER, &[app]));
+        for (name, port, tls) in [("inbound_tcp_mtls", mtls, true), ("inbound_tcp_plain", plain, false)] {
+            listeners.push(tcp_listener(name, spec, socket(spec.ip, port), tls));
+        }
     }
     for (o, port) in mesh.outbound.iter().zip(&ports.outbound) {
         let cluster = outbound_cluster_name(&o.service);
@@ -285,7 +295,86 @@ fn access_log_config(path: &Path, stat_prefix: &str) -> Value {
 }
 
 /// The ECDS resource file carrying the Krites plugin (`version` must grow on every update).
+/// `WasmPlugin.spec.pluginConfig` as istiod hands it to Envoy: istiod decodes the object into
+/// a `google.protobuf.Struct` (every number a float64) and re-encodes it with legacy jsonpb:
+/// keys sorted at every level, compact, integers below 1e21 as integers and `1e+21` above,
+/// and `<`, `>`, `&` written `\u003c`, `\u003e`, `\u0026` (so `&&` in a selector arrives
+/// as `\u0026\u0026`). Text that is not JSON passes unchanged: the tests that feed the filter
+/// broken configs mean exactly those bytes (istiod would refuse them earlier).
+pub fn istiod_plugin_config(plugin_config: &str) -> String {
+    match serde_json::from_str::<Value>(plugin_config) {
+        Ok(value) => {
+            let mut out = String::with_capacity(plugin_config.len());
+            write_jsonpb(&value, &mut out);
+            out
+        }
+        Err(_) => plugin_config.to_string(),
+    }
+}
+
+fn write_jsonpb(value: &Value, out: &mut String) {
+    match value {
+        Value::Null => out.push_str("null"),
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Number(n) => {
+            let f = n.as_f64().unwrap_or(0.0);
+            if f.fract() == 0.0 && f.abs() < 1e21 {
+                out.push_str(&format!("{f:.0}"));
+            } else if f.abs() >= 1e21 {
+                out.push_str(&format!("{f:e}").replace('e', "e+"));
+            } else {
+                out.push_str(&f.to_string());
+            }
+        }
+        Value::String(s) => write_jsonpb_string(s, out),
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_jsonpb(item, out);
+            }
+            out.push(']');
+        }
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, key) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_jsonpb_string(key, out);
+                out.push(':');
+                write_jsonpb(&map[key], out);
+            }
+            out.push('}');
+        }
+    }
+}
+
+fn write_jsonpb_string(s: &str, out: &mut String) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '<' => out.push_str("\\u003c"),
+            '>' => out.push_str("\\u003e"),
+            '&' => out.push_str("\\u0026"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
 pub fn ecds(namespace: &str, version: u64, wasm: &Path, plugin_config: &str) -> Value {
+    let plugin_config = istiod_plugin_config(plugin_config);
     json!({
         "version_info": version.to_string(),
         "resources": [{
@@ -345,25 +434,7 @@ fn listener(
     filters.push(hcm(name, spec, mesh, http_filters, access_log));
     let mut chain = json!({ "filters": filters });
     if mtls {
-        chain["transport_socket"] = json!({
-            "name": "envoy.transport_sockets.tls",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
-                "require_client_certificate": true,
-                "common_tls_context": {
-                    "tls_certificates": [{
-                        "certificate_chain": { "filename": spec.identity.cert },
-                        "private_key": { "filename": spec.identity.key }
-                    }],
-                    "validation_context": {
-                        "trusted_ca": { "filename": spec.ca },
-                        "match_typed_subject_alt_names": [
-                            { "san_type": "URI", "matcher": { "prefix": "spiffe://" } }
-                        ]
-                    }
-                }
-            }
-        });
+        chain["transport_socket"] = downstream_tls(spec);
     }
     json!({
         "name": name,
@@ -371,6 +442,57 @@ fn listener(
         // Envoy binds with SO_REUSEPORT by default: a second Envoy (another test, another
         // demo) picking the same port would silently share it. Without, it fails to start
         // and `Sidecar::start` retries on another port.
+        "enable_reuse_port": false,
+        "traffic_direction": "INBOUND",
+        "filter_chains": [chain]
+    })
+}
+
+/// Istio's inbound mTLS: a client certificate is required and must carry a SPIFFE id.
+fn downstream_tls(spec: &SidecarSpec) -> Value {
+    json!({
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+            "require_client_certificate": true,
+            "common_tls_context": {
+                "tls_certificates": [{
+                    "certificate_chain": { "filename": spec.identity.cert },
+                    "private_key": { "filename": spec.identity.key }
+                }],
+                "validation_context": {
+                    "trusted_ca": { "filename": spec.ca },
+                    "match_typed_subject_alt_names": [
+                        { "san_type": "URI", "matcher": { "prefix": "spiffe://" } }
+                    ]
+                }
+            }
+        }
+    })
+}
+
+/// An Istio TCP filter chain: the NETWORK role, then `tcp_proxy` to the TCP application.
+/// No HTTP connection manager, so no HTTP filter runs here.
+fn tcp_listener(name: &str, spec: &SidecarSpec, address: Value, mtls: bool) -> Value {
+    let mut filters = Vec::new();
+    if let (true, Some(wasm)) = (spec.peer_address_filter, &spec.wasm) {
+        filters.push(peer_address_filter(&spec.namespace, wasm));
+    }
+    filters.push(json!({
+        "name": "envoy.filters.network.tcp_proxy",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+            "stat_prefix": TCP_APP_CLUSTER,
+            "cluster": TCP_APP_CLUSTER
+        }
+    }));
+    let mut chain = json!({ "name": name, "filters": filters });
+    if mtls {
+        chain["transport_socket"] = downstream_tls(spec);
+    }
+    json!({
+        "name": name,
+        "address": address,
         "enable_reuse_port": false,
         "traffic_direction": "INBOUND",
         "filter_chains": [chain]
@@ -501,9 +623,19 @@ mod tests {
             admin: 1,
             mtls: 2,
             plain: 3,
+            tcp: None,
             outbound,
             extra: vec![],
         }
+    }
+
+    #[test]
+    fn plugin_config_goes_through_istiods_transform() {
+        let raw = r#"{"version": 1, "policies": [{"selector": "a == 'x' && b > 2", "order": 100.5, "name": "p"}], "big": 1e22, "neg": -3}"#;
+        let want = r#"{"big":1e+22,"neg":-3,"policies":[{"name":"p","order":100.5,"selector":"a == 'x' \u0026\u0026 b \u003e 2"}],"version":1}"#;
+        assert_eq!(istiod_plugin_config(raw), want);
+        assert_eq!(istiod_plugin_config("not json"), "not json");
+        assert_eq!(istiod_plugin_config(""), "");
     }
 
     #[test]

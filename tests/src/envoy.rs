@@ -98,6 +98,12 @@ pub struct Mesh {
     /// (`ipv4_compat`), where IPv4 clients arrive as IPv4-mapped IPv6 peers
     /// (`::ffff:a.b.c.d`) as on a dual-stack pod.
     pub extra_inbound: Vec<IpAddr>,
+    /// A TCP application (a port no HTTP filter sees). When set, the sidecar gets two more
+    /// inbound listeners shaped like Istio's TCP filter chains (a port declared TCP, or TLS
+    /// with ALPN `istio` on an auto-detected port): mTLS and plaintext, each running the
+    /// module's NETWORK role and then `tcp_proxy` straight to this address, with no HTTP
+    /// connection manager. See `tcp_mtls_addr`/`tcp_plain_addr`.
+    pub tcp_app: Option<SocketAddr>,
 }
 
 /// One destination service as seen from a sidecar (an Istio `outbound|<port>||<host>` cluster).
@@ -232,12 +238,13 @@ impl Sidecar {
     }
 
     fn try_start(binary: &Path, spec: SidecarSpec, mesh: Mesh) -> Result<Sidecar> {
-        let picked = free_ports(spec.ip, 3 + mesh.outbound.len())?;
+        let picked = free_ports(spec.ip, 5 + mesh.outbound.len())?;
         let ports = Ports {
             admin: picked[0],
             mtls: picked[1],
             plain: picked[2],
-            outbound: picked[3..].to_vec(),
+            tcp: mesh.tcp_app.map(|_| (picked[3], picked[4])),
+            outbound: picked[5..].to_vec(),
             extra: mesh
                 .extra_inbound
                 .iter()
@@ -353,8 +360,10 @@ impl Sidecar {
             };
             [SocketAddr::new(ip, m), SocketAddr::new(ip, p)]
         });
+        let tcp = self.ports.tcp.into_iter().flat_map(|(m, p)| [SocketAddr::from((self.spec.ip, m)), SocketAddr::from((self.spec.ip, p))]);
         for addr in [self.mtls_addr(), self.plain_addr()]
             .into_iter()
+            .chain(tcp)
             .chain(outbound)
             .chain(extra)
         {
@@ -407,6 +416,16 @@ impl Sidecar {
 
     pub fn plain_addr(&self) -> SocketAddr {
         SocketAddr::from((self.spec.ip, self.ports.plain))
+    }
+
+    /// The TCP chain with mTLS (see `Mesh::tcp_app`); `None` without a TCP application.
+    pub fn tcp_mtls_addr(&self) -> Option<SocketAddr> {
+        self.ports.tcp.map(|(m, _)| SocketAddr::from((self.spec.ip, m)))
+    }
+
+    /// The plaintext TCP chain (Istio PERMISSIVE); `None` without a TCP application.
+    pub fn tcp_plain_addr(&self) -> Option<SocketAddr> {
+        self.ports.tcp.map(|(_, p)| SocketAddr::from((self.spec.ip, p)))
     }
 
     /// The mTLS listener's port on one of `Mesh::extra_inbound` (for `::`, connect to any

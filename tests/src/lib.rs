@@ -46,6 +46,7 @@ mod ingress;
 mod pki;
 pub mod process;
 mod raw;
+pub mod tcp;
 pub mod yaobank;
 
 use std::path::PathBuf;
@@ -53,7 +54,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 
 pub use client::{Request, Response, TransportError};
-pub use config::ecds_name;
+pub use config::{ecds_name, istiod_plugin_config};
 pub use envoy::{
     parse_stats, ContainerPort, EcdsCounts, EcdsOutcome, Mesh, Outbound, Sidecar, SidecarSpec,
     READY_TIMEOUT,

@@ -162,6 +162,18 @@ fn corpus() -> Vec<Row> {
     add(get("/web"), WEB, Cert::Web, Allow);
     add(get(&format!("/public/{}", "a".repeat(8000))), WEB, Cert::Plain, Allow);
 
+    // An exact Allow does not grow: to many servers `/items/` is another resource than
+    // `/items` (Calico and Istio match exact paths exactly). Envoy's normalisation keeps the
+    // trailing slash, and so does the engine's comparison.
+    for target in ["/items/", "/items/.", "/items//", "/items/;x", "/items/?x=1", "/x/../items/"] {
+        add(http("DELETE", target, &[]), WEB, Cert::Plain, Deny);
+    }
+    for target in ["/admin/", "/admin/.", "/admin//"] {
+        add(get(target), ADMIN, Cert::Admin, Deny);
+    }
+    add(http("DELETE", "/items;x", &[]), WEB, Cert::Plain, Allow);
+    add(http("DELETE", "//items", &[]), WEB, Cert::Plain, Allow);
+
     // Path normalisation tricks against the exact /admin and the prefix /public, from the
     // web pod (known address, wrong service account).
     for target in [

@@ -70,16 +70,19 @@ fn bad_config_is_rejected_and_the_last_good_one_keeps_enforcing() {
             p["ingress"] = serde_json::json!([p["ingress"][0].clone(), {"action": "Allow", "source": {"nets": ["127.0.0.0/8"]}}]);
         }
     }
-    // Valid JSON (whitespace pads it) that would open the database to everyone, over the
-    // filter's 32 MiB limit: refused before it is read, whatever it says.
+    // Valid JSON (a long string pads it; istiod compacts whitespace away) that would open the
+    // database to everyone, over the filter's 32 MiB limit: refused before it is read,
+    // whatever it says.
     let mut opened: serde_json::Value = serde_json::from_str(POLICY_CONFIG).unwrap();
     opened["policies"] = serde_json::json!([]);
-    let oversized = format!("{}{}", opened, " ".repeat(33 * 1024 * 1024));
+    opened["padding"] = serde_json::json!("x".repeat(33 * 1024 * 1024));
+    let oversized = opened.to_string();
+    let oversized_len = krites_testbed::istiod_plugin_config(&oversized).len();
     let rejected = [
         (r#"{"version": 1, "policies": ["#.to_string(), "plugin config: line 1 column 28"),
         (r#"{"version": 99}"#.to_string(), "plugin config: version: unsupported version 99"),
         (bad_cidr.to_string(), r#"GlobalNetworkPolicy/database: spec.ingress[0].source.nets[0]: "10.0.0.0/33" has an invalid prefix length"#),
-        (oversized, &format!("plugin config: size: {} bytes is over the limit of 33554432 bytes (32 MiB)", opened.to_string().len() + 33 * 1024 * 1024)),
+        (oversized, &format!("plugin config: size: {oversized_len} bytes is over the limit of 33554432 bytes (32 MiB)")),
     ];
     for (bad, needle) in &rejected {
         let errors = rig.stat("krites_config_errors_total");

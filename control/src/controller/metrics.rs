@@ -22,6 +22,8 @@ struct State {
     wasmplugins: usize,
     ready: bool,
     alive: bool,
+    /// Why the controller cannot compile at all (told by `/readyz`).
+    blocked: Option<String>,
 }
 
 /// Shared between the control loop (writes) and the HTTP server (reads).
@@ -80,8 +82,19 @@ impl Metrics {
         self.lock().ready = true;
     }
 
+    /// Ready: applied once, and nothing stops the controller now.
     pub fn ready(&self) -> bool {
-        self.lock().ready
+        let s = self.lock();
+        s.ready && s.blocked.is_none()
+    }
+
+    /// Sets (or clears) what keeps the controller from compiling.
+    pub fn set_blocked(&self, why: Option<String>) {
+        self.lock().blocked = why;
+    }
+
+    pub fn blocked(&self) -> Option<String> {
+        self.lock().blocked.clone()
     }
 
     /// The control loop runs: `/healthz` is 200 while it does.
@@ -137,8 +150,8 @@ impl Metrics {
         one(
             "krites_control_ready",
             "gauge",
-            "1 once the first compile and apply succeeded.",
-            u8::from(s.ready).to_string(),
+            "1 once the first compile and apply succeeded (0 while the controller cannot compile).",
+            u8::from(s.ready && s.blocked.is_none()).to_string(),
         );
         let _ = write!(
             out,

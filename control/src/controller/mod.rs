@@ -8,7 +8,11 @@
 //! The code that talks to the API server is the same in tests: only the
 //! [`kube::Client`] differs (a mock service there).
 //!
-//! RBAC it needs (a ClusterRole):
+//! Which Calico API to read is asked of the API server's discovery
+//! ([`discover`]); a flag naming an API it does not serve keeps the
+//! controller not ready (log, Event) and writing nothing.
+//!
+//! RBAC it needs (a ClusterRole; `istio-manifests/control/rbac.yaml`):
 //! ```yaml
 //! rules:
 //! - apiGroups: [""]
@@ -17,21 +21,27 @@
 //! - apiGroups: [networking.k8s.io]
 //!   resources: [networkpolicies]
 //!   verbs: [list, watch]
-//! - apiGroups: [crd.projectcalico.org]        # projectcalico.org with --calico-api v3
+//! - apiGroups: [crd.projectcalico.org, projectcalico.org]
 //!   resources: [globalnetworkpolicies, networkpolicies, tiers]
 //!   verbs: [list, watch]
 //! - apiGroups: [extensions.istio.io]
 //!   resources: [wasmplugins]
-//!   verbs: [get, list, patch, delete]          # patch: server-side apply creates too
+//!   # list+watch: drift; create: server-side apply of a missing object is a
+//!   # create; update: the replace that removes foreign fields; delete: stale shards
+//!   verbs: [list, watch, create, patch, update, delete]
 //! - apiGroups: [events.k8s.io]
 //!   resources: [events]
 //!   verbs: [create, patch]
 //! ```
+//! (Discovery, `/apis/<group>/<version>`, is open to every authenticated
+//! user through Kubernetes' default `system:discovery` role.)
 
 pub mod apply;
 pub mod debounce;
+pub mod discover;
 pub mod metrics;
 pub mod reconcile;
+pub mod recover;
 pub mod serve;
 pub mod sources;
 
@@ -50,7 +60,8 @@ use tracing::{debug, error, info, warn};
 pub use debounce::{parse_duration, Debouncer};
 pub use metrics::Metrics;
 pub use reconcile::{Outcome, Plan, ReconcileError, Reconciler, Settings};
-pub use sources::{CalicoApi, Snapshot, Stores, Writers};
+pub use discover::CalicoApiFlag;
+pub use sources::{CalicoApi, PluginEvent, Snapshot, Stores, Writers};
 
 use crate::wasmplugin::{Module, MESH_NAMESPACE};
 
@@ -76,9 +87,10 @@ pub struct RunArgs {
     /// Address for /healthz, /readyz and /metrics.
     #[arg(long, default_value = "0.0.0.0:9090")]
     pub listen: SocketAddr,
-    /// Which API serves Calico's policies.
-    #[arg(long, value_enum, default_value = "crd")]
-    pub calico_api: CalicoApi,
+    /// Which API serves Calico's policies: `auto` asks the API server; `crd`
+    /// or `v3` must be served, or control stays not ready.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub calico_api: CalicoApiFlag,
     /// How often to re-read the WasmPlugins from the cluster and repair drift.
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     pub resync: Duration,
@@ -88,7 +100,7 @@ pub struct RunArgs {
 #[derive(Debug, Clone)]
 pub struct Options {
     pub settings: Settings,
-    pub calico_api: CalicoApi,
+    pub calico_api: CalicoApiFlag,
     pub debounce: Duration,
     pub resync: Duration,
 }
@@ -100,6 +112,8 @@ impl From<&RunArgs> for Options {
                 module: Module { url: a.module_url.clone(), sha256: a.sha256.clone() },
                 mesh_namespace: a.mesh_namespace.clone(),
                 per_namespace: a.per_namespace,
+                // The Deployment passes the pod's name (downward API).
+                reporting_instance: std::env::var("POD_NAME").ok().filter(|s| !s.is_empty()),
             },
             calico_api: a.calico_api,
             debounce: a.debounce,
@@ -108,10 +122,29 @@ impl From<&RunArgs> for Options {
     }
 }
 
+/// The log filter when `RUST_LOG` is unset. `kube_client` is off: its
+/// errors repeat what the controller itself logs once per outage (a watch
+/// failing, a write retried), one line per retry.
+pub const DEFAULT_LOG_FILTER: &str = "info,kube_client=off,tower=warn,hyper=warn,rustls=warn";
+
+/// The default filter with `RUST_LOG`'s directives appended: a later
+/// directive for the same target wins, so `RUST_LOG=debug` raises the level
+/// and `RUST_LOG=kube_client=warn` brings that crate back, while a plain
+/// `RUST_LOG=info` no longer turns the quiet defaults off.
+pub fn log_filter(rust_log: Option<&str>) -> String {
+    match rust_log.map(str::trim).filter(|s| !s.is_empty()) {
+        Some(extra) => format!("{DEFAULT_LOG_FILTER},{extra}"),
+        None => DEFAULT_LOG_FILTER.to_string(),
+    }
+}
+
 /// `control run` from a synchronous `main`: logging, a Tokio runtime, the controller.
 pub fn run_blocking(args: &RunArgs) -> Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube_client=off,tower=warn,hyper=warn"));
+    let wanted = log_filter(std::env::var("RUST_LOG").ok().as_deref());
+    let filter = tracing_subscriber::EnvFilter::try_new(&wanted).unwrap_or_else(|e| {
+        eprintln!("warning: RUST_LOG: {e}; using the default log filter");
+        tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER)
+    });
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the Tokio runtime")?;
     runtime.block_on(run(args))
@@ -176,6 +209,61 @@ enum Wake {
     Changes(usize),
     Retry,
     Resync,
+    /// The WasmPlugin watch saw content control did not write.
+    Drift,
+}
+
+/// Event reason when the Calico API named by `--calico-api` is not served.
+pub const NOT_SERVED_REASON: &str = "CalicoApiNotServed";
+
+/// Resolves `--calico-api` against the API server's discovery, retrying
+/// until it can (or `shutdown`: `None`). While it cannot, control is not
+/// ready, says why in the log, `/readyz` and an Event, and compiles nothing:
+/// a config without the policies of the API named would loosen enforcement.
+async fn resolve_calico(
+    client: &Client,
+    flag: CalicoApiFlag,
+    reconciler: &mut Reconciler,
+    metrics: &Metrics,
+    shutdown: &mut (impl Future<Output = ()> + Unpin),
+) -> Option<Option<CalicoApi>> {
+    let mut delay = Duration::from_secs(1);
+    let mut told: Option<String> = None;
+    loop {
+        match discover::resolve(client, flag).await {
+            Ok(api) => {
+                metrics.set_blocked(None);
+                match api {
+                    Some(api) => info!(calico_api = %discover_label(api), "reading Calico policies from this API"),
+                    None => warn!("the API server serves no Calico policy API; enforcing Kubernetes NetworkPolicies only"),
+                }
+                return Some(api);
+            }
+            Err(e) => {
+                let message = e.to_string();
+                metrics.set_blocked(Some(message.clone()));
+                if told.as_deref() != Some(message.as_str()) {
+                    error!(problem = %message, retry_in = ?delay, "cannot read Calico policies; compiling and writing nothing until this is fixed");
+                    let not_served = matches!(e, discover::DiscoverError::NotServed { .. });
+                    // An Event for a wrong flag (an operator must act); not for a
+                    // passing outage. Unpublished, it is tried again next time.
+                    if !not_served || reconciler.report_blocked(NOT_SERVED_REASON, &message).await {
+                        told = Some(message);
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            () = &mut *shutdown => return None,
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(30));
+    }
+}
+
+fn discover_label(api: CalicoApi) -> String {
+    let (g, v) = api.group_version();
+    format!("{g}/{v}")
 }
 
 /// The control loop on a given client: watchers feed the stores; each burst
@@ -184,37 +272,67 @@ enum Wake {
 pub async fn run_with_client(client: Client, opts: Options, metrics: Arc<Metrics>, shutdown: impl Future<Output = ()>) -> Result<()> {
     let _alive = Alive(metrics.clone());
     metrics.set_alive(true);
-    let (stores, writers) = sources::stores(opts.calico_api);
-    let (tx, mut rx) = mpsc::channel(1024);
-    let tasks = sources::watch(&client, writers, tx);
-    let mut reconciler = Reconciler::new(client, opts.settings.clone(), metrics.clone());
-    let debouncer = Debouncer::new(opts.debounce);
+    let mut reconciler = Reconciler::new(client.clone(), opts.settings.clone(), metrics.clone());
     let mut shutdown = std::pin::pin!(shutdown);
+    let Some(calico) = resolve_calico(&client, opts.calico_api, &mut reconciler, &metrics, &mut shutdown).await else {
+        return Ok(());
+    };
+    let (stores, writers) = sources::stores(calico);
+    let (tx, mut rx) = mpsc::channel(1024);
+    let mut tasks = sources::watch(&client, writers, tx);
+    let (plugin_tx, mut plugin_rx) = mpsc::channel(256);
+    tasks.push(sources::watch_plugins(&client, plugin_tx));
+    let debouncer = Debouncer::new(opts.debounce);
+    // The burst in progress: (its first change, its last, how many). Kept out
+    // of any future so that a WasmPlugin event waking the loop mid-burst
+    // loses no change (a cancelled `Debouncer::next` would).
+    let mut burst: Option<(Instant, Instant, usize)> = None;
     let resync_every = opts.resync.max(Duration::from_secs(1));
     let mut resync_at = Instant::now() + resync_every;
     let mut retry_at: Option<Instant> = None;
     let mut retry_delay = Duration::from_secs(1);
     let mut told_waiting = false;
     loop {
+        let settled = burst.map_or(resync_at, |(first, last, _)| (last + debouncer.quiet).min(first + debouncer.max_delay));
         let wake = tokio::select! {
             () = &mut shutdown => break,
-            n = debouncer.next(&mut rx) => match n {
-                Some(n) => Wake::Changes(n),
+            change = rx.recv() => match change {
+                Some(()) => {
+                    let now = Instant::now();
+                    burst = Some(match burst {
+                        Some((first, _, n)) => (first, now, n + 1),
+                        None => (now, now, 1),
+                    });
+                    continue;
+                }
                 None => {
                     error!("every watcher stopped");
                     break;
                 }
             },
+            () = sleep_until(settled), if burst.is_some() => {
+                let n = burst.take().map_or(0, |(_, _, n)| n);
+                Wake::Changes(n)
+            }
             () = sleep_until(retry_at.unwrap_or(resync_at)), if retry_at.is_some() => Wake::Retry,
             () = sleep_until(resync_at) => Wake::Resync,
+            Some(event) = plugin_rx.recv() => {
+                if !reconciler.drifted(&event) {
+                    continue;
+                }
+                Wake::Drift
+            }
         };
         match wake {
             Wake::Changes(n) => debug!(changes = n, "changes settled"),
             Wake::Retry => debug!("retrying"),
             Wake::Resync => debug!("resync"),
+            Wake::Drift => warn!("a WasmPlugin control manages was changed or deleted by someone else; repairing"),
         }
-        if matches!(wake, Wake::Resync) {
-            resync_at = Instant::now() + resync_every;
+        if matches!(wake, Wake::Resync | Wake::Drift) {
+            if matches!(wake, Wake::Resync) {
+                resync_at = Instant::now() + resync_every;
+            }
             reconciler.resync();
         }
         if !stores.synced() {
@@ -229,6 +347,9 @@ pub async fn run_with_client(client: Client, opts: Options, metrics: Arc<Metrics
             Ok(outcome) => {
                 retry_at = None;
                 retry_delay = Duration::from_secs(1);
+                if !outcome.applied.repaired.is_empty() {
+                    warn!(repaired = ?outcome.applied.repaired, "replaced WasmPlugin content control did not write");
+                }
                 if outcome.applied.written.is_empty() && outcome.applied.deleted.is_empty() {
                     debug!(revisions = ?outcome.revisions, "WasmPlugins already current");
                 } else {
@@ -256,4 +377,33 @@ pub async fn run_with_client(client: Client, opts: Options, metrics: Arc<Metrics
         t.abort();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn enabled(filter: &str, target_is_kube_client: bool, level: tracing::Level) -> bool {
+        let subscriber = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new(filter)).with_writer(std::io::sink).finish();
+        tracing::subscriber::with_default(subscriber, || match (target_is_kube_client, level) {
+            (true, tracing::Level::ERROR) => tracing::enabled!(target: "kube_client::client", tracing::Level::ERROR),
+            (true, _) => tracing::enabled!(target: "kube_client::client", tracing::Level::WARN),
+            (false, tracing::Level::DEBUG) => tracing::enabled!(target: "krites_control", tracing::Level::DEBUG),
+            (false, _) => tracing::enabled!(target: "krites_control", tracing::Level::INFO),
+        })
+    }
+
+    #[test]
+    fn rust_log_extends_the_default_filter() {
+        assert_eq!(log_filter(None), DEFAULT_LOG_FILTER);
+        assert_eq!(log_filter(Some(" ")), DEFAULT_LOG_FILTER);
+        // RUST_LOG=info (the Deployment's) keeps kube_client quiet.
+        let info = log_filter(Some("info"));
+        assert!(enabled(&info, false, tracing::Level::INFO));
+        assert!(!enabled(&info, true, tracing::Level::ERROR), "{info}");
+        // A later directive wins: more detail, or a crate brought back.
+        assert!(enabled(&log_filter(Some("debug")), false, tracing::Level::DEBUG));
+        assert!(!enabled(&log_filter(Some("debug")), true, tracing::Level::ERROR));
+        assert!(enabled(&log_filter(Some("kube_client=warn")), true, tracing::Level::WARN));
+    }
 }

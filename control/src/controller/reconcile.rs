@@ -7,7 +7,9 @@
 //!   and reported once per object version: a warning in the log and a
 //!   Kubernetes Event (reason `InvalidPolicy`) on the object;
 //! - a policy or tier that was valid and turns invalid keeps its last valid
-//!   version in force until it is fixed or deleted;
+//!   version in force until it is fixed or deleted, across restarts too: the
+//!   first reconcile after a start reads the version in force back from the
+//!   live `krites` WasmPlugins ([`super::recover`]);
 //! - a compile that fails leaves the WasmPlugins applied before untouched.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -21,11 +23,13 @@ use kube::Client;
 use serde_json::Value;
 use tracing::{debug, error, info, warn};
 
+use krites_policy::config::{PolicySpec, TierSpec};
 use krites_policy::ConfigError;
 
 use super::apply::{Applied, Applier, ApplyError};
 use super::metrics::Metrics;
-use super::sources::Snapshot;
+use super::recover::{Compiled, Recovered};
+use super::sources::{PluginEvent, Snapshot};
 use crate::compile::{self, CompileError, PlanError, PlanOptions, MAX_CONFIG_BYTES};
 use crate::inventory::Inventory;
 use crate::wasmplugin::{self, Module};
@@ -41,6 +45,8 @@ pub struct Settings {
     pub mesh_namespace: String,
     /// One WasmPlugin pair per namespace even when the whole config fits in one.
     pub per_namespace: bool,
+    /// Events' reporting instance: the controller's pod (`POD_NAME`).
+    pub reporting_instance: Option<String>,
 }
 
 impl Default for Settings {
@@ -49,6 +55,7 @@ impl Default for Settings {
             module: Module { url: "oci://ghcr.io/krites-project/krites:0.1.0".into(), sha256: None },
             mesh_namespace: wasmplugin::MESH_NAMESPACE.into(),
             per_namespace: false,
+            reporting_instance: None,
         }
     }
 }
@@ -62,6 +69,8 @@ pub struct Invalid {
     pub errors: Vec<ConfigError>,
     /// A previous valid version of it stays in force.
     pub kept_previous: bool,
+    /// That version was read back from the live WasmPlugin (after a start).
+    pub recovered: bool,
 }
 
 /// The result of [`Reconciler::desired`].
@@ -149,12 +158,25 @@ fn reference(v: &Value) -> ObjectReference {
 }
 
 fn inventory<'a>(objects: impl IntoIterator<Item = &'a Value>) -> Inventory {
+    inventory_with(objects, &[], &[])
+}
+
+/// Objects plus versions read back from the live config, validated together.
+fn inventory_with<'a>(objects: impl IntoIterator<Item = &'a Value>, tiers: &[TierSpec], policies: &[PolicySpec]) -> Inventory {
     let mut inv = Inventory::default();
     for o in objects {
         inv.add(o);
     }
+    inv.tiers.extend(tiers.iter().cloned());
+    inv.policies.extend(policies.iter().cloned());
     inv.validate();
     inv
+}
+
+/// Chosen version of an object: itself, or a previous version.
+enum Version {
+    Object(Value),
+    Compiled(Compiled),
 }
 
 /// Turns cluster snapshots into WasmPlugins and keeps them applied.
@@ -166,16 +188,21 @@ pub struct Reconciler {
     applier: Applier,
     /// Last valid version of each policy and tier, by [`object_key`].
     last_good: BTreeMap<String, Value>,
+    /// Versions in force when this controller started (read once).
+    recovered: Recovered,
+    seeded: bool,
     /// (object key, resourceVersion, problem) already reported.
     reported: BTreeSet<(String, String, String)>,
     warned_sharding: bool,
+    /// Selector warnings already logged (see `compile::selector_warnings`).
+    selector_warnings: BTreeSet<String>,
 }
 
 impl Reconciler {
     pub fn new(client: Client, settings: Settings, metrics: Arc<Metrics>) -> Reconciler {
         let reporter = Reporter {
             controller: "krites-control".into(),
-            instance: std::env::var("POD_NAME").ok().filter(|s| !s.is_empty()),
+            instance: settings.reporting_instance.clone().filter(|s| !s.is_empty()),
         };
         Reconciler {
             recorder: Recorder::new(client.clone(), reporter),
@@ -184,8 +211,11 @@ impl Reconciler {
             metrics,
             applier: Applier::default(),
             last_good: BTreeMap::new(),
+            recovered: Recovered::default(),
+            seeded: false,
             reported: BTreeSet::new(),
             warned_sharding: false,
+            selector_warnings: BTreeSet::new(),
         }
     }
 
@@ -199,10 +229,31 @@ impl Reconciler {
         self.applier.forget();
     }
 
+    /// Whether a WasmPlugin watch event shows content control did not write
+    /// (then the caller resyncs and reconciles: the repair).
+    pub fn drifted(&self, event: &PluginEvent) -> bool {
+        self.applier.drifted(event)
+    }
+
+    /// Reads the WasmPlugins in force, and the first time, the policy
+    /// versions they hold ([`super::recover`]). Before anything is written.
+    async fn read_cluster(&mut self) -> Result<(), ApplyError> {
+        if !self.applier.needs_refresh() && self.seeded {
+            return Ok(());
+        }
+        let live = self.applier.refresh(&self.client).await?;
+        if !self.seeded {
+            self.recovered = Recovered::from_live(live.values());
+            self.seeded = true;
+        }
+        Ok(())
+    }
+
     /// The WasmPlugins `snapshot` calls for. No I/O; it updates only the
     /// memory of each policy's last valid version.
     pub fn desired(&mut self, snapshot: &Snapshot) -> Result<Plan, ReconcileError> {
         let counts = snapshot.counts();
+        self.recovered.retain(&snapshot.objects);
         let first = inventory(&snapshot.objects);
         let (inv, invalid, other_errors) = if first.errors.is_empty() {
             self.last_good = snapshot.objects.iter().filter(|o| is_policy_kind(o)).map(|o| (object_key(o), o.clone())).collect();
@@ -218,6 +269,12 @@ impl Reconciler {
             limit: MAX_CONFIG_BYTES,
         };
         let planned = compile::plan(&inv, &opts, &self.settings.module)?;
+        // Said once per distinct warning, not on every compile.
+        let warnings: BTreeSet<String> = compile::selector_warnings(&inv).into_iter().collect();
+        for w in warnings.difference(&self.selector_warnings) {
+            warn!("{w}");
+        }
+        self.selector_warnings = warnings;
         if planned.sharded && !self.settings.per_namespace && !self.warned_sharding {
             info!(limit = MAX_CONFIG_BYTES, "the config is too large for one WasmPlugin; one pair per namespace, each scoped to its namespace");
             self.warned_sharding = true;
@@ -228,12 +285,14 @@ impl Reconciler {
     }
 
     /// Builds the inventory again with each invalid policy or tier replaced
-    /// by its last valid version, if it had one; says which objects are invalid.
+    /// by its last valid version, if it had one (in memory, else in the
+    /// config in force at the start); says which objects are invalid.
     fn with_last_good(&mut self, snapshot: &Snapshot, first: &Inventory) -> (Inventory, Vec<Invalid>, Vec<ConfigError>) {
         let mut invalid = Vec::new();
         let mut attributed: Vec<ConfigError> = Vec::new();
         let mut inputs: Vec<Value> = Vec::with_capacity(snapshot.objects.len());
         let mut good_tiers: Vec<Value> = Vec::new();
+        let (mut old_tiers, mut old_policies): (Vec<TierSpec>, Vec<PolicySpec>) = (Vec::new(), Vec::new());
         let present: BTreeSet<String> = snapshot.objects.iter().map(object_key).collect();
         self.last_good.retain(|k, _| present.contains(k));
 
@@ -245,7 +304,7 @@ impl Reconciler {
                 let alone = if is_tier(obj) {
                     inventory([obj])
                 } else if is_policy_kind(obj) {
-                    inventory(good_tiers.iter().chain([obj]))
+                    inventory_with(good_tiers.iter().chain([obj]), &old_tiers, &[])
                 } else {
                     inventory([obj])
                 };
@@ -253,28 +312,41 @@ impl Reconciler {
                     if is_policy_kind(obj) {
                         self.last_good.insert(key, obj.clone());
                     }
-                    Some(obj.clone())
+                    Some(Version::Object(obj.clone()))
                 } else {
-                    let previous = self.last_good.get(&key).cloned();
+                    let previous = match self.last_good.get(&key) {
+                        Some(v) => Some(Version::Object(v.clone())),
+                        None if is_policy_kind(obj) => self.recovered.version_of(obj).map(Version::Compiled),
+                        None => None,
+                    };
+                    let recovered = matches!(previous, Some(Version::Compiled(_)));
                     attributed.extend(alone.errors.iter().cloned());
-                    invalid.push(Invalid { key, reference: reference(obj), errors: alone.errors, kept_previous: previous.is_some() });
+                    invalid.push(Invalid { key, reference: reference(obj), errors: alone.errors, kept_previous: previous.is_some(), recovered });
                     previous
                 };
-                if let Some(v) = chosen {
-                    if is_tier(&v) {
-                        good_tiers.push(v.clone());
+                match chosen {
+                    Some(Version::Object(v)) => {
+                        if is_tier(&v) {
+                            good_tiers.push(v.clone());
+                        }
+                        inputs.push(v);
                     }
-                    inputs.push(v);
+                    Some(Version::Compiled(Compiled::Tier(t))) => old_tiers.push(t),
+                    Some(Version::Compiled(Compiled::Policy(p))) => old_policies.push(p),
+                    None => {}
                 }
             }
         }
         let other_errors = first.errors.iter().filter(|e| !attributed.contains(e)).cloned().collect();
-        (inventory(&inputs), invalid, other_errors)
+        (inventory_with(&inputs, &old_tiers, &old_policies), invalid, other_errors)
     }
 
     /// One pass: compile `snapshot` and make the cluster hold the result.
     /// On a compile error nothing is written.
     pub async fn reconcile(&mut self, snapshot: &Snapshot) -> Result<Outcome, ReconcileError> {
+        // Never compile before knowing what is in force: its versions of
+        // invalid policies are part of the config.
+        self.read_cluster().await?;
         let started = Instant::now();
         let plan = self.desired(snapshot);
         let took = started.elapsed();
@@ -307,6 +379,30 @@ impl Reconciler {
         Ok(Outcome { applied, revisions: plan.revisions, invalid: invalid_objects, events })
     }
 
+    /// Publishes a Warning Event about the controller itself (it cannot
+    /// compile at all), on the mesh's `krites` WasmPlugin: the object whose
+    /// enforcement is at stake, and one an operator looks at. True if it went out.
+    pub async fn report_blocked(&mut self, reason: &str, note: &str) -> bool {
+        let reference = ObjectReference {
+            api_version: Some("extensions.istio.io/v1alpha1".into()),
+            kind: Some("WasmPlugin".into()),
+            name: Some(wasmplugin::NAME.into()),
+            namespace: Some(self.settings.mesh_namespace.clone()),
+            ..ObjectReference::default()
+        };
+        let event = Event { type_: EventType::Warning, reason: reason.into(), note: Some(format!("Krites: {note}")), action: "Start".into(), secondary: None };
+        match self.recorder.publish(&event, &reference).await {
+            Ok(()) => {
+                self.metrics.event_published();
+                true
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot publish an Event");
+                false
+            }
+        }
+    }
+
     /// Logs each problem and publishes an Event on each invalid object, once
     /// per object version. Returns how many Events went out.
     async fn report(&mut self, plan: &Plan) -> usize {
@@ -320,7 +416,11 @@ impl Reconciler {
             if self.reported.contains(&id) {
                 continue;
             }
-            let consequence = if bad.kept_previous { "its last valid version stays in force" } else { "left out of the config" };
+            let consequence = match (bad.kept_previous, bad.recovered) {
+                (true, false) => "its last valid version stays in force",
+                (true, true) => "its last valid version (read back from the WasmPlugin in force) stays in force",
+                (false, _) => "it has no previous valid version: left out of the config",
+            };
             warn!(object = %bad.key, problems = %problems, "invalid object: {consequence}");
             let mut note = format!("Krites: {problems}; {consequence}");
             if note.len() > 1000 {

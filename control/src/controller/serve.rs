@@ -30,10 +30,12 @@ async fn healthz(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
 }
 
 async fn readyz(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
-    if m.ready() {
-        (StatusCode::OK, "ready\n")
+    if let Some(why) = m.blocked() {
+        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n"))
+    } else if m.ready() {
+        (StatusCode::OK, "ready\n".to_string())
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "no WasmPlugin applied yet\n")
+        (StatusCode::SERVICE_UNAVAILABLE, "no WasmPlugin applied yet\n".to_string())
     }
 }
 

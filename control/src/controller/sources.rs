@@ -28,14 +28,14 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-/// Which API serves Calico's policies.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+/// Which API serves Calico's policies (resolved: see [`super::discover`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum CalicoApi {
     /// `crd.projectcalico.org/v1`: the CRDs Calico stores its objects in
     /// (no Calico API server needed).
-    #[default]
     Crd,
-    /// `projectcalico.org/v3`: the Calico API server's aggregated API.
+    /// `projectcalico.org/v3`: the Calico API server's aggregated API, or
+    /// Calico's v3 CRDs.
     V3,
 }
 
@@ -181,21 +181,26 @@ pub struct Writers {
     sources: Vec<Arc<Source>>,
 }
 
-/// Empty stores for every watched kind.
-pub fn stores(calico: CalicoApi) -> (Stores, Writers) {
+/// Empty stores for every watched kind; `calico: None` when the cluster
+/// serves no Calico policy API (Kubernetes NetworkPolicies only).
+pub fn stores(calico: Option<CalicoApi>) -> (Stores, Writers) {
     let pods = Writer::default();
     let service_accounts = Writer::default();
     let namespaces = Writer::default();
     let network_policies = Writer::default();
     let calico: Vec<(ApiResource, Writer<DynamicObject>)> =
-        calico.resources().into_iter().map(|ar| (ar.clone(), Writer::new(ar))).collect();
+        calico.map(CalicoApi::resources).unwrap_or_default().into_iter().map(|ar| (ar.clone(), Writer::new(ar))).collect();
     let mut sources = vec![
         Source::new("Pod".into(), false),
         Source::new("ServiceAccount".into(), false),
         Source::new("Namespace".into(), false),
         Source::new("networking.k8s.io/NetworkPolicy".into(), false),
     ];
-    sources.extend(calico.iter().map(|(ar, _)| Source::new(format!("{}/{}", ar.group, ar.kind), true)));
+    // Discovery said the group serves the policy kinds: a policy kind that
+    // cannot be listed keeps the controller waiting (never a config without
+    // those policies). Tier stays optional: some installs lack its CRD, and a
+    // policy in an undeclared tier is reported as invalid anyway.
+    sources.extend(calico.iter().map(|(ar, _)| Source::new(format!("{}/{}", ar.group, ar.kind), ar.kind == "Tier")));
     let stores = Stores {
         pods: pods.as_reader(),
         service_accounts: service_accounts.as_reader(),
@@ -380,6 +385,67 @@ pub fn watch(client: &Client, writers: Writers, changes: mpsc::Sender<()>) -> Ve
     tasks
 }
 
+/// What the WasmPlugin watch saw (the controller compares it with what it
+/// applied: see [`super::apply::Applier::drifted`]).
+#[derive(Debug, Clone)]
+pub enum PluginEvent {
+    /// Created or changed (also each object of a re-list).
+    Seen(DynamicObject),
+    /// Deleted, or no longer carrying the managed-by label.
+    Gone(DynamicObject),
+    /// A (re-)list finished: these are all the managed WasmPlugins there are
+    /// (a delete missed while the watch was down shows up here).
+    Listed(Vec<(String, String)>),
+}
+
+fn plugin_key(o: &DynamicObject) -> (String, String) {
+    (o.namespace().unwrap_or_default(), o.name_any())
+}
+
+/// Watches the WasmPlugins this controller manages (all namespaces) and
+/// forwards what it sees to `events`. Runs until `events` closes.
+pub fn watch_plugins(client: &Client, events: mpsc::Sender<PluginEvent>) -> JoinHandle<()> {
+    let api = Api::<DynamicObject>::all_with(client.clone(), &super::apply::wasmplugin_resource());
+    let config = watcher::Config::default().labels(super::apply::MANAGED_BY_SELECTOR);
+    tokio::spawn(async move {
+        let stream = watcher(api, config).default_backoff();
+        let mut stream = std::pin::pin!(stream);
+        let mut listing: Vec<(String, String)> = Vec::new();
+        let mut told_error = false;
+        while let Some(item) = stream.next().await {
+            let event = match item {
+                Ok(watcher::Event::Init) => {
+                    listing.clear();
+                    continue;
+                }
+                Ok(watcher::Event::InitApply(o)) => {
+                    listing.push(plugin_key(&o));
+                    PluginEvent::Seen(o)
+                }
+                Ok(watcher::Event::InitDone) => {
+                    told_error = false;
+                    PluginEvent::Listed(std::mem::take(&mut listing))
+                }
+                Ok(watcher::Event::Apply(o)) => PluginEvent::Seen(o),
+                Ok(watcher::Event::Delete(o)) => PluginEvent::Gone(o),
+                Err(e) => {
+                    // Drift is still found by the periodic resync meanwhile.
+                    if told_error {
+                        debug!(error = %e, "WasmPlugin watch failed; retrying");
+                    } else {
+                        warn!(error = %e, "WasmPlugin watch failed; retrying with backoff (drift is repaired at the next resync meanwhile)");
+                        told_error = true;
+                    }
+                    continue;
+                }
+            };
+            if events.send(event).await.is_err() {
+                return;
+            }
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -387,7 +453,7 @@ mod tests {
 
     #[test]
     fn typed_objects_get_api_version_and_kind() {
-        let (stores, mut writers) = stores(CalicoApi::Crd);
+        let (stores, mut writers) = stores(Some(CalicoApi::Crd));
         let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "a"}});
         assert_eq!(writers.apply(&pod).unwrap(), Routed::Stored);
         let gnp = json!({"apiVersion": "crd.projectcalico.org/v1", "kind": "GlobalNetworkPolicy", "metadata": {"name": "default.x"}, "spec": {}});
@@ -405,7 +471,7 @@ mod tests {
 
     #[test]
     fn synced_waits_for_every_source() {
-        let (stores, writers) = stores(CalicoApi::V3);
+        let (stores, writers) = stores(Some(CalicoApi::V3));
         assert!(!stores.synced());
         assert_eq!(stores.pending().len(), 7);
         for (i, s) in stores.sources().iter().enumerate() {

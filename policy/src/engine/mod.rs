@@ -217,11 +217,17 @@ impl WorkloadPolicy {
     /// Decides one request; `on_log` sees every matching Log rule.
     pub fn decide_logging<'p, 'r>(&'p self, facts: &RequestFacts<'r>, on_log: &mut dyn FnMut(&Rule)) -> Decision<'p, 'r> {
         let (identity, group) = self.identify(facts);
+        let candidates = self.candidates(facts, &identity, group);
+        self.walk(facts, identity, candidates, on_log, HttpReading::Request)
+    }
+
+    /// The rule lists a request's walk merges, and how they judge identity.
+    fn candidates<'p>(&'p self, facts: &RequestFacts<'_>, identity: &IdentityCheck<'_, '_>, group: Option<u32>) -> Candidates<'p> {
         let address = self.by_address.reading(group.map_or(self.unknown_reading, |g| g as usize));
         let plan = |certificate: Reading<'p>, identity: Judged| {
             Candidates::Lists(Plan { free: self.free.candidates(facts.source_ip), address, certificate, identity })
         };
-        let candidates = match identity {
+        match *identity {
             // Factors agree (or only the address speaks): the address's lists are exact.
             IdentityCheck::Address { .. } | IdentityCheck::Verified { .. } => plan(Reading::default(), Judged::Settled),
             IdentityCheck::UnknownAddress { .. } if !self.deny_by_identity => plan(Reading::default(), Judged::Settled),
@@ -242,15 +248,42 @@ impl WorkloadPolicy {
                 self.by_address.reading(self.unknown_reading),
                 Judged::ByMembership { allow_by_address: false, deny_by_certificate: false },
             ),
-        };
-        self.walk(facts, identity, candidates, on_log)
+        }
+    }
+
+    /// Decides a connection before any request on it is read (the NETWORK
+    /// role: Istio's TCP chains have no HTTP filters at all). `facts` must
+    /// carry no method or path. Rules with an `http` clause never match a
+    /// connection; when the connection is denied as such, the engine asks
+    /// once more whether *some* HTTP request on it could be allowed (every
+    /// `http` clause of an Allow rule read as matching, which can only allow
+    /// more: `http` is valid on Allow rules alone). Only then may a proxy
+    /// leave the connection to the per-request decision, and only where an
+    /// HTTP filter will make it.
+    pub fn decide_connection<'p, 'r>(&'p self, facts: &RequestFacts<'r>) -> ConnectionVerdict<'p, 'r> {
+        let connection = RequestFacts { method: None, path: None, ..*facts };
+        let tcp = self.decide(&connection);
+        if tcp.allowed() {
+            return ConnectionVerdict::Allow(tcp);
+        }
+        if !self.needs.http {
+            return ConnectionVerdict::Deny(tcp);
+        }
+        let (identity, group) = self.identify(&connection);
+        let candidates = self.candidates(&connection, &identity, group);
+        let any_http = self.walk(&connection, identity, candidates, &mut |_| {}, HttpReading::Any);
+        if any_http.allowed() {
+            ConnectionVerdict::HttpDecides(tcp)
+        } else {
+            ConnectionVerdict::Deny(tcp)
+        }
     }
 
     /// The same decision without the index: every applicable rule is checked
     /// directly. The indexed path must always agree with it (tested).
     pub fn decide_unindexed<'p, 'r>(&'p self, facts: &RequestFacts<'r>) -> Decision<'p, 'r> {
         let (identity, _) = self.identify(facts);
-        self.walk(facts, identity, Candidates::All, &mut |_| {})
+        self.walk(facts, identity, Candidates::All, &mut |_| {}, HttpReading::Request)
     }
 
     /// Destination (ports, notPorts) for the rule at `pos`, names resolved.
@@ -344,6 +377,7 @@ impl WorkloadPolicy {
         identity: IdentityCheck<'p, 'r>,
         candidates: Candidates<'_>,
         on_log: &mut dyn FnMut(&Rule),
+        http: HttpReading,
     ) -> Decision<'p, 'r> {
         let decision = |reason: Reason, rule: Option<&'p Rule>, tier: Option<&'p str>| Decision {
             verdict: reason.verdict(),
@@ -379,7 +413,7 @@ impl WorkloadPolicy {
                     continue;
                 };
                 let source = judged.unwrap_or_else(|| self.source_identity_matches(rule, &identity));
-                if source == SourceMatch::No || !rest_matches(rule, self.resolved_ports(pos, rule), facts, &mut path) {
+                if source == SourceMatch::No || !rest_matches(rule, self.resolved_ports(pos, rule), facts, &mut path, http) {
                     continue;
                 }
                 match rule.action {
@@ -443,12 +477,48 @@ fn by_membership(members: u8, allow_by_address: bool, deny_by_certificate: bool)
     agreed(allow_by_address && members & ADDRESS_ALLOW != 0)
 }
 
+/// What a rule's `http` clause is compared with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HttpReading {
+    /// The request's method and path (none: not an HTTP request).
+    Request,
+    /// Some HTTP request yet to come: an Allow rule's clause could match it.
+    /// Restricting rules cannot have one (validated); were one to, it would
+    /// not match here, so this reading can only allow more than any request.
+    Any,
+}
+
+/// What the NETWORK role may do with a connection (see
+/// [`WorkloadPolicy::decide_connection`]). Each carries the decision for the
+/// connection itself (no method, no path).
+#[derive(Debug, Clone, Copy)]
+pub enum ConnectionVerdict<'p, 'r> {
+    /// Allowed as a connection: any byte stream, any request.
+    Allow(Decision<'p, 'r>),
+    /// Denied as a connection, but an `http` rule could allow some request
+    /// on it: only an HTTP filter, per request, can decide. A proxy with no
+    /// HTTP filter on the connection (Istio's TCP chains) must deny it.
+    HttpDecides(Decision<'p, 'r>),
+    /// No request on the connection, HTTP or not, can be allowed.
+    Deny(Decision<'p, 'r>),
+}
+
+impl<'p, 'r> ConnectionVerdict<'p, 'r> {
+    /// The decision for the connection itself.
+    pub fn decision(&self) -> &Decision<'p, 'r> {
+        match self {
+            ConnectionVerdict::Allow(d) | ConnectionVerdict::HttpDecides(d) | ConnectionVerdict::Deny(d) => d,
+        }
+    }
+}
+
 /// Everything but source identity: IP version, addresses, ports, HTTP.
 fn rest_matches(
     rule: &Rule,
     (ports, not_ports): (Option<&PortSet>, Option<&PortSet>),
     facts: &RequestFacts<'_>,
     path: &mut PathCache<'_>,
+    reading: HttpReading,
 ) -> bool {
     let restricts = matches!(rule.action, Action::Deny | Action::Log);
     if let Some(version) = rule.ip_version {
@@ -467,6 +537,9 @@ fn rest_matches(
         return false;
     }
     let Some(http) = &rule.http else { return true };
+    if reading == HttpReading::Any {
+        return rule.action == Action::Allow;
+    }
     let (Some(method), Some(_)) = (facts.method, facts.path) else {
         return false; // an http clause never matches a non-HTTP request
     };
@@ -477,7 +550,8 @@ fn rest_matches(
         return true;
     }
     // A path that cannot be normalised matches no path rule (only Allow rules have them).
-    path.get().is_some_and(|p| http.path_matches(p))
+    let directory = path.names_directory();
+    path.get().is_some_and(|p| http.path_matches(p, directory))
 }
 
 /// The request path, normalised at most once per request and only if a rule asks.
@@ -489,6 +563,10 @@ struct PathCache<'r> {
 impl<'r> PathCache<'r> {
     fn new(raw: Option<&'r str>) -> Self {
         PathCache { raw, normalised: None }
+    }
+
+    fn names_directory(&self) -> bool {
+        self.raw.is_some_and(crate::path::names_directory)
     }
 
     fn get(&mut self) -> Option<&str> {

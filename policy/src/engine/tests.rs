@@ -582,3 +582,108 @@ fn unreferenced_endpoints_can_be_left_out() {
         }
     }
 }
+
+/// What the NETWORK role does with a connection: (policy set, workload, peer
+/// address, certificate, port, expected verdict). Rules with `http` never
+/// allow a connection; they only make it "HTTP decides" when some request
+/// could be allowed, and never when a Deny or the tier default settles it first.
+#[test]
+fn connection_verdicts() {
+    #[derive(Debug, PartialEq, Eq, Clone, Copy)]
+    enum V {
+        Allow,
+        HttpDecides,
+        Deny,
+    }
+    let tcp_db = json!({
+        "version": 1,
+        "policies": [
+            {"name": "database", "selector": "app == 'database'",
+             "ingress": [{"action": "Allow", "protocol": "TCP", "source": {"serviceAccounts": {"names": ["summary"]}}, "destination": {"ports": [2379]}}]}
+        ],
+        "endpoints": yaobank()["endpoints"].clone(),
+        "namespaces": [{"name": "default"}],
+    });
+    let mixed = json!({
+        "version": 1,
+        "tiers": [{"name": "security", "order": 1}],
+        "policies": [
+            {"name": "block-attack", "tier": "security", "order": 1, "selector": "all()",
+             "ingress": [{"action": "Deny", "source": {"selector": "app == 'attack'"}}, {"action": "Pass"}]},
+            {"name": "web", "selector": "app == 'web'",
+             "ingress": [
+                {"action": "Allow", "http": {"methods": ["GET"], "paths": [{"prefix": "/public"}]}},
+                {"action": "Allow", "source": {"serviceAccounts": {"names": ["summary"]}}}
+             ]}
+        ],
+        "endpoints": [
+            {"namespace": "default", "serviceAccount": "summary", "labels": {"app": "summary"}, "ips": ["10.0.0.12"]},
+            {"namespace": "default", "serviceAccount": "customer", "labels": {"app": "customer"}, "ips": ["10.0.0.11"]},
+            {"namespace": "default", "serviceAccount": "default", "labels": {"app": "attack"}, "ips": ["10.0.0.66"]},
+            {"namespace": "default", "serviceAccount": "web", "labels": {"app": "web"}, "ips": ["10.0.0.30"]}
+        ],
+        "namespaces": [{"name": "default"}],
+    });
+    let yb = compile(yaobank());
+    let db = compile(tcp_db);
+    let mx = compile(mixed);
+    let customer = WorkloadPolicy::new(yb.clone(), &workload("default", "customer", &[("app", "customer")]));
+    let database = WorkloadPolicy::new(yb, &workload("default", "database", &[("app", "database")]));
+    let tcp_database = WorkloadPolicy::new(db, &workload("default", "database", &[("app", "database")]));
+    let web = WorkloadPolicy::new(mx, &workload("default", "web", &[("app", "web")]));
+    let summary = spiffe("default", "summary");
+    let customer_id = spiffe("default", "customer");
+    /// (what, workload, peer address, certificate, destination port, verdict)
+    type Row<'a> = (&'a str, &'a WorkloadPolicy, &'a str, Option<&'a str>, u16, V);
+    let rows: &[Row<'_>] = &[
+        // YAO Bank: the database allows summary by identity; a TCP client of summary's is allowed.
+        ("summary to the database", &database, "10.0.0.12", Some(&summary), 2379, V::Allow),
+        ("stolen summary cert from the attack pod", &database, "10.0.0.66", Some(&summary), 2379, V::Deny),
+        ("stolen cert from an unknown address", &database, "10.9.9.9", Some(&summary), 2379, V::Deny),
+        ("customer to the database", &database, "10.0.0.11", Some(&customer_id), 2379, V::Deny),
+        ("plaintext from summary's address", &database, "10.0.0.12", None, 2379, V::Allow),
+        // The customer page allows GET from anyone: only HTTP can decide.
+        ("anyone to customer: HTTP decides", &customer, "10.0.0.66", None, 8080, V::HttpDecides),
+        ("stolen cert to customer: HTTP decides", &customer, "10.0.0.66", Some(&summary), 8080, V::HttpDecides),
+        // Ports are part of a connection's facts.
+        ("summary to the database's port", &tcp_database, "10.0.0.12", Some(&summary), 2379, V::Allow),
+        ("summary to another port", &tcp_database, "10.0.0.12", Some(&summary), 2380, V::Deny),
+        // A Deny in an earlier tier settles it before any HTTP rule.
+        ("attack pod: denied before HTTP rules", &web, "10.0.0.66", None, 8080, V::Deny),
+        ("attack pod with summary's cert: denied", &web, "10.0.0.66", Some(&summary), 8080, V::Deny),
+        ("customer: only GET /public could pass", &web, "10.0.0.11", None, 8080, V::HttpDecides),
+        ("summary: allowed outright", &web, "10.0.0.12", Some(&summary), 8080, V::Allow),
+    ];
+    for (name, policy, from, cert, port, want) in rows {
+        let mut r = req(from, *cert, "GET", "/");
+        r.port = Some(*port);
+        let f = RequestFacts { method: None, path: None, ..facts(&r) };
+        let got = match policy.decide_connection(&f) {
+            ConnectionVerdict::Allow(d) => {
+                assert!(d.allowed(), "{name}: Allow carries an allowing decision");
+                V::Allow
+            }
+            ConnectionVerdict::HttpDecides(d) => {
+                assert!(!d.allowed(), "{name}: the connection itself is denied");
+                V::HttpDecides
+            }
+            ConnectionVerdict::Deny(d) => {
+                assert!(!d.allowed(), "{name}: Deny carries a denying decision");
+                V::Deny
+            }
+        };
+        assert_eq!(got, *want, "{name}");
+        // Cross-check: "HTTP decides" exactly when the connection is denied but some request is allowed.
+        let some_request = ["GET", "POST", "PUT", "DELETE"].iter().flat_map(|m| ["/", "/public", "/public/x", "/admin"].map(|p| (*m, p))).any(|(m, p)| {
+            let mut r = req(from, *cert, m, p);
+            r.port = Some(*port);
+            decide(policy, &r).0 == Verdict::Allow
+        });
+        if got == V::Deny {
+            assert!(!some_request, "{name}: a denied connection has no allowed request");
+        }
+        if got == V::HttpDecides {
+            assert!(some_request, "{name}: some request is allowed");
+        }
+    }
+}

@@ -558,7 +558,7 @@ impl Builder {
                 continue;
             }
             match crate::path::normalize(text) {
-                Ok(norm) if exact => paths.push(PathMatch::Exact(norm.into_owned())),
+                Ok(norm) if exact => paths.push(PathMatch::Exact(crate::path::exact_form(&norm, crate::path::names_directory(text)))),
                 Ok(norm) => paths.push(PathMatch::Prefix(norm.into_owned())),
                 Err(e) => self.error(object, f, format!("{text:?}: {e}")),
             }

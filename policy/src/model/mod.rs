@@ -191,11 +191,12 @@ impl HttpMatch {
         self.methods.is_empty() || self.methods.iter().any(|m| m == "*" || m == method)
     }
 
-    /// `path` must already be normalised.
-    pub fn path_matches(&self, path: &str) -> bool {
+    /// `path` must already be normalised; `directory`: the request's path
+    /// named a directory (see [`crate::path::names_directory`]).
+    pub fn path_matches(&self, path: &str, directory: bool) -> bool {
         self.paths.is_empty()
             || self.paths.iter().any(|p| match p {
-                PathMatch::Exact(e) => e == path,
+                PathMatch::Exact(e) => crate::path::exact_matches(e, path, directory),
                 PathMatch::Prefix(pre) => crate::path::has_prefix(path, pre),
             })
     }
@@ -203,6 +204,8 @@ impl HttpMatch {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PathMatch {
+    /// Canonical, with a trailing `/` when the rule's path names a directory
+    /// (see [`crate::path::exact_form`]).
     Exact(String),
     Prefix(String),
 }

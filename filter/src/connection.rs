@@ -1,0 +1,248 @@
+//! The NETWORK role: every inbound connection that no HTTP filter will see
+//! is decided here, once, with the same engine and the same two-factor rule.
+//!
+//! In an Istio sidecar the inbound listener picks a filter chain by port,
+//! transport and ALPN. HTTP chains end in the HTTP connection manager, where
+//! the HTTP role decides each request. TCP chains end in `tcp_proxy`, straight
+//! to the application: TLS with ALPN `istio` on a port whose protocol is
+//! auto-detected, unsniffed plaintext in PERMISSIVE mode, ports declared TCP.
+//! Istio gives a `type: NETWORK` WasmPlugin to both kinds, under the same
+//! chain name, so the role tells them apart by what the chain has done by
+//! the connection's first data: `tcp_proxy` picks its upstream cluster when
+//! the connection opens (after this filter's `on_new_connection`, which is
+//! why the decision waits for data), the connection manager never does.
+//! Verified in Envoy 1.40 (`tests/tests/tcp_chains.rs`).
+//!
+//! On a TLS chain the client certificate is known only once the handshake is
+//! done, which is after `on_new_connection` and before the first decrypted
+//! byte. A server that speaks first (SMTP, MySQL) may send its greeting
+//! before the client's handshake ends: it passes, as with Envoy's own network
+//! RBAC filter, and the connection is decided at the client's first byte. No
+//! client byte reaches the application before the decision.
+//!
+//! The role compiles no config of its own. Istio loads both plugins from one
+//! module with no `vm_id`, so Envoy runs them in one VM per worker thread;
+//! each HTTP-role root context publishes what it enforces in this VM, and
+//! connections are judged by all of it. Nothing published means no config
+//! was loaded: deny.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use krites_policy::{ConnectionVerdict, Needs};
+use proxy_wasm::traits::{Context, StreamContext};
+use proxy_wasm::types::Action;
+
+use crate::adapter::{self, RequestData};
+use crate::host::{self, Level};
+use crate::metrics::{FilterDenial, Metrics};
+use crate::plugin::{EnvoyHost, Enforcement, Shared};
+
+thread_local! {
+    /// What each HTTP-role root context of this VM enforces, by context id.
+    static PUBLISHED: RefCell<Vec<(u32, Rc<Shared>)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// An HTTP-role root context loaded `state`: connections are judged by it
+/// from now on (replacing what the same context published before).
+pub fn publish(root_id: u32, state: Rc<Shared>) {
+    PUBLISHED.with(|p| {
+        if let Ok(mut p) = p.try_borrow_mut() {
+            p.retain(|(id, _)| *id != root_id);
+            p.push((root_id, state));
+        }
+    });
+}
+
+/// The root context is gone (its plugin was removed or replaced).
+pub fn unpublish(root_id: u32) {
+    PUBLISHED.with(|p| {
+        if let Ok(mut p) = p.try_borrow_mut() {
+            p.retain(|(id, _)| *id != root_id);
+        }
+    });
+}
+
+/// A connection's facts: everything a rule without `http` can test.
+const CONNECTION_NEEDS: Needs = Needs { source_port: true, destination_ip: true, destination_port: true, http: false };
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Kind {
+    Allow,
+    /// Only an HTTP request could be allowed; this chain has no HTTP filter.
+    HttpOnly,
+    Deny,
+}
+
+struct Judgement {
+    kind: Kind,
+    /// The log line, built only when the level wants it.
+    line: Option<(Level, String)>,
+}
+
+/// The connection's verdict under every config published in this VM: the
+/// strictest one wins (a failed shard fails closed, as its HTTP filter does).
+fn judge(data: &RequestData) -> Judgement {
+    PUBLISHED.with(|p| {
+        let Ok(p) = p.try_borrow() else {
+            return fail_closed(FilterDenial::NoConfig, data, "");
+        };
+        if p.is_empty() {
+            return fail_closed(FilterDenial::NoConfig, data, "; no HTTP-role config is loaded in this VM");
+        }
+        let mut strictest = Judgement { kind: Kind::Allow, line: None };
+        for (_, shared) in p.iter() {
+            let judged = match &shared.enforcement {
+                Enforcement::OutOfScope => Judgement { kind: Kind::Allow, line: None },
+                Enforcement::FailClosed(why) => fail_closed(*why, data, ""),
+                Enforcement::Policy(policy) => {
+                    let verdict = policy.decide_connection(&data.facts());
+                    let kind = match verdict {
+                        ConnectionVerdict::Allow(_) => Kind::Allow,
+                        ConnectionVerdict::HttpDecides(_) => Kind::HttpOnly,
+                        ConnectionVerdict::Deny(_) => Kind::Deny,
+                    };
+                    let decision = verdict.decision();
+                    let level = match kind {
+                        Kind::Allow => Level::Debug,
+                        _ if decision.identity.is_conflict() => Level::Warn,
+                        _ => Level::Info,
+                    };
+                    let line = host::log_enabled(level).then(|| {
+                        let only_http = if kind == Kind::HttpOnly {
+                            "; only an HTTP request could be allowed, and this filter chain has no HTTP filter (declare the port HTTP)"
+                        } else {
+                            ""
+                        };
+                        (level, format!("krites: {decision}{only_http}; {}; revision {}", describe(data), shared.revision))
+                    });
+                    Judgement { kind, line }
+                }
+            };
+            if judged.kind > strictest.kind || (judged.kind == strictest.kind && strictest.line.is_none()) {
+                strictest = judged;
+            }
+        }
+        strictest
+    })
+}
+
+fn fail_closed(why: FilterDenial, data: &RequestData, detail: &str) -> Judgement {
+    let line = host::log_enabled(Level::Info)
+        .then(|| (Level::Info, format!("krites: DENY {}: fail closed{detail}; {}", why.code(), describe(data))));
+    Judgement { kind: Kind::Deny, line }
+}
+
+fn describe(data: &RequestData) -> String {
+    let source = data.source_ip.map_or_else(|| "?".to_string(), |ip| ip.to_string());
+    let port = data.destination_port.map_or_else(|| "?".to_string(), |p| p.to_string());
+    let peer = match (&data.uri_san, data.mtls) {
+        (Some(san), _) => format!("principal {san:?}"),
+        (None, true) => "mTLS without a URI SAN".to_string(),
+        (None, false) => "plaintext".to_string(),
+    };
+    format!("TCP connection from {source} to port {port}, {peer}")
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Nothing has crossed the connection yet.
+    Undecided,
+    /// A TCP chain allowed it: bytes flow.
+    Allowed,
+    /// An HTTP chain: the HTTP role decides each request.
+    Http,
+    Closed,
+}
+
+/// One connection of the NETWORK role.
+pub struct ConnectionGuard {
+    state: State,
+    /// The connection is TLS (known at `on_new_connection`, before the handshake ends).
+    tls: bool,
+    metrics: Rc<Metrics>,
+}
+
+impl ConnectionGuard {
+    pub fn new(metrics: Rc<Metrics>) -> ConnectionGuard {
+        ConnectionGuard { state: State::Undecided, tls: false, metrics }
+    }
+
+    /// Decides at the first data in either direction.
+    fn decide(&mut self) -> Action {
+        // `tcp_proxy` picked its cluster when the connection opened; the
+        // connection manager never sets one on the connection.
+        if host::property(&["xds", "cluster_name"]).ok().flatten().is_none_or(|c| c.is_empty()) {
+            self.state = State::Http;
+            Metrics::bump(self.metrics.connections_http);
+            return Action::Continue;
+        }
+        Metrics::bump(self.metrics.connections);
+        let data = RequestData::gather(&EnvoyHost, CONNECTION_NEEDS);
+        let judgement = judge(&data);
+        if let Some((level, line)) = &judgement.line {
+            host::log(*level, line);
+        }
+        if judgement.kind == Kind::Allow {
+            self.state = State::Allowed;
+            Metrics::bump(self.metrics.connections_allowed);
+            return Action::Continue;
+        }
+        Metrics::bump(self.metrics.connections_denied);
+        if judgement.kind == Kind::HttpOnly {
+            Metrics::bump(self.metrics.connections_denied_http_only);
+        }
+        self.close()
+    }
+
+    fn close(&mut self) -> Action {
+        self.state = State::Closed;
+        if host::close_downstream().is_err() {
+            host::log(Level::Error, "krites: could not close a denied connection");
+        }
+        Action::Pause
+    }
+
+    /// The TLS handshake is done: the client certificate, if any, is known.
+    fn handshake_done(&self) -> bool {
+        !self.tls || host::property(&["connection", "mtls"]).ok().flatten().is_some_and(|b| b.first().is_some_and(|&v| v != 0))
+    }
+}
+
+impl Context for ConnectionGuard {}
+
+impl StreamContext for ConnectionGuard {
+    /// Records the peer for the HTTP role: at connection level `source.address`
+    /// is still the TCP peer (no header has been read yet); the HTTP streams of
+    /// the connection read it from the connection's filter state.
+    fn on_new_connection(&mut self) -> Action {
+        match host::property(&["source", "address"]) {
+            Ok(Some(peer)) => {
+                if host::set_property(&[adapter::PEER_ADDRESS_KEY], &peer).is_err() {
+                    host::log(Level::Warn, "krites: could not record the connection's peer address");
+                }
+            }
+            _ => host::log(Level::Warn, "krites: connection has no source address to record"),
+        }
+        self.tls = host::property(&["connection", "tls_version"]).ok().flatten().is_some_and(|v| !v.is_empty());
+        Action::Continue
+    }
+
+    fn on_downstream_data(&mut self, _data_size: usize, _end_of_stream: bool) -> Action {
+        match self.state {
+            State::Allowed | State::Http => Action::Continue,
+            State::Closed => Action::Pause,
+            State::Undecided => self.decide(),
+        }
+    }
+
+    fn on_upstream_data(&mut self, _data_size: usize, _end_of_stream: bool) -> Action {
+        match self.state {
+            State::Allowed | State::Http => Action::Continue,
+            State::Closed => Action::Pause,
+            // A server's greeting before the client's handshake ends: passes.
+            State::Undecided if !self.handshake_done() => Action::Continue,
+            State::Undecided => self.decide(),
+        }
+    }
+}
