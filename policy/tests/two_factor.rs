@@ -12,7 +12,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use krites_policy::config::Action;
-use krites_policy::{Peer, PolicySet, RequestFacts, Verdict, Workload, WorkloadPolicy};
+use krites_policy::{ConnectionVerdict, Peer, PolicySet, RequestFacts, Verdict, Workload, WorkloadPolicy};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
@@ -233,6 +233,35 @@ proptest! {
         if let Some(o) = owner {
             let own = Request::new(host, mapped, &Cert::Spiffe(o.namespace, o.service_account));
             prop_assert!(allowed(&policy, &own), "{} allowed, but the owner's own certificate is not: {:?}", d, policies);
+        }
+    }
+
+    /// What the NETWORK role does with a connection bounds every request on it. The
+    /// generated `http` clauses all read `methods: [GET]` with no path, so a GET request is
+    /// exactly the "some HTTP request" reading: a connection is "HTTP decides" precisely when
+    /// it is denied as such and a GET on it is allowed; "Deny" means nothing on it is allowed.
+    #[test]
+    fn connection_verdicts_bound_every_request(
+        table in table(),
+        (policies, security_passes) in policies(),
+        host in 1..=ADDRESSES,
+        mapped in any::<bool>(),
+        cert in cert(),
+    ) {
+        let policy = compile(&table, &policies, security_passes);
+        let request = Request::new(host, mapped, &cert);
+        let http = request.facts();
+        let connection = RequestFacts { method: None, path: None, ..http };
+        let as_connection = policy.decide(&connection).allowed();
+        let get = policy.decide(&http).allowed();
+        let post = policy.decide(&RequestFacts { method: Some("POST"), ..http }).allowed();
+        match policy.decide_connection(&connection) {
+            ConnectionVerdict::Allow(d) => {
+                prop_assert!(d.allowed() && as_connection, "{d}");
+                prop_assert!(get && post, "a connection allowed as such allows its requests too: {d}");
+            }
+            ConnectionVerdict::HttpDecides(d) => prop_assert!(!d.allowed() && !as_connection && get, "{d}"),
+            ConnectionVerdict::Deny(d) => prop_assert!(!d.allowed() && !as_connection && !get && !post, "{d}"),
         }
     }
 

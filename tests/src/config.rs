@@ -137,8 +137,19 @@ pub fn bootstrap(
             "metadata": metadata
         },
         "admin": { "address": socket(spec.ip, ports.admin) },
-        "static_resources": { "listeners": listeners, "clusters": clusters }
+        "static_resources": { "listeners": listeners, "clusters": clusters },
+        "layered_runtime": istio_runtime()
     })
+}
+
+/// Istio's static runtime layer (`pkg/bootstrap/config.go`): Envoy strips a `#fragment` from
+/// the request target instead of answering 400, so `/admin#x` reaches filters as `/admin`.
+/// The admin layer lets tests change flags at run time, as `istioctl` can.
+fn istio_runtime() -> Value {
+    json!({ "layers": [
+        { "name": "global config", "static_layer": { "envoy.reloadable_features.http_reject_path_with_fragment": false } },
+        { "name": "admin", "admin_layer": {} }
+    ] })
 }
 
 /// Istio's `POD_PORTS`: the container ports as a JSON *string*.
@@ -525,6 +536,10 @@ fn hcm(
     access_log: &Path,
 ) -> Value {
     let upstream = &spec.name;
+    let (normalize_path, merge_slashes, escaped_slashes) = match mesh.path_normalization {
+        Some(mode) => mode.hcm_settings(),
+        None => (spec.normalize_path, spec.normalize_path, "KEEP_UNCHANGED"),
+    };
     let mut hcm = json!({
         "name": "envoy.filters.network.http_connection_manager",
         "typed_config": {
@@ -533,9 +548,9 @@ fn hcm(
             "forward_client_cert_details": "SANITIZE_SET",
             "set_current_client_cert_details": { "uri": true },
             "use_remote_address": false,
-            "normalize_path": spec.normalize_path,
-            "merge_slashes": spec.normalize_path,
-            "path_with_escaped_slashes_action": "KEEP_UNCHANGED",
+            "normalize_path": normalize_path,
+            "merge_slashes": merge_slashes,
+            "path_with_escaped_slashes_action": escaped_slashes,
             "access_log": [{
                 "name": "envoy.access_loggers.file",
                 "typed_config": {

@@ -104,6 +104,48 @@ pub struct Mesh {
     /// module's NETWORK role and then `tcp_proxy` straight to this address, with no HTTP
     /// connection manager. See `tcp_mtls_addr`/`tcp_plain_addr`.
     pub tcp_app: Option<SocketAddr>,
+    /// Istio's `meshConfig.pathNormalization` for the inbound connection managers; `None`
+    /// keeps `SidecarSpec::normalize_path` (true: normalise and merge slashes; false: NONE).
+    pub path_normalization: Option<PathNormalization>,
+}
+
+/// Istio's path normalisation modes, as istiod sets them on the inbound connection manager
+/// (`pilot/pkg/networking/core/listener_builder.go`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathNormalization {
+    /// Nothing: the filter sees the path as sent.
+    None,
+    /// Istio's default (`DEFAULT` means `BASE`): `normalize_path` (RFC 3986 dot segments, `\`).
+    Base,
+    /// `BASE` and `merge_slashes`.
+    MergeSlashes,
+    /// `MERGE_SLASHES` and `path_with_escaped_slashes_action: UNESCAPE_AND_FORWARD`.
+    DecodeAndMergeSlashes,
+}
+
+impl PathNormalization {
+    pub const ALL: [PathNormalization; 4] =
+        [PathNormalization::None, PathNormalization::Base, PathNormalization::MergeSlashes, PathNormalization::DecodeAndMergeSlashes];
+
+    /// (`normalize_path`, `merge_slashes`, `path_with_escaped_slashes_action`).
+    pub fn hcm_settings(self) -> (bool, bool, &'static str) {
+        match self {
+            PathNormalization::None => (false, false, "KEEP_UNCHANGED"),
+            PathNormalization::Base => (true, false, "KEEP_UNCHANGED"),
+            PathNormalization::MergeSlashes => (true, true, "KEEP_UNCHANGED"),
+            PathNormalization::DecodeAndMergeSlashes => (true, true, "UNESCAPE_AND_FORWARD"),
+        }
+    }
+
+    /// Istio's name for the mode.
+    pub fn name(self) -> &'static str {
+        match self {
+            PathNormalization::None => "NONE",
+            PathNormalization::Base => "BASE",
+            PathNormalization::MergeSlashes => "MERGE_SLASHES",
+            PathNormalization::DecodeAndMergeSlashes => "DECODE_AND_MERGE_SLASHES",
+        }
+    }
 }
 
 /// One destination service as seen from a sidecar (an Istio `outbound|<port>||<host>` cluster).

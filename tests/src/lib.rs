@@ -43,6 +43,7 @@ mod config;
 mod envoy;
 pub mod etcd;
 mod ingress;
+pub mod mesh;
 mod pki;
 pub mod process;
 mod raw;
@@ -56,7 +57,7 @@ use anyhow::{bail, Result};
 pub use client::{Request, Response, TransportError};
 pub use config::{ecds_name, istiod_plugin_config};
 pub use envoy::{
-    parse_stats, ContainerPort, EcdsCounts, EcdsOutcome, Mesh, Outbound, Sidecar, SidecarSpec,
+    parse_stats, ContainerPort, EcdsCounts, EcdsOutcome, Mesh, Outbound, PathNormalization, Sidecar, SidecarSpec,
     READY_TIMEOUT,
 };
 pub use ingress::{Ingress, IngressSpec};

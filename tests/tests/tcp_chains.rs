@@ -226,3 +226,58 @@ fn no_config_closes_tcp_connections() {
     play(&rig, &rows, Duration::from_millis(200));
     assert!(rig.sidecar.log().unwrap().contains("krites: DENY no_config: fail closed"));
 }
+
+/// Envoy's user + system CPU time so far, in microseconds (`/proc/<pid>/stat`, 100 ticks/s).
+fn cpu_micros(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = stat.rsplit_once(')').unwrap().1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    (fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()) * 10_000
+}
+
+/// What the NETWORK role costs per connection: the same plaintext TCP chain with and without
+/// the module, N allowed connections each (connect, 4 bytes, echo, close), sequential. Prints
+/// wall time and Envoy CPU per connection; run with `--ignored --nocapture`.
+#[test]
+#[ignore = "a measurement: cargo test -p krites-testbed --test tcp_chains -- --ignored --nocapture"]
+fn network_role_cost_per_connection() {
+    const N: usize = 2000;
+    let measure = |rig: &Rig| {
+        let to = rig.sidecar.tcp_plain_addr().unwrap();
+        // Connect from summary's address, send, read exactly the echo, close.
+        let once = || {
+            use std::io::{Read, Write};
+            let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            socket.bind(&std::net::SocketAddr::new(IpAddr::V4(SUMMARY), 0).into()).unwrap();
+            socket.connect(&to.into()).unwrap();
+            let mut stream: std::net::TcpStream = socket.into();
+            stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            stream.write_all(b"PING").unwrap();
+            let mut echo = [0u8; 9];
+            stream.read_exact(&mut echo).unwrap();
+            assert_eq!(&echo, b"echo:PING");
+        };
+        for _ in 0..50 {
+            once();
+        }
+        let (cpu, started) = (cpu_micros(rig.sidecar.pid()), std::time::Instant::now());
+        for _ in 0..N {
+            once();
+        }
+        let wall = started.elapsed().as_micros() as f64 / N as f64;
+        let cpu = (cpu_micros(rig.sidecar.pid()) - cpu) as f64 / N as f64;
+        (wall, cpu)
+    };
+    let with = rig("database", Ipv4Addr::new(127, 0, 12, 43), &config().replace("127.0.12.13", "127.0.12.43"), None);
+    let mut without = rig("database", Ipv4Addr::new(127, 0, 12, 53), &config(), None);
+    // The same sidecar without the module: restart it with no Wasm.
+    let spec = SidecarSpec { wasm: None, ..without.sidecar.spec().clone() };
+    let mesh = without.sidecar.mesh().clone();
+    without.sidecar = Sidecar::start_with(spec, mesh).unwrap();
+    let (w_wall, w_cpu) = measure(&with);
+    let (b_wall, b_cpu) = measure(&without);
+    println!("NETWORK role, {N} plaintext TCP connections each:");
+    println!("  no module:   {b_wall:7.1} us wall, {b_cpu:6.1} us Envoy CPU per connection");
+    println!("  with Krites: {w_wall:7.1} us wall, {w_cpu:6.1} us Envoy CPU per connection");
+    println!("  added:       {:7.1} us wall, {:6.1} us Envoy CPU per connection", w_wall - b_wall, w_cpu - b_cpu);
+}
