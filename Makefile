@@ -15,7 +15,7 @@ export KRITES_ENVOY ?= $(CURDIR)/.venv/bin/envoy
 PUBLISH_REF ?= 127.0.0.1:5000/krites/krites:$(shell git describe --tags --always 2>/dev/null || echo dev)
 PUBLISH_ARGS ?= --plain-http
 
-.PHONY: help setup build test test-native test-wasm lint demo bench bench-smoke publish clean fuzz fuzz-smoke
+.PHONY: help setup build test test-native test-wasm lint demo bench bench-smoke publish control-static control-image clean fuzz fuzz-smoke
 
 help:
 	@echo "make setup   install the toolchain pieces (wasm target, Envoy, wasm-bindgen runner)"
@@ -25,7 +25,8 @@ help:
 	@echo "make bench   load benchmark (baseline, rbac, ext_authz, krites in Envoy; BENCH_ARGS=--quick) and engine micro-benchmarks"
 	@echo "make fuzz-smoke  replay each fuzz target's corpus, fuzz it $(FUZZ_SMOKE_SECONDS) s (part of make test)"
 	@echo "make fuzz    fuzz each target $(FUZZ_SECONDS) s (FUZZ_SECONDS=..., FUZZ_TARGETS='selector config decide path')"
-	@echo "make publish push the module as an OCI image Istio accepts (PUBLISH_REF=host/repo:tag PUBLISH_ARGS=...)"
+	@echo "make publish push the module as an OCI image Istio accepts, and the control image (PUBLISH_REF=host/repo:tag PUBLISH_ARGS=...)"
+	@echo "make control-image  build control static (musl) and push it as a distroless-style image (CONTROL_IMAGE_REF=host/repo:tag)"
 
 setup:
 	@scripts/setup.sh
@@ -89,10 +90,45 @@ bench-smoke: build
 	$(CARGO) build --release -p krites-loadbench --bins
 	$(LOADBENCH) --quick --out target/krites-bench/smoke
 
-# Pushes wasm-out/krites.wasm and points the shipped manifests at the pushed digest.
-publish: build
-	$(CARGO) run -q -p krites-control --bin control -- publish $(WASM_OUT) $(PUBLISH_REF) $(PUBLISH_ARGS) \
-	  --update-manifest istio-manifests/wasmplugin.yaml --update-manifest istio-manifests/control/deployment.yaml
+# Pushes wasm-out/krites.wasm and the control image, reads both back with
+# skopeo, and points the shipped manifests at the pushed digests: the
+# WasmPlugins, and the control Deployment's --module-url/--sha256 and image:
+# (edited textually there, comments kept).
+publish: build control-image
+	@set -euo pipefail; out=$$($(CONTROL) publish $(WASM_OUT) $(PUBLISH_REF) $(PUBLISH_ARGS) \
+	  --update-manifest istio-manifests/wasmplugin.yaml --update-deployment $(DEPLOYMENT)); echo "$$out"; \
+	digest=$$(sed -n 's/^digest: //p' <<<"$$out"); \
+	got=$$(skopeo inspect $(SKOPEO_ARGS) --raw docker://$(PUBLISH_REF) | sha256sum | cut -d' ' -f1); \
+	[ "sha256:$$got" = "$$digest" ] || { echo "skopeo reads manifest sha256:$$got at $(PUBLISH_REF), control pushed $$digest" >&2; exit 1; }; \
+	echo "skopeo: module manifest $$digest"
+
+# The control binary, static (musl): the image has no libc.
+MUSL_TARGET := x86_64-unknown-linux-musl
+CONTROL_STATIC := $(or $(CARGO_TARGET_DIR),target)/$(MUSL_TARGET)/release/control
+CONTROL_IMAGE_REF ?= $(dir $(PUBLISH_REF))krites-control:$(lastword $(subst :, ,$(PUBLISH_REF)))
+CONTROL := $(CARGO) run -q -p krites-control --bin control --
+DEPLOYMENT := istio-manifests/control/deployment.yaml
+SKOPEO_ARGS ?= --tls-verify=false
+
+control-static:
+	CC_x86_64_unknown_linux_musl=musl-gcc $(CARGO) build --release -p krites-control --bin control --target $(MUSL_TARGET)
+	@file -L $(CONTROL_STATIC) | grep -q 'statically linked\|static-pie linked' || { file -L $(CONTROL_STATIC); echo "$(CONTROL_STATIC) is not static" >&2; exit 1; }
+	@echo "built $(CONTROL_STATIC): $$(stat -c %s $(CONTROL_STATIC)) bytes, $$(file -b -L $(CONTROL_STATIC) | grep -o 'static-pie linked\|statically linked')"
+
+# Pushes the static control binary as a distroless-style image (one layer,
+# user 65532, entrypoint /control) to CONTROL_IMAGE_REF, reads it back with
+# skopeo (manifest digest, one layer, user, entrypoint) and pins the
+# Deployment's image: to it by digest.
+control-image: control-static
+	@set -euo pipefail; out=$$($(CONTROL) publish-image $(CONTROL_STATIC) $(CONTROL_IMAGE_REF) $(PUBLISH_ARGS) \
+	  --update-deployment $(DEPLOYMENT)); echo "$$out"; \
+	digest=$$(sed -n 's/^digest: //p' <<<"$$out"); \
+	got=$$(skopeo inspect $(SKOPEO_ARGS) --raw docker://$(CONTROL_IMAGE_REF) | sha256sum | cut -d' ' -f1); \
+	[ "sha256:$$got" = "$$digest" ] || { echo "skopeo reads manifest sha256:$$got at $(CONTROL_IMAGE_REF), control pushed $$digest" >&2; exit 1; }; \
+	skopeo inspect $(SKOPEO_ARGS) --config docker://$(CONTROL_IMAGE_REF) | python3 -c 'import json,sys; c=json.load(sys.stdin); \
+	  cfg=c["config"]; ok=cfg.get("User")=="65532:65532" and cfg.get("Entrypoint")==["/control"] and len(c["rootfs"]["diff_ids"])==1 \
+	    and (c["os"],c["architecture"])==("linux","amd64"); print("skopeo: user", cfg.get("User"), "entrypoint", cfg.get("Entrypoint"), "layers", len(c["rootfs"]["diff_ids"])); sys.exit(0 if ok else 1)'; \
+	grep -q "image: $$(sed -n 's/^image: //p' <<<"$$out")\$$" $(DEPLOYMENT) && echo "$(DEPLOYMENT): image pinned to $$digest"
 
 clean:
 	$(CARGO) clean

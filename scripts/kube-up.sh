@@ -44,19 +44,22 @@ ours() {
   echo "$pid"
 }
 
+# stop_component DIR NAME [TENTHS]: SIGTERM, then SIGKILL after TENTHS tenths of a second
+# (default 100: 10 s). The apiserver drains its watches on SIGTERM for longer than a test
+# wants to wait; `kube-up.sh stop` gives it 3 s (an outage is the point, not a clean exit).
 stop_component() {
-  local dir=$1 name=$2 pid i
+  local dir=$1 name=$2 wait=${3:-100} pid i
   pid=$(ours "$dir" "$name") || { rm -f "$dir/$name.pid"; return 0; }
   kill -TERM "$pid" 2>/dev/null || true
   kill -CONT "$pid" 2>/dev/null || true   # a paused (SIGSTOP) process must wake up to exit
-  for ((i = 0; i < 100; i++)); do
+  for ((i = 0; i < wait; i++)); do
     kill -0 "$pid" 2>/dev/null || break
     # A zombie has exited; its parent (this script or init) reaps it.
     [ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" = Z ] && break
     sleep 0.1
   done
   if kill -0 "$pid" 2>/dev/null && [ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" != Z ]; then
-    say "$name ($pid) did not stop in 10 s: killing it"
+    [ "$wait" -lt 100 ] || say "$name ($pid) did not stop in $((wait / 10)) s: killing it"
     kill -KILL "$pid" 2>/dev/null || true
   fi
   rm -f "$dir/$name.pid"
@@ -309,7 +312,7 @@ case "${1:-up}" in
     case "${2:-}" in etcd | apiserver) ;; *) die "usage: kube-up.sh $1 etcd|apiserver DIR" ;; esac
     dir=$(cd "${3:?usage: kube-up.sh $1 $2 DIR}" && pwd)
     [ -f "$dir/$MARK" ] || die "$dir was not made by kube-up.sh"
-    if [ "$1" = stop ]; then stop_component "$dir" "$2"; else
+    if [ "$1" = stop ]; then stop_component "$dir" "$2" "${KRITES_KUBE_STOP_WAIT:-30}"; else
       start_component "$2"
       sed -i "/^KRITES_KUBE_${2^^}_PID=/d" "$dir/env"
       echo "KRITES_KUBE_${2^^}_PID=$(cat "$dir/$2.pid")" | tee -a "$dir/env"

@@ -25,6 +25,8 @@ if [ "${1:-}" != demo ]; then
   command -v c++ >/dev/null || need_pkgs+=(g++)                  # libFuzzer (make fuzz)
   command -v ip >/dev/null || need_pkgs+=(iproute2)               # pods as network namespaces
   command -v iptables >/dev/null || need_pkgs+=(iptables)         # istio-iptables' interception
+  command -v musl-gcc >/dev/null || need_pkgs+=(musl-tools)      # static control binary (ring's C code)
+  command -v file >/dev/null || need_pkgs+=(file)                # make control-static checks the binary is static
 fi
 if [ ${#need_pkgs[@]} -gt 0 ] && command -v apt-get >/dev/null; then
   say "installing Debian packages: ${need_pkgs[*]}"
@@ -76,6 +78,11 @@ fi
 if ! cargo fuzz --version >/dev/null 2>&1; then
   say "installing cargo-fuzz"
   cargo install -q cargo-fuzz --locked
+fi
+# The static (musl) control binary that `make control-image` packages.
+if command -v rustup >/dev/null && ! rustup target list --installed | grep -qx x86_64-unknown-linux-musl; then
+  say "adding the x86_64-unknown-linux-musl target"
+  rustup target add x86_64-unknown-linux-musl
 fi
 command -v node >/dev/null || say "warning: node is missing; the wasm32 engine tests need it"
 if ! wait "$kube_pid"; then

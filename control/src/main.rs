@@ -119,7 +119,55 @@ enum Command {
         /// deterministic: the same module always gives the same digest).
         #[arg(long)]
         dry_run: bool,
+        /// After a verified push, set the `- --module-url=` and `- --sha256=` lines of
+        /// this control Deployment, textually (comments and layout stay); repeatable.
+        #[arg(long, value_name = "FILE")]
+        update_deployment: Vec<PathBuf>,
     },
+    /// Push the control binary as a distroless-style OCI image (static x86-64 ELF,
+    /// one layer, user 65532, entrypoint /control, Cmd run).
+    ///
+    /// Reads it back by tag (manifest digest, config user and entrypoint, the
+    /// binary's bytes). Prints `pushed REF`, `digest: sha256:...`, `image:
+    /// REPO@sha256:...`. The same binary always gives the same digest.
+    PublishImage {
+        /// The static control binary (`make control-image` builds it for x86_64-unknown-linux-musl).
+        binary: PathBuf,
+        /// Where to push: REGISTRY/REPO:TAG.
+        reference: String,
+        #[arg(long)]
+        plain_http: bool,
+        #[arg(long, requires = "password_stdin")]
+        username: Option<String>,
+        #[arg(long, requires = "username")]
+        password_stdin: bool,
+        /// Build and print the digest without pushing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Accept a dynamically linked binary (tests only: the image has no libc).
+        #[arg(long)]
+        allow_dynamic: bool,
+        /// After a verified push, set the `image:` line of this Deployment to
+        /// REPO@sha256:..., textually (comments and layout stay); repeatable.
+        #[arg(long, value_name = "FILE")]
+        update_deployment: Vec<PathBuf>,
+    },
+}
+
+/// `--username` + `--password-stdin`: one line of stdin.
+fn read_credentials(username: Option<String>, password_stdin: bool) -> Result<Option<(String, String)>> {
+    match username {
+        Some(user) if password_stdin => {
+            let mut password = String::new();
+            std::io::stdin().read_line(&mut password).context("cannot read the password from stdin")?;
+            let password = password.trim_end_matches(['\r', '\n']).to_string();
+            if password.is_empty() {
+                bail!("--password-stdin: stdin gave an empty password");
+            }
+            Ok(Some((user, password)))
+        }
+        _ => Ok(None),
+    }
 }
 
 fn main() -> ExitCode {
@@ -224,19 +272,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             krites_control::controller::run_blocking(&args)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Publish { wasm, reference, plain_http, username, password_stdin, variant, update_manifest, dry_run } => {
-            let credentials = match username {
-                Some(user) if password_stdin => {
-                    let mut password = String::new();
-                    std::io::stdin().read_line(&mut password).context("cannot read the password from stdin")?;
-                    let password = password.trim_end_matches(['\r', '\n']).to_string();
-                    if password.is_empty() {
-                        bail!("--password-stdin: stdin gave an empty password");
-                    }
-                    Some((user, password))
-                }
-                _ => None,
-            };
+        Command::Publish { wasm, reference, plain_http, username, password_stdin, variant, update_manifest, dry_run, update_deployment } => {
+            let credentials = read_credentials(username, password_stdin)?;
             let opts = publish::Options { wasm, reference, plain_http, credentials, variant, dry_run };
             let done = publish::publish(&opts)?;
             println!("{} {}", if dry_run { "would push" } else { "pushed" }, done.reference);
@@ -255,6 +292,27 @@ fn run(cli: Cli) -> Result<ExitCode> {
             for file in update_manifest {
                 let n = publish::update_manifest(&file, &done)?;
                 eprintln!("updated {n} object(s) in {}", file.display());
+            }
+            for file in update_deployment {
+                publish::image::edit_file(&file, |t| publish::image::set_deployment_module(t, &done.url, done.wasmplugin_sha256()))?;
+                eprintln!("updated --module-url and --sha256 in {}", file.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::PublishImage { binary, reference, plain_http, username, password_stdin, dry_run, allow_dynamic, update_deployment } => {
+            let credentials = read_credentials(username, password_stdin)?;
+            let opts = publish::image::Options { binary, reference, plain_http, credentials, dry_run, allow_dynamic };
+            let done = publish::image::publish_image(&opts)?;
+            println!("{} {}", if dry_run { "would push" } else { "pushed" }, done.reference);
+            println!("digest: {}", done.digest);
+            println!("image: {}", done.by_digest);
+            println!("size: {}", done.size);
+            if !dry_run {
+                eprintln!("verified: read back by tag, manifest {}, /control sha256 {}", done.digest, done.binary_sha256);
+            }
+            for file in update_deployment {
+                publish::image::edit_file(&file, |t| publish::image::set_deployment_image(t, &done.by_digest))?;
+                eprintln!("updated image: in {}", file.display());
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -33,6 +33,8 @@ use sha2::{Digest, Sha256};
 
 use crate::wasmplugin::PEER_ADDRESS_ROOT_ID;
 
+pub mod image;
+
 pub const OCI_MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_CONFIG_MEDIA_TYPE: &str = "application/vnd.oci.image.config.v1+json";
 pub const OCI_LAYER_GZIP_MEDIA_TYPE: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
@@ -369,20 +371,26 @@ fn client(plain_http: bool) -> Result<Client> {
 /// Pushes `image` to `reference`, then reads it back by tag with a fresh
 /// client and checks it against `wasm`.
 pub async fn push_and_verify(image: &Image, wasm: &[u8], reference: &Reference, auth: &RegistryAuth, plain_http: bool) -> Result<()> {
+    push_blobs_and_manifest(&image.blobs, &image.manifest, reference, auth, plain_http).await?;
+    verify(image, wasm, reference, auth, plain_http).await
+}
+
+/// Uploads `blobs`, then `manifest` (an OCI image manifest) under `reference`'s tag.
+async fn push_blobs_and_manifest(blobs: &[Blob], manifest: &[u8], reference: &Reference, auth: &RegistryAuth, plain_http: bool) -> Result<()> {
     let registry = reference.registry().to_string();
     let c = client(plain_http)?;
     c.auth(reference, auth, RegistryOperation::Push)
         .await
         .map_err(|e| explain(e, &registry, "authenticating", auth))?;
-    for blob in &image.blobs {
+    for blob in blobs {
         c.push_blob(reference, blob.data.clone(), &blob.digest)
             .await
             .map_err(|e| explain(e, &registry, &format!("uploading blob {}", blob.digest), auth))?;
     }
-    c.push_manifest_raw(reference, image.manifest.clone(), http::HeaderValue::from_static(OCI_MANIFEST_MEDIA_TYPE))
+    c.push_manifest_raw(reference, manifest.to_vec(), http::HeaderValue::from_static(OCI_MANIFEST_MEDIA_TYPE))
         .await
         .map_err(|e| explain(e, &registry, PUSH_MANIFEST, auth))?;
-    verify(image, wasm, reference, auth, plain_http).await
+    Ok(())
 }
 
 /// Reads the image back by tag and checks the manifest digest and bytes, the

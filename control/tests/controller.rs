@@ -501,6 +501,7 @@ async fn the_loop_lists_watches_and_applies() {
         calico_api: krites_control::controller::CalicoApiFlag::V3,
         debounce: Duration::from_millis(50),
         resync: Duration::from_secs(3600),
+        leader: None,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let control = tokio::spawn(krites_control::controller::run_with_client(client, opts, metrics.clone(), async {

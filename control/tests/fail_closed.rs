@@ -70,7 +70,7 @@ fn start(cluster: &Cluster, flag: CalicoApiFlag) -> Running {
         reporting_instance: Some("krites-control-5d8f7-x2x9q".into()),
         ..Settings::default()
     };
-    let opts = controller::Options { settings, calico_api: flag, debounce: Duration::from_millis(50), resync: Duration::from_secs(3600) };
+    let opts = controller::Options { settings, calico_api: flag, debounce: Duration::from_millis(50), resync: Duration::from_secs(3600), leader: None };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(controller::run_with_client(cluster.client(), opts, metrics.clone(), async {
         let _ = stopped.await;

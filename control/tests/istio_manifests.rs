@@ -182,6 +182,18 @@ fn control_runs_locked_down_with_least_privilege() {
         assert!(grants.contains(&format!("extensions.istio.io/wasmplugins:{verb}")), "wasmplugins:{verb}");
     }
 
+    // Leader election: a namespaced Role on the Lease, the least it needs,
+    // bound to control's ServiceAccount in its namespace.
+    let roles = of_kind(&all, "Role");
+    assert_eq!(roles.len(), 1, "one Role (leader election)");
+    assert_eq!(roles[0]["metadata"]["namespace"], "krites-system");
+    assert_eq!(roles[0]["rules"], serde_json::json!([{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]}]));
+    assert!(!grants.iter().any(|g| g.starts_with("coordination.k8s.io/")), "no cluster-wide Lease rights");
+    let binding = of_kind(&all, "RoleBinding")[0];
+    assert_eq!(binding["metadata"]["namespace"], "krites-system");
+    assert_eq!(binding["roleRef"]["name"], roles[0]["metadata"]["name"]);
+    assert_eq!(binding["subjects"], serde_json::json!([{"kind": "ServiceAccount", "name": "krites-control", "namespace": "krites-system"}]));
+
     // The Calico API is detected, and Events name the pod.
     assert!(c["args"].as_array().unwrap().iter().any(|a| a == "--calico-api=auto"), "{}", c["args"]);
     let pod_name = c["env"].as_array().unwrap().iter().find(|e| e["name"] == "POD_NAME").expect("POD_NAME");

@@ -322,9 +322,11 @@ fn each_change_is_enforced_in_one_write() {
 }
 
 /// Scenario 7: Outage: the apiserver stops for a few seconds and starts again. control
-/// stays up, `/readyz` keeps saying what it knows, the WasmPlugins are not
-/// rewritten, and after the outage its watches work again (a change is
-/// enforced).
+/// stays up; `/readyz` keeps its 200 (the config applied before is enforced
+/// by Envoy) and its body names each failing watch and since when;
+/// `krites_control_watches_failing` counts them. The outage itself causes
+/// no write, and a change made as soon as the apiserver is back is
+/// enforced in one write within a few seconds (watch backoff capped at 2 s).
 #[test]
 fn an_apiserver_outage_loses_no_enforcement() {
     let _serial = kube::serial();
@@ -334,40 +336,223 @@ fn an_apiserver_outage_loses_no_enforcement() {
     let before = kube.plugin("krites").unwrap();
     let applies = control.metric("krites_control_applies_total");
 
+    assert_eq!(control.metric("krites_control_watches_failing"), 0.0);
     let t = Instant::now();
     kube.component("stop", "apiserver");
-    println!("apiserver stopped in {:?} (kube-up.sh stop: SIGTERM, SIGKILL after 10 s)", t.elapsed());
+    println!("apiserver stopped in {:?} (kube-up.sh stop: SIGTERM, SIGKILL after 3 s)", t.elapsed());
     let t = Instant::now();
     let mut said = std::collections::BTreeSet::new();
+    let mut told: Option<(Duration, String)> = None;
     while t.elapsed() < Duration::from_secs(6) {
         if let Some((code, body)) = control.readyz() {
-            said.insert(format!("{code} {}", body.trim()));
+            said.insert(code);
+            // The last word: every watch fails by the end of the window.
+            if body.contains("watches failing") {
+                told = Some((told.map_or_else(|| t.elapsed(), |(first, _)| first), body));
+            }
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    println!("/readyz during the outage: {said:?}");
+    let (when, body) = told.expect("/readyz says which watches fail");
+    println!("/readyz during the outage (codes {said:?}; first told {when:?} after the stop); at 6 s:\n{}", body.trim_end());
+    for source in ["Pod", "Namespace", "projectcalico.org/GlobalNetworkPolicy", "WasmPlugin"] {
+        assert!(body.contains(&format!("  {source}: failing since ")), "{source}: {body}");
+    }
+    assert!(control.metric("krites_control_watches_failing") >= 4.0);
+    assert!(control.metric("krites_control_watch_errors_total") >= 4.0);
     assert!(control.readyz().is_some(), "control still serves");
     assert_eq!(http_get(control.port, "/healthz").map(|(c, _)| c), Some(200), "the loop still runs");
-    assert!(said.iter().all(|s| s.starts_with("200")), "the config in force stays in force: {said:?}");
+    assert!(said.iter().all(|c| *c == 200), "the config in force stays in force: {said:?}");
     let t = Instant::now();
     kube.component("start", "apiserver");
     println!("apiserver back in {:?}", t.elapsed());
     let t = Instant::now();
-    eventually(60, "control ready", || control.ready());
-    std::thread::sleep(Duration::from_secs(2));
-    let after = kube.plugin("krites").unwrap();
-    assert_eq!(after["metadata"]["resourceVersion"], before["metadata"]["resourceVersion"], "not rewritten");
-    assert_eq!(control.metric("krites_control_applies_total"), applies);
 
-    // The watches work again: a change is enforced.
+    // A change as soon as the apiserver answers: enforced within the capped
+    // watch backoff (2 s) + debounce, not kube-runtime's default 30 s.
     let watch = PluginWatch::start(&kube);
     let mark = watch.mark();
     let t2 = Instant::now();
     kube.kubectl(&["patch", "globalnetworkpolicies.projectcalico.org", "database", "--type=merge", "-p", r#"{"spec":{"order":50}}"#]);
-    eventually(30, "a change after the outage", || !watch.since(mark, "krites").is_empty());
-    println!("after the outage: change -> enforced {:?} ({:?} after the apiserver came back)", watch.since(mark, "krites")[0].at - t2, t.elapsed());
+    eventually(10, "a change after the outage", || !watch.since(mark, "krites").is_empty());
+    let enforced = watch.since(mark, "krites")[0].at - t2;
+    println!("after the outage: change -> enforced {enforced:?} ({:?} after the apiserver came back)", t.elapsed());
+    std::thread::sleep(SETTLE);
+    assert_eq!(watch.since(mark, "krites").len(), 1, "one write for the change, none for the outage");
+    assert_eq!(control.metric("krites_control_applies_total"), applies + 1.0, "not rewritten by the outage itself");
+    assert!(before["metadata"]["resourceVersion"] != kube.plugin("krites").unwrap()["metadata"]["resourceVersion"]);
+    assert!(control.ready());
+    eventually(10, "watches healthy again", || control.metric("krites_control_watches_failing") == 0.0);
+    assert!(!control.readyz_body().contains("failing"), "{}", control.readyz_body());
     assert_matches_compile(&kube, CalicoForm::V3);
     let (rss, hwm) = control.memory_kib();
     println!("control memory: RSS {rss} KiB, peak {hwm} KiB");
+    control.stop();
+}
+
+/// How long the `krites` WasmPlugin's resourceVersion is.
+fn plugin_rv(kube: &Kube) -> String {
+    kube.plugin("krites").unwrap()["metadata"]["resourceVersion"].as_str().unwrap().to_string()
+}
+
+/// Patches the `database` policy's order (a change that must be enforced).
+fn change_order(kube: &Kube, order: u32) {
+    let patch = format!(r#"{{"spec":{{"order":{order}}}}}"#);
+    kube.kubectl(&["patch", "globalnetworkpolicies.projectcalico.org", "database", "--type=merge", "-p", &patch]);
+}
+
+/// One change, enforced in exactly one write (seen by the watch) within
+/// `secs`; returns the time from the change to the write.
+fn one_write_for(kube: &Kube, watch: &PluginWatch, what: &str, secs: u64, change: impl FnOnce(&Kube)) -> Duration {
+    let mark = watch.mark();
+    let t = Instant::now();
+    change(kube);
+    eventually(secs, what, || !watch.since(mark, "krites").is_empty());
+    let took = watch.since(mark, "krites")[0].at - t;
+    std::thread::sleep(SETTLE);
+    let writes = watch.since(mark, "krites");
+    assert_eq!(writes.len(), 1, "{what}: one write, got {:?}", writes.iter().map(|s| &s.resource_version).collect::<Vec<_>>());
+    assert!(watch.since(mark, "krites-peer-address").is_empty(), "{what}");
+    took
+}
+
+/// Leader election (item: two replicas). Two `control run` processes with
+/// the default election timing (lease 15 s, renew deadline 10 s, retry 2 s):
+/// exactly one writes; the follower is ready and says it follows. The
+/// leader is cut off (SIGSTOP) past its lease: the other takes over and
+/// enforces a change in one write; woken up, the old leader writes nothing
+/// (its leadership lapsed at its renew deadline). The leader crashes
+/// (SIGKILL): the other takes over within the lease duration (+ one retry),
+/// with no spurious write, and enforces the next change in one write. A
+/// leader stopped gracefully releases the Lease: the takeover is quick.
+/// All under the shipped RBAC (the Lease Role), as the ServiceAccount.
+#[test]
+fn two_replicas_only_the_leader_writes_and_failover_is_clean() {
+    let _serial = kube::serial();
+    let Some(kube) = yaobank_cluster(CalicoForm::V3) else { return };
+    let a = Control::start_as(&kube, "auto", "control-a", &[]);
+    let ready = a.wait_ready(30);
+    eventually(10, "control-a holds the Lease", || kube.lease_holder().as_deref() == Some("control-a"));
+    println!("control-a: start -> ready (leader, both WasmPlugins written): {ready:?}");
+    assert_matches_compile(&kube, CalicoForm::V3);
+    let watch = PluginWatch::start(&kube);
+    let mark = watch.mark();
+    let b = Control::start_as(&kube, "auto", "control-b", &[]);
+    let ready = b.wait_ready(30);
+    println!("control-b: start -> ready (follower): {ready:?}");
+    let body = b.readyz_body();
+    assert!(body.contains("follower (control-b; leader: control-a)"), "{body}");
+    assert!(a.readyz_body().contains("leader (control-a)"), "{}", a.readyz_body());
+    std::thread::sleep(SETTLE);
+    assert!(watch.since(mark, "krites").is_empty() && watch.since(mark, "krites-peer-address").is_empty(), "a follower starting writes nothing");
+    assert_eq!((a.metric("krites_control_leader"), b.metric("krites_control_leader")), (1.0, 0.0));
+    assert_eq!(b.metric("krites_control_applies_total"), 0.0);
+    assert!(b.metric("krites_control_compiles_total") >= 1.0, "the follower compiles");
+
+    // A change: one write, by the leader.
+    let applies_a = a.metric("krites_control_applies_total");
+    let took = one_write_for(&kube, &watch, "a change with two replicas", 15, |k| change_order(k, 50));
+    println!("two replicas: change -> enforced {took:?}");
+    assert_eq!(a.metric("krites_control_applies_total") - applies_a, 1.0);
+    assert_eq!(b.metric("krites_control_applies_total"), 0.0, "the follower never writes");
+    std::thread::sleep(Duration::from_millis(600)); // the follower's debounce + compile
+    assert!(b.metric("krites_control_compiles_total") >= 2.0, "the follower compiled the change too");
+
+    // The leader is cut off (SIGSTOP: it cannot renew): control-b takes over.
+    a.pause(true);
+    let t = Instant::now();
+    eventually(25, "control-b leads", || b.metric("krites_control_leader") == 1.0);
+    let takeover = t.elapsed();
+    assert_eq!(kube.lease_holder().as_deref(), Some("control-b"));
+    println!("leader paused -> the other leads: {takeover:?} (lease 15 s)");
+    let took = one_write_for(&kube, &watch, "a change while the old leader is cut off", 15, |k| change_order(k, 60));
+    println!("after takeover: change -> enforced {took:?}");
+    let mark = watch.mark();
+    a.pause(false);
+    let t = Instant::now();
+    eventually(10, "control-a says it follows", || a.readyz_body().contains("follower (control-a; leader: control-b)"));
+    println!("old leader woken -> follower: {:?}", t.elapsed());
+    std::thread::sleep(SETTLE);
+    assert!(watch.since(mark, "krites").is_empty(), "the old leader woke up and wrote: {:?}", watch.since(mark, "krites"));
+    assert_eq!(a.metric("krites_control_leader"), 0.0);
+    assert_eq!(a.metric("krites_control_applies_total") - applies_a, 1.0, "nothing more from the old leader");
+    assert!(a.log_text().contains("not the leader any more"), "{}", a.log_text());
+
+    // The leader crashes: control-a takes over, with no write (nothing changed).
+    let rv = plugin_rv(&kube);
+    let mark = watch.mark();
+    let applies_a = a.metric("krites_control_applies_total");
+    b.kill();
+    let t = Instant::now();
+    eventually(25, "control-a leads again", || a.metric("krites_control_leader") == 1.0);
+    let failover = t.elapsed();
+    println!("leader killed (SIGKILL) -> the other leads: {failover:?} (lease 15 s, retry 2 s)");
+    assert!(failover <= Duration::from_secs(17) + Duration::from_millis(500), "{failover:?}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(plugin_rv(&kube), rv, "no spurious write after a failover");
+    assert!(watch.since(mark, "krites").is_empty() && watch.since(mark, "krites-peer-address").is_empty());
+    assert_eq!(a.metric("krites_control_applies_total"), applies_a);
+    let took = one_write_for(&kube, &watch, "a change after the failover", 15, |k| change_order(k, 70));
+    println!("after failover: change -> enforced {took:?}");
+    assert_eq!(a.metric("krites_control_applies_total") - applies_a, 1.0);
+    assert_matches_compile(&kube, CalicoForm::V3);
+
+    // Graceful: control-a stops (SIGTERM) and releases; control-c takes over fast.
+    let c = Control::start_as(&kube, "auto", "control-c", &[]);
+    c.wait_ready(30);
+    assert!(c.readyz_body().contains("follower"), "{}", c.readyz_body());
+    let mark = watch.mark();
+    let t = Instant::now();
+    let a_log = a.log.clone();
+    a.stop();
+    eventually(10, "control-c leads", || c.metric("krites_control_leader") == 1.0);
+    println!("leader stopped gracefully (Lease released) -> the other leads: {:?}", t.elapsed());
+    assert!(std::fs::read_to_string(&a_log).unwrap().contains("Lease released"));
+    std::thread::sleep(SETTLE);
+    assert!(watch.since(mark, "krites").is_empty(), "no write on a graceful handover");
+    for log in [c.log_text(), std::fs::read_to_string(&a_log).unwrap()] {
+        assert!(forbidden_in(&log).is_empty(), "{log}");
+    }
+    c.stop();
+}
+
+/// etcd pauses (SIGSTOP) for 5 s and resumes: control keeps serving (200),
+/// writes nothing because of it, loses nothing (the config in force is the
+/// compiled one), and enforces a change afterwards in one write.
+#[test]
+fn an_etcd_pause_loses_nothing_and_writes_nothing() {
+    let _serial = kube::serial();
+    let Some(kube) = yaobank_cluster(CalicoForm::V3) else { return };
+    let control = Control::start(&kube, "auto");
+    control.wait_ready(30);
+    let rv = plugin_rv(&kube);
+    let watch = PluginWatch::start(&kube);
+    let mark = watch.mark();
+    let applies = control.metric("krites_control_applies_total");
+
+    let t = Instant::now();
+    kube.signal("etcd", true);
+    let mut codes = std::collections::BTreeSet::new();
+    while t.elapsed() < Duration::from_secs(5) {
+        codes.extend(control.readyz().map(|(c, _)| c));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let during = control.readyz_body();
+    kube.signal("etcd", false);
+    println!("etcd paused 5 s: /readyz codes {codes:?}; body at the end:\n{}", during.trim_end());
+    assert!(codes.iter().all(|c| *c == 200), "{codes:?}");
+    let t = Instant::now();
+    eventually(30, "the apiserver answers again", || kube.try_kubectl(&["get", "--raw", "/readyz"], None).is_ok());
+    println!("etcd resumed -> apiserver ready: {:?}", t.elapsed());
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(watch.since(mark, "krites").is_empty() && watch.since(mark, "krites-peer-address").is_empty(), "no write for a pause");
+    assert_eq!(plugin_rv(&kube), rv);
+    assert_eq!(control.metric("krites_control_applies_total"), applies);
+    assert!(control.ready());
+    assert_matches_compile(&kube, CalicoForm::V3);
+    let took = one_write_for(&kube, &watch, "a change after the etcd pause", 15, |k| change_order(k, 50));
+    println!("after the etcd pause: change -> enforced {took:?}");
+    assert_matches_compile(&kube, CalicoForm::V3);
+    assert!(forbidden_in(&control.log_text()).is_empty(), "{}", control.log_text());
     control.stop();
 }

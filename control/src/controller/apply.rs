@@ -23,12 +23,14 @@
 //! after the new ones are in place so enforcement never lapses.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::Value;
 use tracing::{debug, info, warn};
 
+use super::lease::Leadership;
 use super::sources::PluginEvent;
 
 /// Kubernetes' field manager for everything this controller writes.
@@ -143,6 +145,8 @@ pub enum ApplyError {
     Delete(String, #[source] kube::Error),
     #[error("a desired WasmPlugin has no namespace or name")]
     Unnamed,
+    #[error("not the leader (any more): writing nothing")]
+    NotLeader,
 }
 
 /// Remembers what it applied, so unchanged inputs cost no API request.
@@ -154,15 +158,31 @@ pub struct Applier {
     live: Option<BTreeMap<Key, DynamicObject>>,
     /// The set of WasmPlugins wanted when stale ones were last removed.
     pruned_for: Option<BTreeSet<Key>>,
+    /// With leader election: asked before every write.
+    leadership: Option<Arc<Leadership>>,
 }
 
 impl Default for Applier {
     fn default() -> Self {
-        Applier { resource: wasmplugin_resource(), applied: BTreeMap::new(), live: None, pruned_for: None }
+        Applier { resource: wasmplugin_resource(), applied: BTreeMap::new(), live: None, pruned_for: None, leadership: None }
     }
 }
 
 impl Applier {
+    /// Writes only while `leadership` says this replica leads.
+    pub fn set_leadership(&mut self, leadership: Arc<Leadership>) {
+        self.leadership = Some(leadership);
+    }
+
+    /// Checked right before each write: a lease lost mid-pass stops it.
+    fn may_write(&self) -> Result<(), ApplyError> {
+        if self.leadership.as_ref().is_none_or(|l| l.is_leader()) {
+            Ok(())
+        } else {
+            Err(ApplyError::NotLeader)
+        }
+    }
+
     /// Forgets what was applied: the next [`Applier::apply`] reads the
     /// WasmPlugins from the cluster again (repairing drift) and looks for stale ones.
     pub fn forget(&mut self) {
@@ -238,6 +258,7 @@ impl Applier {
                 }
                 Some(Some(l)) => {
                     let body = repaired(l, obj);
+                    self.may_write()?;
                     api.replace(&k.1, &PostParams { dry_run: false, field_manager: Some(FIELD_MANAGER.into()) }, &body)
                         .await
                         .map_err(|e| ApplyError::Replace(id.clone(), e))?;
@@ -251,6 +272,7 @@ impl Applier {
                 // Missing, or changed by control since it last wrote it.
                 Some(None) | None => {
                     let params = PatchParams::apply(FIELD_MANAGER).force();
+                    self.may_write()?;
                     api.patch(&k.1, &params, &Patch::Apply(obj)).await.map_err(|e| ApplyError::Patch(id.clone(), e))?;
                     info!(wasmplugin = %id, revision = obj.annotations().get(REVISION_ANNOTATION).map_or("", String::as_str), "applied");
                     done.written.push(id);
@@ -273,6 +295,7 @@ impl Applier {
                 }
                 let id = format!("{}/{}", k.0, k.1);
                 let api = Api::<DynamicObject>::namespaced_with(client.clone(), &k.0, &self.resource);
+                self.may_write()?;
                 match api.delete(&k.1, &DeleteParams::default()).await {
                     Ok(_) => {}
                     Err(kube::Error::Api(s)) if s.is_not_found() || s.code == 404 => {}

@@ -3,8 +3,22 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::lease::Leadership;
+
+/// One input watch's health.
+#[derive(Debug, Default, Clone)]
+struct Watch {
+    /// Failing since then, with the last error (None: healthy).
+    failing: Option<(SystemTime, String)>,
+    errors: u64,
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    k8s_openapi::jiff::Timestamp::try_from(t).map_or_else(|_| "?".into(), |t| t.round(k8s_openapi::jiff::Unit::Second).map_or_else(|_| t.to_string(), |r| r.to_string()))
+}
 
 #[derive(Debug, Default, Clone)]
 struct State {
@@ -24,6 +38,10 @@ struct State {
     alive: bool,
     /// Why the controller cannot compile at all (told by `/readyz`).
     blocked: Option<String>,
+    /// Per watched source (`Pod`, ..., `WasmPlugin`).
+    watches: BTreeMap<String, Watch>,
+    /// Leader election, when on (`None`: a single replica that always writes).
+    leadership: Option<Arc<Leadership>>,
 }
 
 /// Shared between the control loop (writes) and the HTTP server (reads).
@@ -114,6 +132,93 @@ impl Metrics {
         self.lock().applies
     }
 
+    /// A watch delivered something: it works (again).
+    pub fn watch_ok(&self, source: &str) {
+        let mut s = self.lock();
+        match s.watches.get_mut(source) {
+            Some(w) => w.failing = None,
+            None => {
+                s.watches.insert(source.to_string(), Watch::default());
+            }
+        }
+    }
+
+    /// A watch failed (its watcher retries with backoff).
+    pub fn watch_failed(&self, source: &str, error: &str) {
+        let mut s = self.lock();
+        let w = s.watches.entry(source.to_string()).or_default();
+        w.errors += 1;
+        let since = w.failing.as_ref().map_or_else(SystemTime::now, |(t, _)| *t);
+        w.failing = Some((since, error.to_string()));
+    }
+
+    /// `(source, since, last error)` of each failing watch.
+    pub fn failing_watches(&self) -> Vec<(String, SystemTime, String)> {
+        self.lock().watches.iter().filter_map(|(k, w)| w.failing.as_ref().map(|(t, e)| (k.clone(), *t, e.clone()))).collect()
+    }
+
+    /// Leader election is on: `/readyz` and `krites_control_leader` tell the role.
+    pub fn set_leadership(&self, leadership: Arc<Leadership>) {
+        self.lock().leadership = Some(leadership);
+    }
+
+    /// This replica writes (the leader, or no election).
+    pub fn leading(&self) -> bool {
+        self.lock().leadership.as_ref().is_none_or(|l| l.is_leader())
+    }
+
+    /// `/readyz`: (status, body).
+    ///
+    /// A follower is ready (200) once it has compiled: readiness must not
+    /// depend on leadership. control takes no Service traffic (only metrics
+    /// scrapes, which go to every pod anyway), so readiness routes nothing;
+    /// what it does drive is the Deployment's rollout and PodDisruptionBudgets,
+    /// which count ready pods: a follower reported unready would stall every
+    /// rolling update (the new pod could never become ready while the old one
+    /// leads) and make a healthy standby look broken. The body says the role.
+    ///
+    /// During an outage the code stays what it was: the config applied before
+    /// is enforced by Envoy, not by control; the body says which watches fail
+    /// and since when.
+    pub fn readiness(&self) -> (u16, String) {
+        let (ready, blocked, leadership) = {
+            let s = self.lock();
+            (s.ready, s.blocked.clone(), s.leadership.clone())
+        };
+        if let Some(why) = blocked {
+            return (503, format!("not ready: {why}\n"));
+        }
+        let mut body = String::new();
+        let code = if ready {
+            body.push_str("ready\n");
+            200
+        } else {
+            body.push_str(if leadership.is_some() { "not ready: nothing compiled (or, leading, applied) yet\n" } else { "no WasmPlugin applied yet\n" });
+            503
+        };
+        if let Some(l) = leadership {
+            if l.is_leader() {
+                let _ = writeln!(body, "leader ({}): this replica writes the WasmPlugins", l.identity());
+            } else {
+                let holder = l.holder().unwrap_or_else(|| "none".into());
+                let _ = writeln!(body, "follower ({}; leader: {holder}): watching and compiling, writing nothing", l.identity());
+            }
+            if let Some(e) = l.last_error() {
+                let _ = writeln!(body, "leader election failing: {e}");
+            }
+        }
+        let failing = self.failing_watches();
+        if !failing.is_empty() {
+            let now = SystemTime::now();
+            let _ = writeln!(body, "watches failing (the config applied before stays in force in the sidecars; changes wait for the watches):");
+            for (source, since, error) in failing {
+                let ago = now.duration_since(since).unwrap_or_default().as_secs();
+                let _ = writeln!(body, "  {source}: failing since {} ({ago}s): {error}", rfc3339(since));
+            }
+        }
+        (code, body)
+    }
+
     /// The Prometheus text exposition (format 0.0.4).
     pub fn render(&self) -> String {
         let s = self.lock().clone();
@@ -153,6 +258,19 @@ impl Metrics {
             "1 once the first compile and apply succeeded (0 while the controller cannot compile).",
             u8::from(s.ready && s.blocked.is_none()).to_string(),
         );
+        one(
+            "krites_control_leader",
+            "gauge",
+            "1 while this replica writes (the leader, or leader election off), else 0.",
+            u8::from(s.leadership.as_ref().is_none_or(|l| l.is_leader())).to_string(),
+        );
+        let failing = s.watches.values().filter(|w| w.failing.is_some()).count();
+        one("krites_control_watches_failing", "gauge", "Input watches failing now (retrying).", failing.to_string());
+        one("krites_control_watch_errors_total", "counter", "Watch errors (each retried).", s.watches.values().map(|w| w.errors).sum::<u64>().to_string());
+        let _ = write!(out, "# HELP krites_control_watch_healthy 1 while the watch of this source works.\n# TYPE krites_control_watch_healthy gauge\n");
+        for (source, w) in &s.watches {
+            let _ = writeln!(out, "krites_control_watch_healthy{{source=\"{}\"}} {}", escape(source), u8::from(w.failing.is_none()));
+        }
         let _ = write!(
             out,
             "# HELP krites_control_objects Objects in the controller's stores.\n# TYPE krites_control_objects gauge\n"
@@ -191,5 +309,24 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "{line:?} missing from\n{text}");
         }
         assert!(text.contains("krites_control_last_compile_timestamp_seconds 1"), "{text}");
+    }
+
+    #[test]
+    fn readyz_keeps_its_code_and_names_failing_watches() {
+        let m = Metrics::default();
+        m.set_ready();
+        m.watch_ok("Pod");
+        m.watch_failed("Pod", "connection refused");
+        m.watch_failed("Pod", "connection refused again");
+        let (code, body) = m.readiness();
+        assert_eq!(code, 200, "{body}");
+        assert!(body.contains("Pod: failing since") && body.contains("again"), "{body}");
+        let text = m.render();
+        assert!(text.lines().any(|l| l == "krites_control_watches_failing 1"), "{text}");
+        assert!(text.lines().any(|l| l == "krites_control_watch_errors_total 2"), "{text}");
+        assert!(text.lines().any(|l| l == "krites_control_watch_healthy{source=\"Pod\"} 0"), "{text}");
+        m.watch_ok("Pod");
+        assert!(!m.readiness().1.contains("failing"));
+        assert!(m.render().lines().any(|l| l == "krites_control_leader 1"));
     }
 }

@@ -33,12 +33,15 @@
 //!   resources: [events]
 //!   verbs: [create, patch]
 //! ```
+//! and, for leader election ([`lease`]), a Role in the Lease's namespace:
+//! `coordination.k8s.io` `leases`: `get`, `create`, `update`.
 //! (Discovery, `/apis/<group>/<version>`, is open to every authenticated
 //! user through Kubernetes' default `system:discovery` role.)
 
 pub mod apply;
 pub mod debounce;
 pub mod discover;
+pub mod lease;
 pub mod metrics;
 pub mod reconcile;
 pub mod recover;
@@ -94,6 +97,23 @@ pub struct RunArgs {
     /// How often to re-read the WasmPlugins from the cluster and repair drift.
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     pub resync: Duration,
+    /// Leader election with a Lease (`krites-control`), so that several
+    /// replicas can run: only the leader writes; the others watch and compile.
+    /// `--leader-elect=false`: this process always writes (one replica only).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_elect: bool,
+    /// Namespace of the Lease (default: POD_NAMESPACE, else krites-system).
+    #[arg(long)]
+    pub leader_election_namespace: Option<String>,
+    /// How long an unrenewed Lease stays another replica's.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub leader_election_lease_duration: Duration,
+    /// The leader stops writing when it could not renew for this long (< the lease duration).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub leader_election_renew_deadline: Duration,
+    /// Between renewals (leader) or tries to acquire (others).
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub leader_election_retry_period: Duration,
 }
 
 /// How the control loop runs.
@@ -103,6 +123,8 @@ pub struct Options {
     pub calico_api: CalicoApiFlag,
     pub debounce: Duration,
     pub resync: Duration,
+    /// Leader election (None: always write).
+    pub leader: Option<lease::Config>,
 }
 
 impl From<&RunArgs> for Options {
@@ -118,6 +140,15 @@ impl From<&RunArgs> for Options {
             calico_api: a.calico_api,
             debounce: a.debounce,
             resync: a.resync,
+            leader: a.leader_elect.then(|| {
+                let namespace = a.leader_election_namespace.clone().filter(|s| !s.is_empty()).unwrap_or_else(lease::default_namespace);
+                let mut c = lease::Config::new(namespace, lease::default_identity());
+                c.lease_duration = a.leader_election_lease_duration;
+                // client-go's rule: the leader stops before another may take over.
+                c.renew_deadline = a.leader_election_renew_deadline.min(a.leader_election_lease_duration.mul_f64(0.9));
+                c.retry_period = a.leader_election_retry_period.min(c.renew_deadline / 2);
+                c
+            }),
         }
     }
 }
@@ -211,6 +242,8 @@ enum Wake {
     Resync,
     /// The WasmPlugin watch saw content control did not write.
     Drift,
+    /// This replica became the leader: read what is in force, write what differs.
+    Leading,
 }
 
 /// Event reason when the Calico API named by `--calico-api` is not served.
@@ -229,6 +262,7 @@ async fn resolve_calico(
 ) -> Option<Option<CalicoApi>> {
     let mut delay = Duration::from_secs(1);
     let mut told: Option<String> = None;
+    let mut logged: Option<String> = None;
     loop {
         match discover::resolve(client, flag).await {
             Ok(api) => {
@@ -242,8 +276,11 @@ async fn resolve_calico(
             Err(e) => {
                 let message = e.to_string();
                 metrics.set_blocked(Some(message.clone()));
-                if told.as_deref() != Some(message.as_str()) {
+                if logged.as_deref() != Some(message.as_str()) {
                     error!(problem = %message, retry_in = ?delay, "cannot read Calico policies; compiling and writing nothing until this is fixed");
+                    logged = Some(message.clone());
+                }
+                if told.as_deref() != Some(message.as_str()) {
                     let not_served = matches!(e, discover::DiscoverError::NotServed { .. });
                     // An Event for a wrong flag (an operator must act); not for a
                     // passing outage. Unpublished, it is tried again next time.
@@ -257,7 +294,7 @@ async fn resolve_calico(
             () = &mut *shutdown => return None,
             () = tokio::time::sleep(delay) => {}
         }
-        delay = (delay * 2).min(Duration::from_secs(30));
+        delay = (delay * 2).min(Duration::from_secs(5));
     }
 }
 
@@ -273,15 +310,29 @@ pub async fn run_with_client(client: Client, opts: Options, metrics: Arc<Metrics
     let _alive = Alive(metrics.clone());
     metrics.set_alive(true);
     let mut reconciler = Reconciler::new(client.clone(), opts.settings.clone(), metrics.clone());
+    let election = opts.leader.clone().map(|c| lease::Election::start(client.clone(), c));
+    let mut leader_changes = match &election {
+        Some(e) => {
+            metrics.set_leadership(e.leadership.clone());
+            reconciler.set_leadership(e.leadership.clone());
+            e.leadership.subscribe()
+        }
+        // Never changes: always the writer.
+        None => tokio::sync::watch::channel(true).1,
+    };
+    let leading = |e: &Option<lease::Election>| e.as_ref().is_none_or(|e| e.leadership.is_leader());
     let mut shutdown = std::pin::pin!(shutdown);
     let Some(calico) = resolve_calico(&client, opts.calico_api, &mut reconciler, &metrics, &mut shutdown).await else {
+        if let Some(e) = election {
+            e.stop().await;
+        }
         return Ok(());
     };
     let (stores, writers) = sources::stores(calico);
     let (tx, mut rx) = mpsc::channel(1024);
-    let mut tasks = sources::watch(&client, writers, tx);
+    let mut tasks = sources::watch(&client, writers, tx, &metrics);
     let (plugin_tx, mut plugin_rx) = mpsc::channel(256);
-    tasks.push(sources::watch_plugins(&client, plugin_tx));
+    tasks.push(sources::watch_plugins(&client, plugin_tx, metrics.clone()));
     let debouncer = Debouncer::new(opts.debounce);
     // The burst in progress: (its first change, its last, how many). Kept out
     // of any future so that a WasmPlugin event waking the loop mid-burst
@@ -317,10 +368,21 @@ pub async fn run_with_client(client: Client, opts: Options, metrics: Arc<Metrics
             () = sleep_until(retry_at.unwrap_or(resync_at)), if retry_at.is_some() => Wake::Retry,
             () = sleep_until(resync_at) => Wake::Resync,
             Some(event) = plugin_rx.recv() => {
-                if !reconciler.drifted(&event) {
+                if !leading(&election) || !reconciler.drifted(&event) {
                     continue;
                 }
                 Wake::Drift
+            }
+            Ok(()) = leader_changes.changed() => {
+                if *leader_changes.borrow_and_update() {
+                    Wake::Leading
+                } else {
+                    // Writes stop by themselves (each is checked); forget what
+                    // was applied so that leading again starts from the cluster.
+                    reconciler.resync();
+                    retry_at = None;
+                    continue;
+                }
             }
         };
         match wake {
@@ -328,8 +390,9 @@ pub async fn run_with_client(client: Client, opts: Options, metrics: Arc<Metrics
             Wake::Retry => debug!("retrying"),
             Wake::Resync => debug!("resync"),
             Wake::Drift => warn!("a WasmPlugin control manages was changed or deleted by someone else; repairing"),
+            Wake::Leading => info!("leading: comparing the WasmPlugins in force with the compiled config"),
         }
-        if matches!(wake, Wake::Resync | Wake::Drift) {
+        if matches!(wake, Wake::Resync | Wake::Drift | Wake::Leading) {
             if matches!(wake, Wake::Resync) {
                 resync_at = Instant::now() + resync_every;
             }
@@ -343,7 +406,12 @@ pub async fn run_with_client(client: Client, opts: Options, metrics: Arc<Metrics
             continue;
         }
         let snapshot = stores.snapshot();
-        match reconciler.reconcile(&snapshot).await {
+        let write = leading(&election);
+        match reconciler.reconcile_as(&snapshot, write).await {
+            Ok(outcome) if !write => {
+                retry_at = None;
+                debug!(revisions = ?outcome.revisions, "compiled (follower: the leader writes)");
+            }
             Ok(outcome) => {
                 retry_at = None;
                 retry_delay = Duration::from_secs(1);
@@ -366,6 +434,10 @@ pub async fn run_with_client(client: Client, opts: Options, metrics: Arc<Metrics
             Err(ReconcileError::Compile(_) | ReconcileError::Plan(_) | ReconcileError::Manifest(_)) => {
                 retry_at = None;
             }
+            Err(ReconcileError::Apply(apply::ApplyError::NotLeader)) => {
+                info!("leadership lost during a write: stopped writing");
+                retry_at = None;
+            }
             Err(e) => {
                 warn!(error = %e, retry_in = ?retry_delay, "writing to the API server failed; retrying");
                 retry_at = Some(Instant::now() + retry_delay);
@@ -375,6 +447,9 @@ pub async fn run_with_client(client: Client, opts: Options, metrics: Arc<Metrics
     }
     for t in &tasks {
         t.abort();
+    }
+    if let Some(e) = election {
+        e.stop().await;
     }
     Ok(())
 }

@@ -27,6 +27,7 @@ use krites_policy::config::{PolicySpec, TierSpec};
 use krites_policy::ConfigError;
 
 use super::apply::{Applied, Applier, ApplyError};
+use super::lease::Leadership;
 use super::metrics::Metrics;
 use super::recover::{Compiled, Recovered};
 use super::sources::{PluginEvent, Snapshot};
@@ -196,6 +197,8 @@ pub struct Reconciler {
     warned_sharding: bool,
     /// Selector warnings already logged (see `compile::selector_warnings`).
     selector_warnings: BTreeSet<String>,
+    /// With leader election: only the leader writes.
+    leadership: Option<Arc<Leadership>>,
 }
 
 impl Reconciler {
@@ -216,6 +219,7 @@ impl Reconciler {
             reported: BTreeSet::new(),
             warned_sharding: false,
             selector_warnings: BTreeSet::new(),
+            leadership: None,
         }
     }
 
@@ -344,6 +348,24 @@ impl Reconciler {
     /// One pass: compile `snapshot` and make the cluster hold the result.
     /// On a compile error nothing is written.
     pub async fn reconcile(&mut self, snapshot: &Snapshot) -> Result<Outcome, ReconcileError> {
+        self.reconcile_as(snapshot, true).await
+    }
+
+    /// Writes only while `leadership` says this replica leads (WasmPlugins
+    /// and Events alike); a follower still reads and compiles.
+    pub fn set_leadership(&mut self, leadership: Arc<Leadership>) {
+        self.applier.set_leadership(leadership.clone());
+        self.leadership = Some(leadership);
+    }
+
+    fn leading(&self) -> bool {
+        self.leadership.as_ref().is_none_or(|l| l.is_leader())
+    }
+
+    /// [`Reconciler::reconcile`], or with `write: false` (a follower) the
+    /// same read and compile without any write: nothing applied, no Event.
+    pub async fn reconcile_as(&mut self, snapshot: &Snapshot, write: bool) -> Result<Outcome, ReconcileError> {
+        let write = write && self.leading();
         // Never compile before knowing what is in force: its versions of
         // invalid policies are part of the config.
         self.read_cluster().await?;
@@ -365,8 +387,13 @@ impl Reconciler {
         self.metrics.objects(plan.counts.clone(), invalid_objects);
         debug!(revisions = ?plan.revisions, bytes = plan.bytes, sharded = plan.sharded, took_ms = took.as_millis(), "compiled");
 
+        if !write {
+            // Ready as a standby: it has read the cluster and compiled.
+            self.metrics.set_ready();
+            return Ok(Outcome { applied: Applied::default(), revisions: plan.revisions, invalid: invalid_objects, events: 0 });
+        }
         let applied = self.applier.apply(&self.client, &plan.objects).await;
-        let events = self.report(&plan).await;
+        let events = if self.leading() { self.report(&plan).await } else { 0 };
         let applied = match applied {
             Ok(a) => a,
             Err(e) => {
@@ -383,6 +410,9 @@ impl Reconciler {
     /// compile at all), on the mesh's `krites` WasmPlugin: the object whose
     /// enforcement is at stake, and one an operator looks at. True if it went out.
     pub async fn report_blocked(&mut self, reason: &str, note: &str) -> bool {
+        if !self.leading() {
+            return false; // the leader tells
+        }
         let reference = ObjectReference {
             api_version: Some("extensions.istio.io/v1alpha1".into()),
             kind: Some("WasmPlugin".into()),

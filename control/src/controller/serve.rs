@@ -29,14 +29,10 @@ async fn healthz(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
     }
 }
 
+/// See [`Metrics::readiness`] (why a follower is ready, why an outage keeps the code).
 async fn readyz(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
-    if let Some(why) = m.blocked() {
-        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n"))
-    } else if m.ready() {
-        (StatusCode::OK, "ready\n".to_string())
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "no WasmPlugin applied yet\n".to_string())
-    }
+    let (code, body) = m.readiness();
+    (StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE), body)
 }
 
 async fn render(State(m): State<Arc<Metrics>>) -> impl IntoResponse {

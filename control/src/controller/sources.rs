@@ -12,6 +12,7 @@ use std::fmt::Debug;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
@@ -27,6 +28,44 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
+
+use super::metrics::Metrics;
+
+/// The watchers' retry delays: 250 ms doubling up to 2 s, reset after a
+/// success. kube-runtime's default goes up to 30 s, so a change made just
+/// after an outage could wait that long; 2 s costs one cheap request per
+/// watch every 2 s while the API server is down.
+#[derive(Debug, Clone)]
+pub struct CappedBackoff {
+    next: Duration,
+}
+
+/// First retry delay.
+pub const BACKOFF_MIN: Duration = Duration::from_millis(250);
+/// Longest retry delay.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+impl Default for CappedBackoff {
+    fn default() -> Self {
+        CappedBackoff { next: BACKOFF_MIN }
+    }
+}
+
+impl Iterator for CappedBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let d = self.next;
+        self.next = (d * 2).min(BACKOFF_MAX);
+        Some(d)
+    }
+}
+
+impl kube::runtime::utils::Backoff for CappedBackoff {
+    fn reset(&mut self) {
+        self.next = BACKOFF_MIN;
+    }
+}
 
 /// Which API serves Calico's policies (resolved: see [`super::discover`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -313,19 +352,26 @@ fn not_found(e: &watcher::Error) -> bool {
 
 /// Feeds one store from a watcher, tells `changes` after every change, and
 /// keeps `source`'s state current. Runs until `changes` closes.
-async fn watch_into<K>(api: Api<K>, writer: Writer<K>, source: Arc<Source>, changes: mpsc::Sender<()>)
+async fn watch_into<K>(api: Api<K>, writer: Writer<K>, source: Arc<Source>, changes: mpsc::Sender<()>, metrics: Arc<Metrics>)
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Eq + Hash + Clone + Send + Sync,
 {
     let stream = watcher(api, watcher::Config::default())
-        .default_backoff()
+        .backoff(CappedBackoff::default())
         .modify(|o: &mut K| o.managed_fields_mut().clear())
         .reflect(writer);
     let mut stream = std::pin::pin!(stream);
     let mut told_absent = false;
     let mut told_error = false;
     while let Some(item) = stream.next().await {
+        match &item {
+            // `Init` comes before the list request: it proves nothing.
+            Ok(watcher::Event::Init) => {}
+            Ok(_) => metrics.watch_ok(&source.name),
+            Err(e) if source.optional && not_found(e) => metrics.watch_ok(&source.name),
+            Err(e) => metrics.watch_failed(&source.name, &e.to_string()),
+        }
         let changed = match item {
             Ok(watcher::Event::InitDone) => {
                 if source.state() != SourceState::Synced {
@@ -369,18 +415,18 @@ where
 }
 
 /// Starts one watcher task per store (all namespaces).
-pub fn watch(client: &Client, writers: Writers, changes: mpsc::Sender<()>) -> Vec<JoinHandle<()>> {
+pub fn watch(client: &Client, writers: Writers, changes: mpsc::Sender<()>, metrics: &Arc<Metrics>) -> Vec<JoinHandle<()>> {
     let Writers { pods, service_accounts, namespaces, network_policies, calico, sources } = writers;
     let source = |i: usize| sources.get(i).cloned().unwrap_or_else(|| Source::new(format!("source {i}"), false));
     let mut tasks = vec![
-        tokio::spawn(watch_into(Api::<Pod>::all(client.clone()), pods, source(0), changes.clone())),
-        tokio::spawn(watch_into(Api::<ServiceAccount>::all(client.clone()), service_accounts, source(1), changes.clone())),
-        tokio::spawn(watch_into(Api::<Namespace>::all(client.clone()), namespaces, source(2), changes.clone())),
-        tokio::spawn(watch_into(Api::<NetworkPolicy>::all(client.clone()), network_policies, source(3), changes.clone())),
+        tokio::spawn(watch_into(Api::<Pod>::all(client.clone()), pods, source(0), changes.clone(), metrics.clone())),
+        tokio::spawn(watch_into(Api::<ServiceAccount>::all(client.clone()), service_accounts, source(1), changes.clone(), metrics.clone())),
+        tokio::spawn(watch_into(Api::<Namespace>::all(client.clone()), namespaces, source(2), changes.clone(), metrics.clone())),
+        tokio::spawn(watch_into(Api::<NetworkPolicy>::all(client.clone()), network_policies, source(3), changes.clone(), metrics.clone())),
     ];
     for (i, (ar, writer)) in calico.into_iter().enumerate() {
         let api = Api::<DynamicObject>::all_with(client.clone(), &ar);
-        tasks.push(tokio::spawn(watch_into(api, writer, source(4 + i), changes.clone())));
+        tasks.push(tokio::spawn(watch_into(api, writer, source(4 + i), changes.clone(), metrics.clone())));
     }
     tasks
 }
@@ -404,15 +450,20 @@ fn plugin_key(o: &DynamicObject) -> (String, String) {
 
 /// Watches the WasmPlugins this controller manages (all namespaces) and
 /// forwards what it sees to `events`. Runs until `events` closes.
-pub fn watch_plugins(client: &Client, events: mpsc::Sender<PluginEvent>) -> JoinHandle<()> {
+pub fn watch_plugins(client: &Client, events: mpsc::Sender<PluginEvent>, metrics: Arc<Metrics>) -> JoinHandle<()> {
     let api = Api::<DynamicObject>::all_with(client.clone(), &super::apply::wasmplugin_resource());
     let config = watcher::Config::default().labels(super::apply::MANAGED_BY_SELECTOR);
     tokio::spawn(async move {
-        let stream = watcher(api, config).default_backoff();
+        let stream = watcher(api, config).backoff(CappedBackoff::default());
         let mut stream = std::pin::pin!(stream);
         let mut listing: Vec<(String, String)> = Vec::new();
         let mut told_error = false;
         while let Some(item) = stream.next().await {
+            match &item {
+                Ok(watcher::Event::Init) => {}
+                Ok(_) => metrics.watch_ok("WasmPlugin"),
+                Err(e) => metrics.watch_failed("WasmPlugin", &e.to_string()),
+            }
             let event = match item {
                 Ok(watcher::Event::Init) => {
                     listing.clear();
@@ -467,6 +518,16 @@ mod tests {
         assert_eq!(snap.counts().get(&(String::new(), "Pod".to_string())), Some(&1));
         writers.delete(&pod).unwrap();
         assert_eq!(stores.snapshot().objects.len(), 1);
+    }
+
+    #[test]
+    fn backoff_is_capped_at_two_seconds() {
+        use kube::runtime::utils::Backoff;
+        let mut b = CappedBackoff::default();
+        let first: Vec<u128> = b.by_ref().take(6).map(|d| d.as_millis()).collect();
+        assert_eq!(first, [250, 500, 1000, 2000, 2000, 2000]);
+        b.reset();
+        assert_eq!(b.next(), Some(BACKOFF_MIN));
     }
 
     #[test]

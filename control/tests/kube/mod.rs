@@ -179,8 +179,13 @@ impl Kube {
     }
 
     fn command(&self, args: &[&str]) -> Command {
+        self.command_timeout("20s", args)
+    }
+
+    /// kubectl with its `--request-timeout` (`0`: none, for a long watch).
+    fn command_timeout(&self, timeout: &str, args: &[&str]) -> Command {
         let mut c = Command::new(&self.kubectl);
-        c.arg("--kubeconfig").arg(&self.kubeconfig).arg("--request-timeout=20s").args(args);
+        c.arg("--kubeconfig").arg(&self.kubeconfig).arg(format!("--request-timeout={timeout}")).args(args);
         c.env_remove("KUBERNETES_SERVICE_HOST");
         c
     }
@@ -328,6 +333,19 @@ impl Kube {
         assert!(st.success(), "kube-up.sh {action} {which}");
     }
 
+    /// SIGSTOP (`pause = true`) or SIGCONT a component (`etcd`, `apiserver`).
+    pub fn signal(&self, which: &str, pause: bool) {
+        let pid = std::fs::read_to_string(self.dir.join(format!("{which}.pid"))).unwrap();
+        let st = Command::new("kill").arg(if pause { "-STOP" } else { "-CONT" }).arg(pid.trim()).status().unwrap();
+        assert!(st.success(), "kill {which}");
+    }
+
+    /// The leader-election Lease's holder (`krites-system/krites-control`).
+    pub fn lease_holder(&self) -> Option<String> {
+        let l = self.get_json(&["leases.coordination.k8s.io", "krites-control", "-n", "krites-system"])?;
+        l["spec"]["holderIdentity"].as_str().map(str::to_string)
+    }
+
     /// Events (events.k8s.io/v1) of every namespace.
     pub fn events(&self) -> Vec<Value> {
         let v = self.get_json(&["events.v1.events.k8s.io", "-A"]).unwrap();
@@ -441,6 +459,11 @@ impl Control {
     }
 
     pub fn start_with(kube: &Kube, calico_api: &str, extra: &[&str]) -> Control {
+        Self::start_as(kube, calico_api, "krites-control-e2e", extra)
+    }
+
+    /// A replica named `pod_name` (its POD_NAME: Events and the Lease's identity).
+    pub fn start_as(kube: &Kube, calico_api: &str, pod_name: &str, extra: &[&str]) -> Control {
         let kubeconfig = kube.control_kubeconfig();
         let port = free_port();
         let n = std::fs::read_dir(kube.work.path()).unwrap().count();
@@ -461,7 +484,8 @@ impl Control {
             .env("KUBECONFIG", &kubeconfig)
             .env_remove("KUBERNETES_SERVICE_HOST")
             .env_remove("KUBERNETES_SERVICE_PORT")
-            .env("POD_NAME", "krites-control-e2e")
+            .env("POD_NAME", pod_name)
+            .env_remove("POD_NAMESPACE")
             .env("RUST_LOG", "krites_control=debug")
             .stdin(Stdio::null())
             .stdout(file.try_clone().unwrap())
@@ -541,6 +565,7 @@ impl Control {
 
     fn hard_kill(&self) {
         let mut c = self.child.borrow_mut();
+        let _ = Command::new("kill").args(["-CONT", &c.id().to_string()]).stderr(Stdio::null()).status();
         let _ = c.kill();
         let _ = c.wait();
     }
@@ -548,6 +573,17 @@ impl Control {
     /// SIGKILL: a crash.
     pub fn kill(self) {
         self.hard_kill();
+    }
+
+    /// SIGSTOP / SIGCONT: a replica cut off (it cannot renew, then wakes up).
+    pub fn pause(&self, pause: bool) {
+        let st = Command::new("kill").arg(if pause { "-STOP" } else { "-CONT" }).arg(self.pid().to_string()).status().unwrap();
+        assert!(st.success());
+    }
+
+    /// `/readyz`'s body.
+    pub fn readyz_body(&self) -> String {
+        self.readyz().map(|(_, b)| b).unwrap_or_default()
     }
 }
 
@@ -584,8 +620,9 @@ pub struct PluginWatch {
 
 impl PluginWatch {
     pub fn start(kube: &Kube) -> PluginWatch {
+        // No request timeout: the watch must outlive a failover (20 s would end it).
         let mut child = kube
-            .command(&["get", "wasmplugins.extensions.istio.io", "-n", MESH, "-w", "--output-watch-events", "-o", "json"])
+            .command_timeout("0", &["get", "wasmplugins.extensions.istio.io", "-n", MESH, "-w", "--output-watch-events", "-o", "json"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
