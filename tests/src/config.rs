@@ -305,85 +305,18 @@ fn access_log_config(path: &Path, stat_prefix: &str) -> Value {
     })
 }
 
-/// The ECDS resource file carrying the Krites plugin (`version` must grow on every update).
-/// `WasmPlugin.spec.pluginConfig` as istiod hands it to Envoy: istiod decodes the object into
-/// a `google.protobuf.Struct` (every number a float64) and re-encodes it with legacy jsonpb:
-/// keys sorted at every level, compact, integers below 1e21 as integers and `1e+21` above,
-/// and `<`, `>`, `&` written `\u003c`, `\u003e`, `\u0026` (so `&&` in a selector arrives
-/// as `\u0026\u0026`). Text that is not JSON passes unchanged: the tests that feed the filter
-/// broken configs mean exactly those bytes (istiod would refuse them earlier).
+/// `WasmPlugin.spec.pluginConfig` as istiod hands it to Envoy (the namespace mesh's
+/// `mesh::istiod::jsonpb`: keys sorted, compact, numbers through float64, `<` `>` `&` written
+/// `\u003c` `\u003e` `\u0026`). Text that is not JSON passes unchanged: the tests that feed
+/// the filter broken configs mean exactly those bytes (istiod would refuse them earlier).
 pub fn istiod_plugin_config(plugin_config: &str) -> String {
     match serde_json::from_str::<Value>(plugin_config) {
-        Ok(value) => {
-            let mut out = String::with_capacity(plugin_config.len());
-            write_jsonpb(&value, &mut out);
-            out
-        }
+        Ok(value) => crate::mesh::istiod::jsonpb(&value),
         Err(_) => plugin_config.to_string(),
     }
 }
 
-fn write_jsonpb(value: &Value, out: &mut String) {
-    match value {
-        Value::Null => out.push_str("null"),
-        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-        Value::Number(n) => {
-            let f = n.as_f64().unwrap_or(0.0);
-            if f.fract() == 0.0 && f.abs() < 1e21 {
-                out.push_str(&format!("{f:.0}"));
-            } else if f.abs() >= 1e21 {
-                out.push_str(&format!("{f:e}").replace('e', "e+"));
-            } else {
-                out.push_str(&f.to_string());
-            }
-        }
-        Value::String(s) => write_jsonpb_string(s, out),
-        Value::Array(items) => {
-            out.push('[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_jsonpb(item, out);
-            }
-            out.push(']');
-        }
-        Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            out.push('{');
-            for (i, key) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_jsonpb_string(key, out);
-                out.push(':');
-                write_jsonpb(&map[key], out);
-            }
-            out.push('}');
-        }
-    }
-}
-
-fn write_jsonpb_string(s: &str, out: &mut String) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '<' => out.push_str("\\u003c"),
-            '>' => out.push_str("\\u003e"),
-            '&' => out.push_str("\\u0026"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-}
-
+/// The ECDS resource file carrying the Krites plugin (`version` must grow on every update).
 pub fn ecds(namespace: &str, version: u64, wasm: &Path, plugin_config: &str) -> Value {
     let plugin_config = istiod_plugin_config(plugin_config);
     json!({

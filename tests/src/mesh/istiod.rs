@@ -902,9 +902,14 @@ pub fn plugin_config_transform(plugin_config: &str) -> Result<String> {
     if v.as_object().is_some_and(|o| o.is_empty()) || v.is_null() {
         return Ok(String::new());
     }
+    Ok(jsonpb(&v))
+}
+
+/// A JSON value as istiod's legacy `jsonpb` writes a `Struct` (see [`plugin_config_transform`]).
+pub fn jsonpb(v: &Value) -> String {
     let mut out = String::new();
-    write_go_json(&v, &mut out);
-    Ok(out)
+    write_go_json(v, &mut out);
+    out
 }
 
 fn write_go_json(v: &Value, out: &mut String) {
