@@ -21,7 +21,9 @@ help:
 	@echo "make setup   install the toolchain pieces (wasm target, Envoy, wasm-bindgen runner)"
 	@echo "make build   build the filter: $(WASM_OUT) and its .sha256"
 	@echo "make test    lint, unit tests, engine tests on wasm32, end-to-end tests in Envoy"
-	@echo "make demo    play the YAO Bank tutorial in local Envoys (ARGS=--once to exit after)"
+	@echo "make demo    play the YAO Bank tutorial: as root on the namespace mesh (pods as network namespaces,"
+	@echo "             Istio's iptables interception, istiod-shaped sidecars), else in Envoys on 127.0.0.x"
+	@echo "             (ARGS=--once to exit after; ARGS=--mesh or --loopback to choose)"
 	@echo "make bench   load benchmark (baseline, rbac, ext_authz, krites in Envoy; BENCH_ARGS=--quick) and engine micro-benchmarks"
 	@echo "make fuzz-smoke  replay each fuzz target's corpus, fuzz it $(FUZZ_SMOKE_SECONDS) s (part of make test)"
 	@echo "make fuzz    fuzz each target $(FUZZ_SECONDS) s (FUZZ_SECONDS=..., FUZZ_TARGETS='selector config decide path')"
@@ -46,8 +48,9 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy -p krites-filter -p krites-policy -p krites-config --target $(WASM_TARGET) -- -D warnings
 
+# cargo test --workspace, in three lanes side by side (scripts/test-native.sh).
 test-native: build
-	$(CARGO) test --workspace
+	CARGO="$(CARGO)" scripts/test-native.sh
 
 # The engine's own test suite compiled to wasm32 and run under Node, so a
 # 32-bit usize or the wasm build cannot hide a bug.
@@ -93,7 +96,7 @@ bench-smoke: build
 # Pushes wasm-out/krites.wasm and the control image, reads both back with
 # skopeo, and points the shipped manifests at the pushed digests: the
 # WasmPlugins, and the control Deployment's --module-url/--sha256 and image:
-# (edited textually there, comments kept).
+# (lines edited in place, comments kept).
 publish: build control-image
 	@set -euo pipefail; out=$$($(CONTROL) publish $(WASM_OUT) $(PUBLISH_REF) $(PUBLISH_ARGS) \
 	  --update-manifest istio-manifests/wasmplugin.yaml --update-deployment $(DEPLOYMENT)); echo "$$out"; \

@@ -28,6 +28,13 @@ if [ "${1:-}" != demo ]; then
   command -v musl-gcc >/dev/null || need_pkgs+=(musl-tools)      # static control binary (ring's C code)
   command -v file >/dev/null || need_pkgs+=(file)                # make control-static checks the binary is static
 fi
+# As root the demo runs on the namespace mesh, which needs these too.
+if [ "${1:-}" = demo ] && [ "$(id -u)" = 0 ]; then
+  command -v ip >/dev/null || need_pkgs+=(iproute2)
+  command -v iptables >/dev/null || need_pkgs+=(iptables)
+  command -v openssl >/dev/null || need_pkgs+=(openssl)
+  command -v setpriv >/dev/null || need_pkgs+=(util-linux)
+fi
 if [ ${#need_pkgs[@]} -gt 0 ] && command -v apt-get >/dev/null; then
   say "installing Debian packages: ${need_pkgs[*]}"
   as_root apt-get update -qq

@@ -7,6 +7,10 @@
 //!   unindexed, to show which requests take the slow path.
 //! - `compile`: `PolicySet::from_config` + `WorkloadPolicy::new`.
 //! - `parse`: `PolicySet::from_json` from the serialized bytes (and serde alone).
+//! - `egress`: the egress role on BookInfo's shape (reviews may call ratings):
+//!   to a pod, to a Service of 3 and of 100 endpoints, outside; with nothing
+//!   staged, and with a staged policy touching the workload (the staged walk
+//!   and the comparison added).
 //!
 //! `KRITES_BENCH_QUICK=1` shortens warm-up and measurement for a smoke run.
 
@@ -191,5 +195,95 @@ fn bench_control_compile(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_decide, bench_compile, bench_parse, bench_control_compile);
+/// BookInfo: reviews may call ratings (whose Service has `ratings` endpoints)
+/// and nothing else, behind a security tier that denies an outside range;
+/// `staged`: a staged Set of the reviews policy that would also allow details.
+fn bookinfo_egress(ratings: usize, staged: bool) -> Arc<PolicySet> {
+    let ratings_ips: Vec<String> = (0..ratings).map(|i| format!("10.1.{}.{}", 1 + i / 200, 10 + i % 200)).collect();
+    let rule = |selector: &str| serde_json::json!({"action": "Allow", "protocol": "TCP", "destination": {"selector": selector, "ports": [9080]}});
+    let reviews = |rules: serde_json::Value| serde_json::json!({"name": "reviews", "namespace": "bookinfo", "selector": "app == 'reviews'", "types": ["Egress"], "egress": rules});
+    let mut staged_policies = Vec::new();
+    if staged {
+        let mut p = reviews(serde_json::json!([rule("app == 'ratings'"), rule("app == 'details'")]));
+        p["stagedAction"] = "Set".into();
+        staged_policies.push(p);
+    }
+    let config = serde_json::json!({
+        "version": 1,
+        "tiers": [{"name": "security", "order": 100, "defaultAction": "Pass"}],
+        "policies": [
+            {"name": "no-exfil", "tier": "security", "selector": "all()", "types": ["Egress"],
+             "egress": [{"action": "Deny", "destination": {"nets": ["203.0.113.0/24"]}}, {"action": "Pass"}]},
+            reviews(serde_json::json!([rule("app == 'ratings'")]))
+        ],
+        "stagedPolicies": staged_policies,
+        "endpoints": [
+            {"namespace": "bookinfo", "serviceAccount": "bookinfo-reviews", "labels": {"app": "reviews"}, "ips": ["10.1.0.20"]},
+            {"namespace": "bookinfo", "serviceAccount": "bookinfo-ratings", "labels": {"app": "ratings"}, "ips": ratings_ips},
+            {"namespace": "bookinfo", "serviceAccount": "bookinfo-details", "labels": {"app": "details"}, "ips": ["10.1.0.40"]}
+        ],
+        "services": [
+            {"namespace": "bookinfo", "name": "ratings", "clusterIPs": ["10.96.0.30"],
+             "ports": [{"port": 9080, "endpoints": [{"port": 9080, "ips": ratings_ips}]}]},
+            {"namespace": "bookinfo", "name": "details", "clusterIPs": ["10.96.0.40"],
+             "ports": [{"port": 9080, "endpoints": [{"port": 9080, "ips": ["10.1.0.40"]}]}]}
+        ]
+    });
+    let config = PluginConfig::from_json(config.to_string().as_bytes()).unwrap_or_else(|e| fail("bookinfo config", e));
+    compile(&config)
+}
+
+fn bench_egress(c: &mut Criterion) {
+    use krites_policy::engine::{Destination, EgressFacts, EgressPolicy, StagedWorkload};
+    let workload = krites_policy::Workload {
+        namespace: "bookinfo".into(),
+        service_account: "bookinfo-reviews".into(),
+        labels: [("app".to_string(), "reviews".to_string())].into(),
+        ports: Default::default(),
+    };
+    let to = |ip: &str, port: u16| EgressFacts {
+        source_ip: "10.1.0.20".parse().ok(),
+        source_port: Some(40000),
+        destination: Destination::Address { ip: ip.parse().ok(), port: Some(port) },
+        method: None,
+        path: None,
+    };
+    let cases = [
+        ("pod", to("10.1.1.10", 9080), true),
+        ("service", to("10.96.0.30", 9080), true),
+        ("denied-service", to("10.96.0.40", 9080), false),
+        ("outside", to("203.0.113.9", 443), false),
+    ];
+    let mut group = c.benchmark_group("egress");
+    configure(&mut group, false);
+    for (ratings, staged) in [(3, false), (100, false), (3, true)] {
+        let set = bookinfo_egress(ratings, staged);
+        let policy = EgressPolicy::new(Arc::clone(&set), &workload);
+        let view = StagedWorkload::new(&set, &workload);
+        if staged && view.is_none() {
+            fail("bookinfo egress", "the staged policy does not touch reviews");
+        }
+        for (name, facts, allowed) in &cases {
+            if policy.decide(facts).allowed() != *allowed {
+                fail("bookinfo egress", format!("{name}: unexpected verdict"));
+            }
+            let id = format!("{name}/endpoints-{ratings}{}", if staged { "/staged" } else { "" });
+            group.bench_function(id, |b| {
+                b.iter(|| {
+                    let now = policy.decide(black_box(facts));
+                    match &view {
+                        Some(v) => {
+                            let would = v.egress.decide(facts);
+                            v.compare((now.verdict, now.policy), (would.verdict, would.policy)).is_some()
+                        }
+                        None => now.allowed(),
+                    }
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_decide, bench_compile, bench_parse, bench_control_compile, bench_egress);
 criterion_main!(benches);

@@ -632,6 +632,9 @@ pub fn generate(scale: &Scale) -> PluginConfig {
         endpoints: world.endpoints(),
         namespaces: world.namespace_specs(),
         service_accounts: world.service_accounts(),
+        network_sets: Vec::new(),
+        services: Vec::new(),
+        staged_policies: Vec::new(),
     }
 }
 

@@ -140,7 +140,7 @@ macro_rules! canonical_enum {
         }
     )*};
 }
-canonical_enum!(TierDefaultAction, PolicyType, Action);
+canonical_enum!(TierDefaultAction, PolicyType, Action, StagedAction);
 
 impl Canonical for ProtocolSpec {
     fn feed(&self, d: &mut Digest) {
@@ -176,7 +176,19 @@ impl Canonical for PortSpec {
 /// cannot be left out.
 impl Canonical for PluginConfig {
     fn feed(&self, d: &mut Digest) {
-        let PluginConfig { version, revision, scope, tiers, policies, endpoints, namespaces, service_accounts } = self;
+        let PluginConfig {
+            version,
+            revision,
+            scope,
+            tiers,
+            policies,
+            endpoints,
+            namespaces,
+            service_accounts,
+            network_sets,
+            services,
+            staged_policies,
+        } = self;
         d.number(u64::from(*version));
         revision.feed(d);
         scope.feed(d);
@@ -185,6 +197,21 @@ impl Canonical for PluginConfig {
         endpoints.feed(d);
         namespaces.feed(d);
         service_accounts.feed(d);
+        // Last and only when present: a config without network sets keeps
+        // the revision it had before they existed (nothing follows, so the
+        // encoding stays unambiguous).
+        // Services and staged policies likewise, each written when it or
+        // a later part is present: every part's encoding is self-delimiting,
+        // so no two configs collide.
+        if !network_sets.is_empty() || !services.is_empty() || !staged_policies.is_empty() {
+            network_sets.feed(d);
+        }
+        if !services.is_empty() || !staged_policies.is_empty() {
+            services.feed(d);
+        }
+        if !staged_policies.is_empty() {
+            staged_policies.feed(d);
+        }
     }
 }
 
@@ -210,6 +237,8 @@ impl Canonical for PolicySpec {
             service_account_selector,
             types,
             ingress,
+            egress,
+            staged_action,
         } = self;
         name.feed(d);
         namespace.feed(d);
@@ -221,6 +250,8 @@ impl Canonical for PolicySpec {
         service_account_selector.feed(d);
         types.feed(d);
         ingress.feed(d);
+        egress.feed(d);
+        staged_action.feed(d);
     }
 }
 
@@ -314,5 +345,41 @@ impl Canonical for ServiceAccountSpec {
         namespace.feed(d);
         name.feed(d);
         labels.feed(d);
+    }
+}
+
+impl Canonical for NetworkSetSpec {
+    fn feed(&self, d: &mut Digest) {
+        let NetworkSetSpec { name, namespace, labels, nets } = self;
+        name.feed(d);
+        namespace.feed(d);
+        labels.feed(d);
+        nets.feed(d);
+    }
+}
+
+impl Canonical for ServiceSpec {
+    fn feed(&self, d: &mut Digest) {
+        let ServiceSpec { namespace, name, cluster_ips, ports } = self;
+        namespace.feed(d);
+        name.feed(d);
+        cluster_ips.feed(d);
+        ports.feed(d);
+    }
+}
+
+impl Canonical for ServicePortSpec {
+    fn feed(&self, d: &mut Digest) {
+        let ServicePortSpec { port, endpoints } = self;
+        port.feed(d);
+        endpoints.feed(d);
+    }
+}
+
+impl Canonical for ServiceEndpointsSpec {
+    fn feed(&self, d: &mut Digest) {
+        let ServiceEndpointsSpec { port, ips } = self;
+        port.feed(d);
+        ips.feed(d);
     }
 }

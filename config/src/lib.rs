@@ -51,6 +51,23 @@ pub struct PluginConfig {
     pub namespaces: Vec<NamespaceSpec>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub service_accounts: Vec<ServiceAccountSpec>,
+    /// Calico's GlobalNetworkSets and NetworkSets: labelled CIDRs that rule
+    /// selectors match as they match pods (the address is not a pod).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub network_sets: Vec<NetworkSetSpec>,
+    /// Kubernetes Services, for the egress role: a client's sidecar names a
+    /// Service (its ClusterIP, or the cluster `outbound|port||host`) before
+    /// its load balancer picks an endpoint, so egress rules are read against
+    /// every endpoint behind it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<ServiceSpec>,
+    /// Calico's staged policies (StagedGlobalNetworkPolicy,
+    /// StagedNetworkPolicy, StagedKubernetesNetworkPolicy), each with its
+    /// `stagedAction`, named as the policy they would set or delete. They
+    /// never change a verdict: the filter decides each request under the
+    /// policies with these changes applied too, and reports differences.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub staged_policies: Vec<PolicySpec>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -93,12 +110,27 @@ pub struct PolicySpec {
     pub namespace_selector: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_account_selector: Option<String>,
-    /// Absent means `[Ingress]`: the config carries only ingress rules, so
-    /// the producer resolves Calico's defaulting from the egress rules it saw.
+    /// Absent means `[Ingress]`; the producer resolves Calico's defaulting
+    /// (from which rule lists the object had) and always writes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub types: Option<Vec<PolicyType>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ingress: Vec<RuleSpec>,
+    /// Enforced on the selected workloads' own sidecars (the egress role).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress: Vec<RuleSpec>,
+    /// Only in [`PluginConfig::staged_policies`], where it is required.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub staged_action: Option<StagedAction>,
+}
+
+/// What a staged policy would do to the policy of its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StagedAction {
+    /// Create it, or replace it with this spec.
+    Set,
+    /// Remove it.
+    Delete,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -254,4 +286,51 @@ pub struct ServiceAccountSpec {
     pub name: String,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+}
+
+/// A Calico `GlobalNetworkSet` (no namespace) or `NetworkSet`: a rule
+/// selector that matches its labels matches every address in its `nets`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NetworkSetSpec {
+    pub name: String,
+    /// Set for a `NetworkSet`; absent for a `GlobalNetworkSet`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nets: Vec<String>,
+}
+
+/// A Kubernetes Service: its ClusterIPs and, per TCP port, the endpoints
+/// (from its EndpointSlices) a connection to that port may reach.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceSpec {
+    pub namespace: String,
+    pub name: String,
+    /// Empty for a headless Service: clients connect to a pod address itself.
+    #[serde(default, rename = "clusterIPs", skip_serializing_if = "Vec::is_empty")]
+    pub cluster_ips: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<ServicePortSpec>,
+}
+
+/// One Service port (TCP: the only protocol Envoy's listeners carry here).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServicePortSpec {
+    pub port: u16,
+    /// Endpoint addresses grouped by the port they serve it on (a named
+    /// targetPort may resolve differently per pod).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<ServiceEndpointsSpec>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceEndpointsSpec {
+    pub port: u16,
+    pub ips: Vec<String>,
 }

@@ -25,7 +25,7 @@ impl PluginConfig {
 }
 
 fn plugin_config(r: &mut Reader) -> Result<PluginConfig> {
-    const FIELDS: &[&str] = &["version", "revision", "scope", "tiers", "policies", "endpoints", "namespaces", "serviceAccounts"];
+    const FIELDS: &[&str] = &["version", "revision", "scope", "tiers", "policies", "endpoints", "namespaces", "serviceAccounts", "networkSets", "services", "stagedPolicies"];
     let mut c = PluginConfig::default();
     r.object(FIELDS, 1, Unknown::Reject, &mut |r, field| {
         match field {
@@ -36,7 +36,10 @@ fn plugin_config(r: &mut Reader) -> Result<PluginConfig> {
             "policies" => c.policies = r.list(policy)?,
             "endpoints" => c.endpoints = r.list(endpoint)?,
             "namespaces" => c.namespaces = r.list(namespace)?,
-            _ => c.service_accounts = r.list(service_account)?,
+            "serviceAccounts" => c.service_accounts = r.list(service_account)?,
+            "networkSets" => c.network_sets = r.list(network_set)?,
+            "services" => c.services = r.list(service)?,
+            _ => c.staged_policies = r.list(policy)?,
         }
         Ok(())
     })?;
@@ -108,6 +111,8 @@ fn policy(r: &mut Reader) -> Result<PolicySpec> {
         "serviceAccountSelector",
         "types",
         "ingress",
+        "egress",
+        "stagedAction",
     ];
     let mut p = PolicySpec::default();
     r.object(FIELDS, 1, Unknown::Reject, &mut |r, field| {
@@ -121,7 +126,9 @@ fn policy(r: &mut Reader) -> Result<PolicySpec> {
             "namespaceSelector" => p.namespace_selector = text(r)?,
             "serviceAccountSelector" => p.service_account_selector = text(r)?,
             "types" => p.types = r.optional(|r| r.list(policy_type))?,
-            _ => p.ingress = r.list(rule)?,
+            "ingress" => p.ingress = r.list(rule)?,
+            "egress" => p.egress = r.list(rule)?,
+            _ => p.staged_action = r.optional(|r| variant(r, &[("Set", StagedAction::Set), ("Delete", StagedAction::Delete)]))?,
         }
         Ok(())
     })?;
@@ -285,4 +292,60 @@ fn service_account(r: &mut Reader) -> Result<ServiceAccountSpec> {
         Ok(())
     })?;
     Ok(s)
+}
+
+fn network_set(r: &mut Reader) -> Result<NetworkSetSpec> {
+    let mut s = NetworkSetSpec::default();
+    r.object(&["name", "namespace", "labels", "nets"], 1, Unknown::Reject, &mut |r, field| {
+        match field {
+            "name" => s.name = r.string()?,
+            "namespace" => s.namespace = text(r)?,
+            "labels" => s.labels = labels(r)?,
+            _ => s.nets = strings(r)?,
+        }
+        Ok(())
+    })?;
+    Ok(s)
+}
+
+fn service(r: &mut Reader) -> Result<ServiceSpec> {
+    let mut s = ServiceSpec::default();
+    r.object(&["namespace", "name", "clusterIPs", "ports"], 2, Unknown::Reject, &mut |r, field| {
+        match field {
+            "namespace" => s.namespace = r.string()?,
+            "name" => s.name = r.string()?,
+            "clusterIPs" => s.cluster_ips = strings(r)?,
+            _ => s.ports = r.list(service_port)?,
+        }
+        Ok(())
+    })?;
+    Ok(s)
+}
+
+fn port_number(r: &mut Reader) -> Result<u16> {
+    r.unsigned(u16::MAX.into(), "a port number").map(|n| n as u16)
+}
+
+fn service_port(r: &mut Reader) -> Result<ServicePortSpec> {
+    let mut p = ServicePortSpec::default();
+    r.object(&["port", "endpoints"], 1, Unknown::Reject, &mut |r, field| {
+        match field {
+            "port" => p.port = port_number(r)?,
+            _ => p.endpoints = r.list(service_endpoints)?,
+        }
+        Ok(())
+    })?;
+    Ok(p)
+}
+
+fn service_endpoints(r: &mut Reader) -> Result<ServiceEndpointsSpec> {
+    let mut e = ServiceEndpointsSpec::default();
+    r.object(&["port", "ips"], 2, Unknown::Reject, &mut |r, field| {
+        match field {
+            "port" => e.port = port_number(r)?,
+            _ => e.ips = strings(r)?,
+        }
+        Ok(())
+    })?;
+    Ok(e)
 }

@@ -1,10 +1,13 @@
-//! Inventory -> plugin config: the policies, and only the endpoint, namespace
-//! and service-account entries some rule can tell apart (as Felix sends only
+//! Inventory -> plugin config: the policies, and only the endpoint, namespace,
+//! service-account and network-set entries some rule can tell apart (as Felix sends only
 //! the IP sets active rules use), so a WasmPlugin stays small.
 
 use std::collections::{BTreeMap, HashMap};
 
-use krites_policy::config::{EndpointSpec, NamespaceSpec, PluginConfig, ServiceAccountSpec, CONFIG_VERSION};
+use krites_policy::config::{
+    EndpointSpec, NamespaceSpec, NetworkSetSpec, PluginConfig, ServiceAccountSpec, ServiceEndpointsSpec, ServicePortSpec, ServiceSpec,
+    CONFIG_VERSION,
+};
 use krites_policy::model::Group;
 use krites_policy::{ConfigErrors, PolicySet};
 
@@ -38,6 +41,59 @@ pub enum CompileError {
     AddressClash { ip: String, first: String, second: String },
 }
 
+/// The inventory's network sets, sorted as policies are (namespace, name),
+/// each set's nets as written. `Universe::network_sets` keeps this order,
+/// so indexes into it are indexes into this list.
+fn network_sets(inv: &Inventory) -> Vec<NetworkSetSpec> {
+    let mut sets = inv.network_sets.clone();
+    sets.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    sets
+}
+
+/// The inventory's Services joined with their EndpointSlices, sorted by
+/// (namespace, name): per TCP port, the endpoint addresses grouped by the
+/// port they serve it on (an EndpointSlice port serves the Service port of
+/// the same name). A Service with a slice that did not convert is left out:
+/// its endpoints are not all known.
+pub fn services(inv: &Inventory) -> Vec<ServiceSpec> {
+    let mut out: Vec<ServiceSpec> = Vec::new();
+    for svc in &inv.services {
+        if inv.broken_services.contains(&(svc.namespace.clone(), svc.name.clone())) {
+            continue;
+        }
+        let slices: Vec<_> = inv.endpoint_slices.iter().filter(|s| s.namespace == svc.namespace && s.service == svc.name).collect();
+        let mut ports = Vec::new();
+        for (port_name, port) in &svc.ports {
+            let mut by_port: BTreeMap<u16, Vec<std::net::IpAddr>> = BTreeMap::new();
+            for slice in &slices {
+                for (_, target) in slice.ports.iter().filter(|(name, _)| name == port_name) {
+                    let ips = by_port.entry(*target).or_default();
+                    ips.extend(slice.ready.iter().copied());
+                    if svc.publish_not_ready {
+                        ips.extend(slice.not_ready.iter().copied());
+                    }
+                }
+            }
+            let endpoints = by_port
+                .into_iter()
+                .filter_map(|(port, mut ips)| {
+                    ips.sort();
+                    ips.dedup();
+                    (!ips.is_empty()).then(|| ServiceEndpointsSpec { port, ips: ips.iter().map(ToString::to_string).collect() })
+                })
+                .collect();
+            ports.push(ServicePortSpec { port: *port, endpoints });
+        }
+        ports.sort_by_key(|p| p.port);
+        ports.dedup_by_key(|p| p.port);
+        let mut cluster_ips: Vec<String> = svc.cluster_ips.iter().map(ToString::to_string).collect();
+        cluster_ips.dedup();
+        out.push(ServiceSpec { namespace: svc.namespace.clone(), name: svc.name.clone(), cluster_ips, ports });
+    }
+    out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    out
+}
+
 /// Compiles everything the inventory holds (already validated object by object).
 pub fn compile(inv: &Inventory, opts: &Options) -> Result<Compiled, CompileError> {
     let in_scope = |ns: Option<&str>| match (&opts.namespace, ns) {
@@ -46,6 +102,8 @@ pub fn compile(inv: &Inventory, opts: &Options) -> Result<Compiled, CompileError
     };
     let mut policies: Vec<_> = inv.policies.iter().filter(|p| in_scope(p.namespace.as_deref())).cloned().collect();
     policies.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    let mut staged_policies: Vec<_> = inv.staged_policies.iter().filter(|p| in_scope(p.namespace.as_deref())).cloned().collect();
+    staged_policies.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
 
     // Pods grouped by what selectors can see: namespace, service account, labels.
     let mut groups: BTreeMap<(String, String, Labels), Vec<String>> = BTreeMap::new();
@@ -82,11 +140,24 @@ pub fn compile(inv: &Inventory, opts: &Options) -> Result<Compiled, CompileError
     tiers.sort_by(|a, b| a.name.cmp(&b.name));
 
     let scope = opts.namespace.as_ref().map(|ns| vec![ns.clone()]);
-    let mut full = PluginConfig { version: CONFIG_VERSION, revision: None, scope, tiers, policies, endpoints, namespaces, service_accounts };
+    let mut full = PluginConfig {
+        version: CONFIG_VERSION,
+        revision: None,
+        scope,
+        tiers,
+        policies,
+        endpoints,
+        namespaces,
+        service_accounts,
+        network_sets: network_sets(inv),
+        services: services(inv),
+        staged_policies,
+    };
     let addresses_known = full.endpoints.iter().map(|e| e.ips.len()).sum();
     let mut set = PolicySet::from_config(&full)?;
     if let Some(ns) = &opts.namespace {
-        // A namespace's shard needs only the global policies that select one of its pods.
+        // A namespace's shard needs only the global policies that select one
+        // of its pods, for ingress or for egress.
         let universe = set.universe();
         let local: Vec<&Group> = (0..universe.group_count())
             .filter_map(|g| universe.group(u32::try_from(g).ok()?))
@@ -95,20 +166,59 @@ pub fn compile(inv: &Inventory, opts: &Options) -> Result<Compiled, CompileError
         let wanted: std::collections::HashSet<(Option<String>, String)> = set
             .policies()
             .iter()
-            .filter(|p| p.namespace.is_some() || local.iter().any(|g| p.selects(&g.namespace, &g.service_account, &g.labels, universe)))
+            .filter(|p| p.namespace.is_some() || local.iter().any(|g| p.selects_workload(&g.namespace, &g.service_account, &g.labels, universe)))
             .map(|p| (p.namespace.clone(), p.name.clone()))
             .collect();
         full.policies.retain(|p| wanted.contains(&(p.namespace.clone(), p.name.clone())));
+        // Staged global policies likewise: a staged Set that would select a
+        // local pod, and any staged change to a policy the shard keeps (a
+        // Delete has no selector of its own to go by).
+        let staged_wanted: std::collections::HashSet<(Option<String>, String)> = set
+            .staged_view()
+            .map(|view| {
+                view.policies()
+                    .iter()
+                    .filter(|p| p.staged.is_some())
+                    .filter(|p| p.namespace.is_some() || local.iter().any(|g| p.selects_workload(&g.namespace, &g.service_account, &g.labels, universe)))
+                    .map(|p| (p.namespace.clone(), p.name.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        full.staged_policies.retain(|p| {
+            let id = (p.namespace.clone(), p.name.clone());
+            p.namespace.is_some() || staged_wanted.contains(&id) || wanted.contains(&id)
+        });
         set = PolicySet::from_config(&full)?;
     }
-    let referenced = set.referenced_groups(|_| true);
+    // The staged view's rules count too: it shares the endpoint table, so
+    // its group and network-set indexes are the enforced set's.
+    let mut referenced = set.referenced_groups(|_| true);
+    if let Some(view) = set.staged_view() {
+        referenced.union_with(&view.referenced_groups(|_| true));
+    }
     let universe = set.universe();
     let keep: std::collections::HashSet<Group> = (0..universe.group_count())
         .filter(|&g| referenced.contains(g))
         .filter_map(|g| universe.group(u32::try_from(g).ok()?).cloned())
         .collect();
+    // A network set no kept rule's selector matches changes no decision.
+    let mut referenced_sets = set.referenced_network_sets(|_| true);
+    if let Some(view) = set.staged_view() {
+        referenced_sets.extend(view.referenced_network_sets(|_| true));
+        referenced_sets.sort_unstable();
+        referenced_sets.dedup();
+    }
     let mut config = full;
     config.endpoints.retain(|e| keep.contains(&Group::new(&e.namespace, &e.service_account, &e.labels)));
+    config.network_sets = referenced_sets.into_iter().filter_map(|i| config.network_sets.get(i).cloned()).collect();
+    // Services matter only to egress rules and to `services` matches (a
+    // source Service on ingress): without either, no decision reads them.
+    let names_a_service = |p: &krites_policy::config::PolicySpec| {
+        p.ingress.iter().any(|r| r.source.as_ref().is_some_and(|e| e.services.is_some()))
+    };
+    if config.policies.iter().chain(&config.staged_policies).all(|p| p.egress.is_empty() && !names_a_service(p)) {
+        config.services.clear();
+    }
     let addresses_emitted = config.endpoints.iter().map(|e| e.ips.len()).sum();
 
     let set = PolicySet::from_config(&config)?;
@@ -144,7 +254,7 @@ pub fn selector_warnings(inv: &Inventory) -> Vec<String> {
         }
     }
     let mut warnings = Vec::new();
-    for p in &inv.policies {
+    for p in inv.policies.iter().chain(&inv.staged_policies) {
         let Ok(value) = serde_json::to_value(p) else { continue };
         let mut found = Vec::new();
         walk(&value, &mut String::from("spec"), &mut found);
@@ -170,7 +280,7 @@ pub fn namespaces(inv: &Inventory) -> Vec<String> {
         .pods
         .iter()
         .map(|p| p.namespace.clone())
-        .chain(inv.policies.iter().filter_map(|p| p.namespace.clone()))
+        .chain(inv.policies.iter().chain(&inv.staged_policies).filter_map(|p| p.namespace.clone()))
         .collect();
     all.sort();
     all.dedup();
@@ -313,5 +423,94 @@ spec:
         assert_eq!(warnings.len(), 1, "{warnings:?}");
         assert!(warnings[0].starts_with("GlobalNetworkPolicy/pinned: spec."), "{}", warnings[0]);
         assert!(warnings[0].contains("source.selector: names pod-template-hash"), "{}", warnings[0]);
+    }
+}
+
+#[cfg(test)]
+mod staged {
+    #![allow(clippy::unwrap_used)] // test code
+
+    use super::*;
+    use crate::manifests;
+
+    const CLUSTER: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: web-1, namespace: a, labels: {app: web}}
+spec: {serviceAccountName: web, containers: [{name: web, image: web}]}
+status: {phase: Running, podIP: 10.0.0.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: probe-1, namespace: a, labels: {app: probe}}
+spec: {serviceAccountName: probe, containers: [{name: probe, image: probe}]}
+status: {phase: Running, podIP: 10.0.0.2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: db-1, namespace: b, labels: {app: db}}
+spec: {serviceAccountName: db, containers: [{name: db, image: db}]}
+status: {phase: Running, podIP: 10.0.1.1}
+---
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: db}
+spec:
+  selector: app == 'db'
+  ingress: [{action: Allow, source: {selector: app == 'web'}}]
+---
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: old-web}
+spec:
+  selector: app == 'web'
+  ingress: [{action: Allow}]
+---
+# Only this staged rule names the probe pods.
+apiVersion: projectcalico.org/v3
+kind: StagedGlobalNetworkPolicy
+metadata: {name: db}
+spec:
+  selector: app == 'db'
+  ingress: [{action: Allow, source: {selector: app == 'probe'}}]
+---
+apiVersion: projectcalico.org/v3
+kind: StagedGlobalNetworkPolicy
+metadata: {name: web-lock}
+spec:
+  selector: app == 'web'
+  ingress: [{action: Deny}]
+---
+apiVersion: projectcalico.org/v3
+kind: StagedGlobalNetworkPolicy
+metadata: {name: old-web}
+spec: {stagedAction: Delete}
+"#;
+
+    fn staged_names(c: &Compiled) -> Vec<&str> {
+        c.config.staged_policies.iter().map(|p| p.name.as_str()).collect()
+    }
+
+    #[test]
+    fn staged_rules_keep_their_endpoints_and_shards_keep_staged_policies_touching_local_pods() {
+        let mut parsed = Vec::new();
+        manifests::parse_text("cluster.yaml", CLUSTER, &mut parsed).unwrap();
+        let inv = Inventory::from_manifests(&parsed);
+        assert!(inv.errors.is_empty(), "{:?}", inv.errors);
+
+        let whole = compile(&inv, &Options::default()).unwrap();
+        assert_eq!(staged_names(&whole), ["db", "old-web", "web-lock"]);
+        // The probe pods matter to the staged view only: still carried.
+        let apps: Vec<&str> = whole.config.endpoints.iter().filter_map(|e| e.labels.get("app").map(String::as_str)).collect();
+        assert_eq!(apps, ["probe", "web"], "{:?}", whole.config.endpoints);
+
+        // Namespace a: the staged changes to its own pods' policies.
+        let a = compile(&inv, &Options { namespace: Some("a".into()) }).unwrap();
+        assert_eq!(staged_names(&a), ["old-web", "web-lock"]);
+        // Namespace b: the staged db policy only (web-lock and the Delete of old-web touch no pod of b).
+        let b = compile(&inv, &Options { namespace: Some("b".into()) }).unwrap();
+        assert_eq!(staged_names(&b), ["db"]);
+        let apps: Vec<&str> = b.config.endpoints.iter().filter_map(|e| e.labels.get("app").map(String::as_str)).collect();
+        assert_eq!(apps, ["probe", "web"]);
     }
 }

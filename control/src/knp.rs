@@ -33,31 +33,53 @@ pub fn convert(np: &NetworkPolicy) -> Result<PolicySpec, Vec<ConfigError>> {
             let _ = write!(selector, " && {s}");
         }
     }
-    // policyTypes unset: Ingress (plus Egress when egress rules exist).
-    let ingress_type = match &spec.policy_types {
-        Some(types) => types.iter().any(|t| t == "Ingress"),
-        None => true,
+    // policyTypes unset: Ingress, plus Egress when there are egress rules
+    // (Kubernetes' defaulting, which Calico's conversion repeats).
+    let types = match spec.policy_types.as_deref() {
+        Some(types) if !types.is_empty() => {
+            let mut out = Vec::new();
+            for (i, t) in types.iter().enumerate() {
+                let ty = match t.as_str() {
+                    "Ingress" => PolicyType::Ingress,
+                    "Egress" => PolicyType::Egress,
+                    other => {
+                        err(format!("spec.policyTypes[{i}]"), format!("{other:?} is not Ingress or Egress"));
+                        continue;
+                    }
+                };
+                if !out.contains(&ty) {
+                    out.push(ty);
+                }
+            }
+            out
+        }
+        _ if spec.egress.as_ref().is_some_and(|e| !e.is_empty()) => vec![PolicyType::Ingress, PolicyType::Egress],
+        _ => vec![PolicyType::Ingress],
     };
-    let mut rules = Vec::new();
+    let mut ingress = Vec::new();
     for (i, rule) in spec.ingress.iter().flatten().enumerate() {
         let field = format!("spec.ingress[{i}]");
-        let port_groups = ports(rule.ports.as_deref().unwrap_or(&[]), &field, &mut err);
-        let sources: Vec<Option<EntityRuleSpec>> = match rule.from.as_deref() {
-            None | Some([]) => vec![None],
-            Some(peers) => peers.iter().enumerate().map(|(j, p)| peer(p, &format!("{field}.from[{j}]"), &mut err)).map(Some).collect(),
-        };
-        // One rule per (peer x protocol), as Calico does.
-        for source in &sources {
-            for (protocol, group) in &port_groups {
-                let mut r = RuleSpec::new(Action::Allow);
-                r.protocol = protocol.clone().map(ProtocolSpec::Name);
-                r.source = source.clone();
-                if !group.is_empty() {
-                    r.destination = Some(EntityRuleSpec { ports: group.clone(), ..Default::default() });
+        let port_groups = ports(rule.ports.as_deref().unwrap_or(&[]), &field, Direction::Ingress, &mut err);
+        let peers = peers(rule.from.as_deref(), &format!("{field}.from"), &mut err);
+        ingress.extend(rules(&peers, &port_groups, |r, peer| r.source = peer));
+    }
+    let mut egress = Vec::new();
+    for (i, rule) in spec.egress.iter().flatten().enumerate() {
+        let field = format!("spec.egress[{i}]");
+        let port_groups = ports(rule.ports.as_deref().unwrap_or(&[]), &field, Direction::Egress, &mut err);
+        let peers = peers(rule.to.as_deref(), &format!("{field}.to"), &mut err);
+        // The ports are the destination's; the peer is the destination too.
+        egress.extend(rules(&peers, &port_groups, |r, peer| {
+            let ports = r.destination.take().map(|d| d.ports).unwrap_or_default();
+            r.destination = match peer {
+                Some(mut p) => {
+                    p.ports = ports;
+                    Some(p)
                 }
-                rules.push(r);
-            }
-        }
+                None if ports.is_empty() => None,
+                None => Some(EntityRuleSpec { ports, ..Default::default() }),
+            };
+        }));
     }
     if !errors.is_empty() {
         return Err(errors);
@@ -71,15 +93,55 @@ pub fn convert(np: &NetworkPolicy) -> Result<PolicySpec, Vec<ConfigError>> {
         selector: Some(selector),
         namespace_selector: None,
         service_account_selector: None,
-        types: Some(if ingress_type { vec![PolicyType::Ingress] } else { vec![PolicyType::Egress] }),
-        ingress: rules,
+        types: Some(types),
+        ingress,
+        egress,
+        staged_action: None,
     })
+}
+
+/// The peers of a rule (`from` or `to`): absent or empty is any peer (one
+/// rule without an entity clause); each peer gives its own rule.
+fn peers(list: Option<&[NetworkPolicyPeer]>, field: &str, err: &mut impl FnMut(String, String)) -> Vec<Option<EntityRuleSpec>> {
+    match list {
+        None | Some([]) => vec![None],
+        Some(peers) => peers.iter().enumerate().map(|(j, p)| Some(peer(p, &format!("{field}[{j}]"), err))).collect(),
+    }
+}
+
+/// One Allow rule per (peer x protocol), as Calico's conversion makes them:
+/// the ports go in `destination.ports`, and `place` puts the peer on its side.
+fn rules(
+    peers: &[Option<EntityRuleSpec>],
+    port_groups: &[(Option<String>, Vec<PortSpec>)],
+    place: impl Fn(&mut RuleSpec, Option<EntityRuleSpec>),
+) -> Vec<RuleSpec> {
+    let mut out = Vec::new();
+    for peer in peers {
+        for (protocol, group) in port_groups {
+            let mut r = RuleSpec::new(Action::Allow);
+            r.protocol = protocol.clone().map(ProtocolSpec::Name);
+            if !group.is_empty() {
+                r.destination = Some(EntityRuleSpec { ports: group.clone(), ..Default::default() });
+            }
+            place(&mut r, peer.clone());
+            out.push(r);
+        }
+    }
+    out
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    Ingress,
+    Egress,
 }
 
 /// Ports grouped by protocol; no ports at all means any protocol and port.
 fn ports(
     ports: &[NetworkPolicyPort],
     field: &str,
+    direction: Direction,
     err: &mut impl FnMut(String, String),
 ) -> Vec<(Option<String>, Vec<PortSpec>)> {
     if ports.is_empty() {
@@ -108,6 +170,18 @@ fn ports(
                     continue;
                 }
             },
+            // A named port means each destination pod's own container port of
+            // that name. On ingress the destination is the workload itself, whose
+            // ports the filter knows; on egress it is a remote pod, whose ports the
+            // config does not carry: rejected (read as "no port" it would match
+            // nothing, and Calico would match the pods that do name it).
+            (Some(IntOrString::String(name)), None) if direction == Direction::Egress => {
+                err(
+                    format!("{field}.ports[{i}].port"),
+                    format!("named port {name:?} in an egress rule: Krites needs port numbers there (it does not know remote pods' container ports)"),
+                );
+                continue;
+            }
             (Some(IntOrString::String(name)), None) => Some(PortSpec::Text(name.clone())),
             (Some(IntOrString::String(_)), Some(_)) => {
                 err(format!("{field}.ports[{i}].endPort"), "endPort needs a numeric port".to_string());
@@ -234,6 +308,9 @@ mod tests {
             (serde_json::json!({"podSelector": {}, "ingress": [{"ports": [{"port": 90, "endPort": 80}]}]}), "spec.ingress[0].ports[0].endPort"),
             (serde_json::json!({"podSelector": {}, "ingress": [{"ports": [{"port": 80, "protocol": "ICMP"}]}]}), "spec.ingress[0].ports[0].protocol"),
             (serde_json::json!({"podSelector": {}, "ingress": [{"from": [{"podSelector": {"matchLabels": {"bad key!": "x"}}}]}]}), "spec.ingress[0].from[0].podSelector.matchLabels"),
+            (serde_json::json!({"podSelector": {}, "egress": [{"ports": [{"port": "http"}]}]}), "spec.egress[0].ports[0].port"),
+            (serde_json::json!({"podSelector": {}, "egress": [{"to": [{"namespaceSelector": {"matchExpressions": [{"key": "a", "operator": "Near"}]}}]}]}), "spec.egress[0].to[0].namespaceSelector.matchExpressions[0].operator"),
+            (serde_json::json!({"podSelector": {}, "policyTypes": ["Ingress", "Sideways"]}), "spec.policyTypes[1]"),
         ];
         for (spec, field) in rows {
             let errors = convert(&np(spec.clone())).unwrap_err();
@@ -241,5 +318,49 @@ mod tests {
             assert_eq!(errors[0].object, "NetworkPolicy.networking.k8s.io/ns/p");
             assert_eq!(errors[0].field, field, "{spec}");
         }
+    }
+
+    #[test]
+    fn egress_follows_calico() {
+        // reviews may call ratings on 9080 and DNS anywhere; each peer its own rule.
+        let p = convert(&np(serde_json::json!({
+            "podSelector": {"matchLabels": {"app": "reviews"}},
+            "egress": [
+                {"to": [{"podSelector": {"matchLabels": {"app": "ratings"}}}, {"namespaceSelector": {"matchLabels": {"team": "data"}}, "podSelector": {}}],
+                 "ports": [{"port": 9080}, {"port": 9000, "endPort": 9009}]},
+                {"ports": [{"port": 53, "protocol": "UDP"}, {"port": 53}]},
+                {"to": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16"]}}]}
+            ]
+        })))
+        .unwrap();
+        // Absent policyTypes with egress rules: both types, as Kubernetes defaults them.
+        assert_eq!(p.types, Some(vec![PolicyType::Ingress, PolicyType::Egress]));
+        assert!(p.ingress.is_empty(), "no ingress rules: selected pods' ingress is isolated");
+        assert_eq!(p.egress.len(), 2 + 2 + 1, "{:#?}", p.egress);
+        assert!(p.egress.iter().all(|r| r.action == Action::Allow && r.source.is_none()));
+        let ratings = p.egress[0].destination.as_ref().unwrap();
+        assert_eq!(ratings.selector.as_deref(), Some("projectcalico.org/orchestrator == 'k8s' && app == 'ratings'"));
+        assert_eq!(ratings.ports, [PortSpec::Number(9080), PortSpec::Text("9000:9009".into())]);
+        assert_eq!(p.egress[0].protocol, Some(ProtocolSpec::Name("TCP".into())));
+        let data = p.egress[1].destination.as_ref().unwrap();
+        assert_eq!((data.namespace_selector.as_deref(), data.selector.as_deref()), (Some("team == 'data'"), Some("projectcalico.org/orchestrator == 'k8s'")));
+        // `to` absent: any destination, the ports only; one rule per protocol.
+        assert_eq!(p.egress[2].protocol, Some(ProtocolSpec::Name("UDP".into())));
+        assert_eq!(p.egress[2].destination, Some(EntityRuleSpec { ports: vec![PortSpec::Number(53)], ..Default::default() }));
+        assert_eq!(p.egress[3].protocol, Some(ProtocolSpec::Name("TCP".into())));
+        // ipBlock: nets and notNets, no ports: any protocol.
+        let block = p.egress[4].destination.as_ref().unwrap();
+        assert_eq!((block.nets.as_slice(), block.not_nets.as_slice()), (&["10.0.0.0/8".to_string()][..], &["10.1.0.0/16".to_string()][..]));
+        assert_eq!(p.egress[4].protocol, None);
+        // An Egress policy without egress rules isolates (no rule: the tier's default denies).
+        let isolated = convert(&np(serde_json::json!({"podSelector": {}, "policyTypes": ["Egress"]}))).unwrap();
+        assert_eq!((isolated.types, isolated.egress.len()), (Some(vec![PolicyType::Egress]), 0));
+        // `to: []` and `{}` rule: allow everything.
+        let open = convert(&np(serde_json::json!({"podSelector": {}, "policyTypes": ["Ingress", "Egress"], "egress": [{}]}))).unwrap();
+        assert_eq!(open.egress, [RuleSpec::new(Action::Allow)]);
+        // The engine reads the converted policy as Calico does.
+        let config = krites_policy::PluginConfig { version: krites_policy::config::CONFIG_VERSION, policies: vec![p], ..Default::default() };
+        let set = krites_policy::PolicySet::from_config(&config).unwrap();
+        assert!(set.policies()[0].applies_to_egress && set.policies()[0].applies_to_ingress);
     }
 }

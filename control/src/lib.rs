@@ -1,8 +1,9 @@
 //! Krites' control plane: turns what a cluster holds (Calico and Kubernetes
-//! policies, pods, service accounts, namespaces) into the filter's plugin
-//! config, explains decisions with the filter's own engine, and keeps a
-//! cluster's `WasmPlugin`s current. It implements no policy semantics of its
-//! own: validation and decisions come from `krites-policy`.
+//! policies, Calico's staged policies, pods, service accounts, namespaces, Services and their
+//! EndpointSlices) into the filter's plugin config, explains decisions with
+//! the filter's own engine, and keeps a cluster's `WasmPlugin`s current. It
+//! implements no policy semantics of its own: validation and decisions come
+//! from `krites-policy`.
 
 pub mod calico;
 pub mod check;

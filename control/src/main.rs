@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
-use krites_control::check::{self, Source};
+use krites_control::check::{self, Source, Target};
 use krites_control::compile::{self, Options, PlanOptions, MAX_CONFIG_BYTES};
 use krites_control::inventory::Inventory;
 use krites_control::{manifests, publish, wasmplugin};
@@ -50,14 +50,31 @@ enum Command {
         /// Leave invalid objects out (with a warning) instead of failing.
         #[arg(long)]
         skip_invalid: bool,
+        /// Accept `http` matches in Calico egress rules and enforce them on the
+        /// client's sidecar (a Krites extension: Calico accepts them on ingress only).
+        #[arg(long)]
+        allow_egress_http: bool,
     },
-    /// Decide one request with the filter's engine.
+    /// Decide one request with the filter's engine. With staged policies
+    /// in the inputs, each side also prints its `staged` verdict (the policies
+    /// with the staged changes applied) and, where it differs, the staged
+    /// policy it is counted against; the first line and the exit code stay
+    /// the enforced verdict.
     Check {
         #[arg(short = 'f', long = "filename", required = true)]
         files: Vec<PathBuf>,
         /// Destination pod, NAMESPACE/POD.
+        #[arg(long, conflicts_with_all = ["to_ip", "to_service"])]
+        to: Option<String>,
+        /// Destination address (a pod's, a ClusterIP, or one outside the
+        /// cluster); needs --from: the egress decision of the client's sidecar.
+        #[arg(long, conflicts_with = "to_service")]
+        to_ip: Option<IpAddr>,
+        /// Destination Service, NAMESPACE/NAME, as Istio routes to it (its
+        /// outbound cluster); needs --from. The ingress side is checked at each
+        /// endpoint pod.
         #[arg(long)]
-        to: String,
+        to_service: Option<String>,
         /// Source pod, NAMESPACE/POD (mTLS as its service account unless --plaintext).
         #[arg(long, conflicts_with = "from_ip")]
         from: Option<String>,
@@ -74,11 +91,15 @@ enum Command {
         method: String,
         #[arg(long, default_value = "/")]
         path: String,
-        /// Destination port (default: the pod's first TCP container port, else 80).
+        /// Destination port (default: the pod's first TCP container port, the
+        /// Service's first port, else 80).
         #[arg(long)]
         port: Option<u16>,
         #[arg(long, default_value = "cluster.local")]
         trust_domain: String,
+        /// As for `compile`: accept `http` in Calico egress rules.
+        #[arg(long)]
+        allow_egress_http: bool,
     },
     /// In-cluster controller: watch policies and the cluster, keep the WasmPlugins current.
     Run(krites_control::controller::RunArgs),
@@ -111,8 +132,9 @@ enum Command {
         /// After a verified push, set spec.url and spec.sha256 of every WasmPlugin,
         /// and the --module-url/--sha256 of a Deployment running `control run`, in
         /// this YAML file (multi-document, `kind: List` too), in place; repeatable.
-        /// A URL pinned by @sha256: stays pinned. The file is re-serialized:
-        /// comments and formatting are not kept.
+        /// A URL pinned by @sha256: stays pinned. The lines are edited in place, so
+        /// comments and layout stay (a `kind: List` or flow-style object is
+        /// re-serialized instead, without its comments).
         #[arg(long, value_name = "FILE")]
         update_manifest: Vec<PathBuf>,
         /// Build the image and print its digest without pushing (the build is
@@ -180,9 +202,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn load(files: &[PathBuf], skip_invalid: bool) -> Result<Inventory> {
+fn load(files: &[PathBuf], skip_invalid: bool, allow_egress_http: bool) -> Result<Inventory> {
     let manifests = manifests::load(files)?;
-    let inv = Inventory::from_manifests(&manifests);
+    let inv = Inventory::from_manifests_with(&manifests, allow_egress_http);
     for note in &inv.notes {
         eprintln!("note: {note}");
     }
@@ -195,8 +217,13 @@ fn load(files: &[PathBuf], skip_invalid: bool) -> Result<Inventory> {
     Ok(inv)
 }
 
-fn report(policies: usize, tiers: usize, emitted: usize, known: usize, bytes: usize, revision: &str) {
-    eprintln!("compiled {policies} policies, {tiers} tiers; {emitted} of {known} pod addresses referenced; {bytes} bytes; revision {revision}");
+fn report(config: &krites_policy::PluginConfig, emitted: usize, known: usize, bytes: usize, revision: &str) {
+    let (policies, tiers, services) = (config.policies.len(), config.tiers.len(), config.services.len());
+    let staged = match config.staged_policies.len() {
+        0 => String::new(),
+        n => format!(" ({n} staged)"),
+    };
+    eprintln!("compiled {policies} policies{staged}, {tiers} tiers, {services} services; {emitted} of {known} pod addresses referenced; {bytes} bytes; revision {revision}");
 }
 
 fn split(what: &str, text: &str) -> Result<(String, String)> {
@@ -208,8 +235,8 @@ fn split(what: &str, text: &str) -> Result<(String, String)> {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Compile { files, format, namespace, module_url, sha256, skip_invalid } => {
-            let inv = load(&files, skip_invalid)?;
+        Command::Compile { files, format, namespace, module_url, sha256, skip_invalid, allow_egress_http } => {
+            let inv = load(&files, skip_invalid, allow_egress_http)?;
             for warning in compile::selector_warnings(&inv) {
                 eprintln!("warning: {warning}");
             }
@@ -217,7 +244,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             match format {
                 Format::PluginConfig => {
                     let whole = compile::compile(&inv, &Options { namespace: namespace.clone() })?;
-                    report(whole.config.policies.len(), whole.config.tiers.len(), whole.addresses_emitted, whole.addresses_known, whole.bytes, &whole.revision);
+                    report(&whole.config, whole.addresses_emitted, whole.addresses_known, whole.bytes, &whole.revision);
                     if whole.bytes > MAX_CONFIG_BYTES {
                         bail!(
                             "the config is {} bytes, over the {MAX_CONFIG_BYTES} a WasmPlugin can carry; compile per namespace with --namespace NS, or use --format wasmplugin, which shards per namespace",
@@ -250,8 +277,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check { files, to, from, from_ip, principal, plaintext, method, path, port, trust_domain } => {
-            let inv = load(&files, false)?;
+        Command::Check { files, to, to_ip, to_service, from, from_ip, principal, plaintext, method, path, port, trust_domain, allow_egress_http } => {
+            let inv = load(&files, false, allow_egress_http)?;
             let from = match (from, from_ip) {
                 (Some(f), _) => {
                     let (ns, name) = split("--from", &f)?;
@@ -260,7 +287,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 (None, Some(ip)) => Source::Address(ip),
                 (None, None) => bail!("give --from NAMESPACE/POD or --from-ip IP"),
             };
-            let req = check::Request { to: split("--to", &to)?, from, principal, plaintext, method, path, port, trust_domain };
+            let to = match (to, to_ip, to_service) {
+                (Some(t), _, _) => {
+                    let (ns, name) = split("--to", &t)?;
+                    Target::Pod(ns, name)
+                }
+                (None, Some(ip), _) => Target::Address(ip),
+                (None, None, Some(s)) => {
+                    let (ns, name) = split("--to-service", &s).map_err(|_| anyhow::anyhow!("--to-service must be NAMESPACE/NAME, got {s:?}"))?;
+                    Target::Service(ns, name)
+                }
+                (None, None, None) => bail!("give --to NAMESPACE/POD, --to-ip IP or --to-service NAMESPACE/NAME"),
+            };
+            let req = check::Request { to, from, principal, plaintext, method, path, port, trust_domain };
             let outcome = check::check(&inv, &req).context("check")?;
             print!("{}", outcome.report);
             Ok(match outcome.verdict {

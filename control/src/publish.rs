@@ -500,48 +500,141 @@ pub fn publish(opts: &Options) -> Result<Published> {
 }
 
 /// Sets `spec.url` and `spec.sha256` of every `WasmPlugin` in a multi-document
-/// YAML text (also inside `kind: List`). A URL pinned by digest stays pinned
+/// YAML text (also inside `kind: List`), and the `--module-url`/`--sha256` of a
+/// Deployment running `control run`. A URL pinned by digest stays pinned
 /// (`url_by_digest`), otherwise it becomes the tag URL. Returns the new text
-/// and how many WasmPlugins changed. Comments are not kept.
+/// and how many objects changed.
+///
+/// Each document is edited textually where it can be (a top-level WasmPlugin
+/// in block style: its `url:`/`sha256:` lines), so comments and layout stay;
+/// the edit is kept only if it parses to exactly what the structured rewrite
+/// gives. A Deployment's flag lines are edited the same way. Other documents
+/// (a `List`, flow style) are re-serialized, without their comments.
 pub fn rewrite_wasmplugins(text: &str, published: &Published) -> Result<(String, usize)> {
     use serde::Deserialize;
-    fn visit(v: &mut serde_yaml::Value, p: &Published, n: &mut usize) {
-        if v.get("kind").and_then(|k| k.as_str()) == Some("List") {
-            if let Some(items) = v.get_mut("items").and_then(|i| i.as_sequence_mut()) {
-                for item in items {
-                    visit(item, p, n);
-                }
-            }
-            return;
-        }
-        if v.get("kind").and_then(|k| k.as_str()) == Some("Deployment") {
-            control_args(v, p, n);
-            return;
-        }
-        if v.get("kind").and_then(|k| k.as_str()) != Some("WasmPlugin") {
-            return;
-        }
-        let Some(map) = v.as_mapping_mut() else { return };
-        let spec = map.entry("spec".into()).or_insert_with(|| serde_yaml::Value::Mapping(Default::default()));
-        let Some(spec) = spec.as_mapping_mut() else { return };
-        let pinned = spec.get("url").and_then(|u| u.as_str()).is_some_and(|u| u.contains("@sha256:"));
-        let url = if pinned { &p.url_by_digest } else { &p.url };
-        spec.insert("url".into(), url.as_str().into());
-        spec.insert("sha256".into(), p.wasmplugin_sha256().into());
-        *n += 1;
-    }
     let mut out = String::new();
     let mut count = 0;
-    for doc in serde_yaml::Deserializer::from_str(text) {
-        let mut value = serde_yaml::Value::deserialize(doc).context("not valid YAML")?;
+    for (i, doc) in split_documents(text).into_iter().enumerate() {
+        let mut value = serde_yaml::Value::deserialize(serde_yaml::Deserializer::from_str(doc))
+            .with_context(|| format!("document {}: not valid YAML", i + 1))?;
         if value.is_null() {
+            out.push_str(doc);
             continue;
         }
-        visit(&mut value, published, &mut count);
-        out.push_str("---\n");
-        out.push_str(&serde_yaml::to_string(&value)?);
+        let mut n = 0;
+        visit_published(&mut value, published, &mut n);
+        count += n;
+        if n == 0 {
+            out.push_str(doc);
+            continue;
+        }
+        let edited = match value.get("kind").and_then(|k| k.as_str()) {
+            Some("WasmPlugin") => edit_wasmplugin_text(doc, published),
+            Some("Deployment") => image::set_deployment_module(doc, &published.url, published.wasmplugin_sha256()).ok(),
+            _ => None,
+        };
+        let kept = edited.filter(|edited| {
+            serde_yaml::Value::deserialize(serde_yaml::Deserializer::from_str(edited)).is_ok_and(|v| v == value)
+        });
+        match kept {
+            Some(edited) => out.push_str(&edited),
+            None => {
+                if !out.is_empty() && !out.ends_with("---\n") {
+                    out.push_str("---\n");
+                }
+                out.push_str(&serde_yaml::to_string(&value)?);
+            }
+        }
     }
     Ok((out, count))
+}
+
+/// The structured rewrite of one parsed document.
+fn visit_published(v: &mut serde_yaml::Value, p: &Published, n: &mut usize) {
+    match v.get("kind").and_then(|k| k.as_str()) {
+        Some("List") => {
+            if let Some(items) = v.get_mut("items").and_then(|i| i.as_sequence_mut()) {
+                for item in items {
+                    visit_published(item, p, n);
+                }
+            }
+        }
+        Some("Deployment") => control_args(v, p, n),
+        Some("WasmPlugin") => {
+            let Some(map) = v.as_mapping_mut() else { return };
+            let spec = map.entry("spec".into()).or_insert_with(|| serde_yaml::Value::Mapping(Default::default()));
+            let Some(spec) = spec.as_mapping_mut() else { return };
+            spec.insert("url".into(), published_url(spec.get("url").and_then(|u| u.as_str()), p).into());
+            spec.insert("sha256".into(), p.wasmplugin_sha256().into());
+            *n += 1;
+        }
+        _ => {}
+    }
+}
+
+/// The URL a WasmPlugin gets: pinned by digest if it was.
+fn published_url(old: Option<&str>, p: &Published) -> String {
+    let pinned = old.is_some_and(|u| u.contains("@sha256:"));
+    if pinned { p.url_by_digest.clone() } else { p.url.clone() }
+}
+
+/// The documents of a YAML stream, each with its own `---` line (if any) and
+/// comments, so that joining them gives the text back.
+fn split_documents(text: &str) -> Vec<&str> {
+    let mut docs = Vec::new();
+    let mut start = 0;
+    let mut at = 0;
+    for line in text.split_inclusive('\n') {
+        let is_separator = line.trim_end() == "---" || line.starts_with("--- ");
+        if is_separator && at > start && !text[start..at].lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#') || l.trim_end() == "---") {
+            docs.push(&text[start..at]);
+            start = at;
+        }
+        at += line.len();
+    }
+    if start < text.len() {
+        docs.push(&text[start..]);
+    }
+    docs
+}
+
+/// The textual edit of a top-level, block-style WasmPlugin document: its
+/// `spec:` block's `url:` line replaced, and its `sha256:` line replaced or
+/// added after `url:`. `None` where the layout is not that simple.
+fn edit_wasmplugin_text(doc: &str, p: &Published) -> Option<String> {
+    let lines: Vec<&str> = doc.split_inclusive('\n').collect();
+    let spec = lines.iter().position(|l| l.trim_end() == "spec:")?;
+    let end = lines[spec + 1..]
+        .iter()
+        .position(|l| !l.trim().is_empty() && !l.starts_with(' ') && !l.starts_with('#'))
+        .map_or(lines.len(), |i| spec + 1 + i);
+    let first = lines[spec + 1..end].iter().find(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))?;
+    let indent = first.len() - first.trim_start().len();
+    let key_at = |key: &str| {
+        (spec + 1..end).find(|&i| {
+            let l = lines[i];
+            l.len() > indent && l[..indent].trim().is_empty() && !l[indent..].starts_with(' ') && l[indent..].starts_with(key)
+        })
+    };
+    let url_line = key_at("url:")?;
+    let old_url = lines[url_line][indent + 4..].trim().trim_matches(['\'', '"']);
+    let new_url = published_url(Some(old_url), p);
+    let pad = " ".repeat(indent);
+    let sha_line = key_at("sha256:");
+    let mut out = String::with_capacity(doc.len() + 160);
+    for (i, l) in lines.iter().enumerate() {
+        if i == url_line {
+            out.push_str(&format!("{pad}url: {new_url}\n"));
+            if sha_line.is_none() {
+                out.push_str(&format!("{pad}sha256: {}\n", p.wasmplugin_sha256()));
+            }
+        } else if Some(i) == sha_line {
+            out.push_str(&format!("{pad}sha256: {}\n", p.wasmplugin_sha256()));
+        } else {
+            out.push_str(l);
+        }
+    }
+    Some(out)
 }
 
 /// `control run` writes the WasmPlugins from its own `--module-url`/`--sha256`:
@@ -635,6 +728,51 @@ mod tests {
         assert_eq!(r.tag(), Some("0.1.0"));
         assert!(parse_reference("127.0.0.1:5000/krites/krites").is_err());
         assert!(parse_reference(&format!("127.0.0.1:5000/krites/krites@sha256:{}", "a".repeat(64))).is_err());
+    }
+
+    fn published() -> Published {
+        Published {
+            reference: "r/k:1".into(),
+            digest: format!("sha256:{}", "b".repeat(64)),
+            url: "oci://r/k:1".into(),
+            url_by_digest: format!("oci://r/k@sha256:{}", "b".repeat(64)),
+            module_sha256: String::new(),
+            module_bytes: 0,
+            manifest: Vec::new(),
+        }
+    }
+
+    fn parse_all(text: &str) -> Vec<serde_yaml::Value> {
+        serde_yaml::Deserializer::from_str(text).map(|d| serde::Deserialize::deserialize(d).unwrap()).collect()
+    }
+
+    #[test]
+    fn keeps_comments_and_layout_of_block_wasmplugins() {
+        let p = published();
+        let text = "# The header.\n# Two lines.\napiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata:\n  name: krites # inline\nspec:\n  # the image\n  url: oci://old/k:0\n  sha256: 00\n  phase: AUTHZ\n  pluginConfig:\n    url: not-this-one\n---\n# second\napiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata: {name: b}\nspec:\n    url: \"oci://old/k@sha256:00\"\n    type: NETWORK\n";
+        let (out, n) = rewrite_wasmplugins(text, &p).unwrap();
+        assert_eq!(n, 2);
+        let want = "# The header.\n# Two lines.\napiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata:\n  name: krites # inline\nspec:\n  # the image\n  url: oci://r/k:1\n  sha256: bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb\n  phase: AUTHZ\n  pluginConfig:\n    url: not-this-one\n---\n# second\napiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata: {name: b}\nspec:\n    url: oci://r/k@sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb\n    sha256: bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb\n    type: NETWORK\n";
+        assert_eq!(out, want);
+    }
+
+    #[test]
+    fn the_shipped_manifests_keep_every_comment() {
+        let p = published();
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("istio-manifests");
+        for file in ["wasmplugin.yaml", "control/deployment.yaml"] {
+            let text = std::fs::read_to_string(root.join(file)).unwrap();
+            let (out, n) = rewrite_wasmplugins(&text, &p).unwrap();
+            assert!(n > 0, "{file}");
+            let comments = |t: &str| t.lines().filter(|l| l.trim_start().starts_with('#')).map(str::to_string).collect::<Vec<_>>();
+            assert_eq!(comments(&out), comments(&text), "{file}");
+            assert_eq!(out.lines().count(), text.lines().count(), "{file}: only lines replaced");
+            // And the structured reading is the rewrite's.
+            let mut want = parse_all(&text);
+            let mut count = 0;
+            want.iter_mut().for_each(|v| visit_published(v, &p, &mut count));
+            assert_eq!(parse_all(&out), want, "{file}");
+        }
     }
 
     #[test]

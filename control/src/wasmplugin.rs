@@ -30,7 +30,10 @@ fn common(module: &Module) -> serde_json::Map<String, Value> {
     }
     spec.insert("imagePullPolicy".into(), json!("IfNotPresent"));
     spec.insert("failStrategy".into(), json!("FAIL_CLOSE"));
-    spec.insert("match".into(), json!([{"mode": "SERVER"}]));
+    // Both sides of every sidecar (and gateways, which count as CLIENT): the
+    // module decides ingress on inbound listeners and the workload's egress
+    // rules on outbound ones, by each listener's traffic direction.
+    spec.insert("match".into(), json!([{"mode": "CLIENT_AND_SERVER"}]));
     spec
 }
 

@@ -342,6 +342,49 @@ async fn a_policy_turned_invalid_keeps_its_last_valid_version() {
     assert_eq!(names, ["customer", "summary"]);
 }
 
+/// A network set a Deny rule matches, edited into an invalid one, keeps its
+/// last valid version in force: dropping it would let its addresses in.
+#[tokio::test]
+async fn a_network_set_turned_invalid_keeps_its_last_valid_version() {
+    let (client, handle) = mock();
+    let metrics = Arc::new(Metrics::default());
+    let mut reconciler = Reconciler::new(client, settings(), metrics.clone());
+    let (stores, mut writers) = yaobank_stores();
+    let (_, handle, _) = reconcile_with(&mut reconciler, &stores.snapshot(), handle, first_apply_boxed).await;
+
+    let feed = json!({"apiVersion": "projectcalico.org/v3", "kind": "GlobalNetworkSet",
+                      "metadata": {"name": "threat-feed", "uid": "uid-feed", "resourceVersion": "7", "labels": {"feed": "blocked"}},
+                      "spec": {"nets": ["203.0.113.0/24"]}});
+    let block = json!({"apiVersion": "projectcalico.org/v3", "kind": "GlobalNetworkPolicy",
+                       "metadata": {"name": "block-feed", "uid": "uid-block", "resourceVersion": "8"},
+                       "spec": {"order": 1, "selector": "all()", "ingress": [{"action": "Deny", "source": {"selector": "feed == 'blocked'"}}]}});
+    writers.apply(&feed).unwrap();
+    writers.apply(&block).unwrap();
+    let (_, handle, http) = reconcile_with(&mut reconciler, &stores.snapshot(), handle, krites_only).await;
+    let revision = revision_of(&http).to_string();
+    assert_eq!(http["spec"]["pluginConfig"]["networkSets"][0]["nets"], json!(["203.0.113.0/24"]), "{http}");
+
+    let mut broken = feed.clone();
+    broken["spec"]["nets"] = json!(["203.0.113.0/33"]);
+    broken["metadata"]["resourceVersion"] = json!("99");
+    writers.apply(&broken).unwrap();
+    let (outcome, mut handle, event) = reconcile_with(&mut reconciler, &stores.snapshot(), handle, |mut h| {
+        Box::pin(async move {
+            let e = expect_event(&mut h, "default").await;
+            (h, e)
+        })
+    })
+    .await;
+    assert!(outcome.applied.written.is_empty(), "{outcome:?}");
+    assert_eq!(outcome.revisions.get("istio-system"), Some(&revision), "the last valid threat-feed stays in force");
+    assert_eq!(event["regarding"]["kind"], "GlobalNetworkSet");
+    assert_eq!(event["regarding"]["name"], "threat-feed");
+    let note = event["note"].as_str().unwrap();
+    assert!(note.contains("spec.nets[0]") && note.contains("last valid version stays in force"), "{note}");
+    reconcile_silently(&mut reconciler, &stores.snapshot(), &mut handle).await;
+    println!("an invalid network set: kept revision {revision}, reported: {note}");
+}
+
 /// A compile that fails (two running pods claim one address) writes nothing:
 /// the WasmPlugins applied before stay in force.
 #[tokio::test]
@@ -430,8 +473,9 @@ fn list_of(kind: &str, api_version: &str, items: Vec<Value>) -> Value {
 }
 
 /// `control run`'s loop against the mock API server: the watchers list every
-/// kind (Calico tiers are absent: 404), the first compile waits for all of
-/// them, and one burst leads to one apply of both WasmPlugins.
+/// kind (Services and EndpointSlices too; Calico tiers and NetworkSets are absent: 404; GlobalNetworkSets
+/// listed, none), the first compile waits for all of them, and one burst
+/// leads to one apply of both WasmPlugins.
 #[tokio::test]
 async fn the_loop_lists_watches_and_applies() {
     let (client, mut handle) = mock();
@@ -445,11 +489,14 @@ async fn the_loop_lists_watches_and_applies() {
         ("/api/v1/serviceaccounts", list_of("ServiceAccount", "v1", of_kind("v1", "ServiceAccount"))),
         ("/api/v1/namespaces", list_of("Namespace", "v1", of_kind("v1", "Namespace"))),
         ("/apis/networking.k8s.io/v1/networkpolicies", list_of("NetworkPolicy", "networking.k8s.io/v1", vec![])),
+        ("/api/v1/services", list_of("Service", "v1", of_kind("v1", "Service"))),
+        ("/apis/discovery.k8s.io/v1/endpointslices", list_of("EndpointSlice", "discovery.k8s.io/v1", of_kind("discovery.k8s.io/v1", "EndpointSlice"))),
         (
             "/apis/projectcalico.org/v3/globalnetworkpolicies",
             list_of("GlobalNetworkPolicy", "projectcalico.org/v3", of_kind("projectcalico.org/v3", "GlobalNetworkPolicy")),
         ),
         ("/apis/projectcalico.org/v3/networkpolicies", list_of("NetworkPolicy", "projectcalico.org/v3", vec![])),
+        ("/apis/projectcalico.org/v3/globalnetworksets", list_of("GlobalNetworkSet", "projectcalico.org/v3", vec![])),
     ]);
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<Vec<(Method, String, Value)>>();
     let server = tokio::spawn(async move {
@@ -472,7 +519,11 @@ async fn the_loop_lists_watches_and_applies() {
                 respond(reply, StatusCode::OK, &json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "projectcalico.org/v3", "resources": resources}));
             } else if let Some(list) = lists.get(path.as_str()) {
                 respond(reply, StatusCode::OK, list);
-            } else if path == "/apis/projectcalico.org/v3/tiers" {
+            } else if path == "/apis/projectcalico.org/v3/tiers"
+                || path == "/apis/projectcalico.org/v3/networksets"
+                || path.starts_with("/apis/projectcalico.org/v3/staged")
+            {
+                // Kinds this API server does not serve (no CRD): skipped, none exist.
                 respond(reply, StatusCode::NOT_FOUND, &not_found("the server could not find the requested resource"));
             } else if path.starts_with(PLUGINS) {
                 match method {

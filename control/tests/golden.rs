@@ -21,6 +21,10 @@ fn cases() -> Vec<(PathBuf, PathBuf, Option<&'static str>)> {
         (golden.join("kubernetes"), golden.join("kubernetes.json"), None),
         (golden.join("kubernetes"), golden.join("kubernetes.team-a.json"), Some("team-a")),
         (golden.join("calico-tiers"), golden.join("calico-tiers.json"), None),
+        (golden.join("calico-network-sets"), golden.join("calico-network-sets.json"), None),
+        (golden.join("bookinfo-egress"), golden.join("bookinfo-egress.json"), None),
+        (golden.join("calico-staged"), golden.join("calico-staged.json"), None),
+        (golden.join("bookinfo-egress"), golden.join("bookinfo-egress.kube-system.json"), Some("kube-system")),
     ]
 }
 

@@ -85,7 +85,8 @@ fn wasmplugins_validate_against_istios_crd() {
         assert!(spec["url"].as_str().unwrap().starts_with("oci://"));
         assert_eq!(spec["failStrategy"], "FAIL_CLOSE");
         assert_eq!(spec["imagePullPolicy"], "IfNotPresent");
-        assert_eq!(spec["match"], serde_json::json!([{"mode": "SERVER"}]));
+        // Inbound (ingress rules) and outbound (egress rules) listeners alike.
+        assert_eq!(spec["match"], serde_json::json!([{"mode": "CLIENT_AND_SERVER"}]));
         assert_eq!(p["metadata"]["namespace"], "istio-system", "mesh-wide: Istio's root namespace");
     }
     let http = plugins.iter().find(|p| p["metadata"]["name"] == "krites").unwrap();
@@ -176,6 +177,11 @@ fn control_runs_locked_down_with_least_privilege() {
     }
     assert!(grants.contains(&"/pods:watch".to_string()) && grants.contains(&"extensions.istio.io/wasmplugins:patch".to_string()));
     assert!(!grants.iter().any(|g| g.starts_with("/secrets")), "no secrets");
+    // Egress rules are read against a Service's endpoints: list and watch only.
+    for g in ["/services:list", "/services:watch", "discovery.k8s.io/endpointslices:list", "discovery.k8s.io/endpointslices:watch"] {
+        assert!(grants.contains(&g.to_string()), "{g}: {grants:?}");
+    }
+    assert!(!grants.iter().any(|g| g.starts_with("/endpoints:")), "EndpointSlices, not the legacy Endpoints");
     // A deleted WasmPlugin is created again (server-side apply of a missing
     // object is a create), foreign edits are watched and replaced.
     for verb in ["create", "update", "watch", "list"] {

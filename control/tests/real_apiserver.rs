@@ -87,11 +87,20 @@ fn writes_both_wasmplugins_with_the_compiled_config() {
 fn an_invalid_edit_keeps_the_last_valid_version_across_a_restart() {
     let _serial = kube::serial();
     let Some(kube) = yaobank_cluster(CalicoForm::V3) else { return };
+    // A staged policy too: its last valid version is kept alike.
+    kube.apply(&[json!({"apiVersion": "projectcalico.org/v3", "kind": "StagedGlobalNetworkPolicy", "metadata": {"name": "summary"},
+        "spec": {"selector": "app == 'summary'", "ingress": [{"action": "Allow", "source": {"serviceAccounts": {"names": ["customer"]}}}]}})]);
     let control = Control::start(&kube, "auto");
     control.wait_ready(30);
     let before = assert_matches_compile(&kube, CalicoForm::V3);
+    assert_eq!(before["spec"]["pluginConfig"]["stagedPolicies"][0]["name"], "summary");
     let watch = PluginWatch::start(&kube);
     let mark = watch.mark();
+    let staged_event = |note: &str| {
+        kube.events().iter().any(|e| {
+            e["regarding"]["kind"] == "StagedGlobalNetworkPolicy" && e["regarding"]["name"] == "summary" && e["note"].as_str().unwrap_or("").contains(note)
+        })
+    };
 
     let t = Instant::now();
     kube.kubectl(&["patch", "globalnetworkpolicies.projectcalico.org", "database", "--type=json", "-p",
@@ -100,6 +109,8 @@ fn an_invalid_edit_keeps_the_last_valid_version_across_a_restart() {
         kube.events().iter().any(|e| e["reason"] == "InvalidPolicy" && e["regarding"]["name"] == "database")
     });
     println!("invalid edit -> InvalidPolicy Event: {:?}", took.max(t.elapsed()));
+    kube.kubectl(&["patch", "stagedglobalnetworkpolicies.projectcalico.org", "summary", "--type=merge", "-p", r#"{"spec":{"selector":"app =="}}"#]);
+    eventually(15, "an InvalidPolicy Event about the staged summary", || staged_event("last valid version"));
     std::thread::sleep(SETTLE);
     let event = kube.events().into_iter().find(|e| e["reason"] == "InvalidPolicy" && e["regarding"]["name"] == "database").unwrap();
     let note = event["note"].as_str().unwrap();
@@ -122,9 +133,10 @@ fn an_invalid_edit_keeps_the_last_valid_version_across_a_restart() {
     eventually(15, "the restarted control's Event about database", || {
         kube.events().iter().any(|e| e["regarding"]["name"] == "database" && e["note"].as_str().unwrap_or("").contains("read back from the WasmPlugin in force"))
     });
+    eventually(15, "the restarted control's Event about the staged summary", || staged_event("read back from the WasmPlugin in force"));
     std::thread::sleep(SETTLE);
     let after = kube.plugin("krites").unwrap();
-    assert_eq!(after["spec"]["pluginConfig"], before["spec"]["pluginConfig"], "the last valid `database` stays in force");
+    assert_eq!(after["spec"]["pluginConfig"], before["spec"]["pluginConfig"], "the last valid `database` (and staged `summary`) stays in force");
     assert_eq!(after["metadata"]["resourceVersion"], before["metadata"]["resourceVersion"], "nothing rewritten");
     assert!(watch.since(mark, "krites").is_empty(), "{:?}", watch.since(mark, "krites"));
     let newcomer = kube.events().into_iter().find(|e| e["regarding"]["name"] == "newcomer").unwrap();
@@ -140,6 +152,9 @@ fn an_invalid_edit_keeps_the_last_valid_version_across_a_restart() {
     kube.kubectl(&["delete", "globalnetworkpolicies.projectcalico.org", "newcomer"]);
     std::thread::sleep(SETTLE);
     assert_eq!(watch.since(mark, "krites").len(), 1, "one write for the fix, none for deleting a policy never in force");
+    // The staged policy fixed: its new version in stagedPolicies.
+    kube.kubectl(&["patch", "stagedglobalnetworkpolicies.projectcalico.org", "summary", "--type=merge", "-p", r#"{"spec":{"selector":"app == 'summary' && version == 'v2'"}}"#]);
+    eventually(15, "the fixed staged policy in the config", || watch.since(mark, "krites").len() == 2);
     assert_matches_compile(&kube, CalicoForm::V3);
     second.stop();
 }
@@ -293,6 +308,30 @@ fn each_change_is_enforced_in_one_write() {
         ("delete pod", Box::new(|k: &Kube| {
             k.kubectl(&["delete", "pod", "summary-5f6d8b9c7d-new01", "-n", "default", "--wait=false"]);
         })),
+        // Egress rules are read against a Service's endpoints: control watches
+        // Services and EndpointSlices (list/watch in the shipped ClusterRole).
+        ("add a Service and its EndpointSlice", Box::new(|k: &Kube| {
+            k.apply(&[
+                json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "summary", "namespace": "default"},
+                    "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 80}], "selector": {"app": "summary"}}}),
+                json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                    "metadata": {"name": "summary-x7k2p", "namespace": "default", "labels": {"kubernetes.io/service-name": "summary"}},
+                    "addressType": "IPv4", "ports": [{"name": "http", "port": 80, "protocol": "TCP"}],
+                    // (The API server refuses loopback endpoint addresses: these name no pod here.)
+                    "endpoints": [{"addresses": ["10.244.0.12"], "conditions": {"ready": true}}, {"addresses": ["10.244.0.22"], "conditions": {"ready": true}}]}),
+            ]);
+        })),
+        ("an endpoint leaves the slice", Box::new(|k: &Kube| {
+            k.kubectl(&["patch", "endpointslices.discovery.k8s.io", "summary-x7k2p", "-n", "default", "--type=merge", "-p",
+                r#"{"endpoints":[{"addresses":["10.244.0.12"],"conditions":{"ready":true}}]}"#]);
+        })),
+        // Staged policies: watched (list/watch in the shipped ClusterRole) and
+        // carried in stagedPolicies, never among the enforced ones.
+        ("stage a policy (StagedGlobalNetworkPolicy, Set)", Box::new(|k: &Kube| {
+            k.apply(&[json!({"apiVersion": "projectcalico.org/v3", "kind": "StagedGlobalNetworkPolicy", "metadata": {"name": "summary"},
+                "spec": {"stagedAction": "Set", "selector": "app == 'summary'",
+                         "ingress": [{"action": "Allow", "source": {"serviceAccounts": {"names": ["customer"]}}, "http": {"methods": ["GET"]}}]}})]);
+        })),
     ];
     let mut latencies = Vec::new();
     for (what, change) in steps {
@@ -316,6 +355,13 @@ fn each_change_is_enforced_in_one_write() {
     let mut names = policy_names(&live["spec"]["pluginConfig"]);
     names.sort();
     assert_eq!(names, ["attack", "database", "summary"]);
+    let summary = live["spec"]["pluginConfig"]["services"].as_array().unwrap().iter().find(|s| s["name"] == "summary").cloned();
+    let summary = summary.expect("the summary Service in the config");
+    assert!(summary["clusterIPs"][0].is_string(), "the API server's ClusterIP: {summary}");
+    assert_eq!(summary["ports"], json!([{"port": 80, "endpoints": [{"port": 80, "ips": ["10.244.0.12"]}]}]));
+    let staged = &live["spec"]["pluginConfig"]["stagedPolicies"];
+    assert_eq!((staged[0]["name"].as_str(), staged[0]["kind"].as_str(), staged[0]["stagedAction"].as_str()),
+        (Some("summary"), Some("StagedGlobalNetworkPolicy"), Some("Set")), "{staged}");
     println!("max change -> enforced: {:?} (debounce {})", latencies.iter().max().unwrap(), kube::DEBOUNCE);
     assert!(forbidden_in(&control.log_text()).is_empty(), "{}", control.log_text());
     control.stop();

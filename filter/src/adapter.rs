@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 
 use krites_policy::json::{Reader, Unknown};
-use krites_policy::{Needs, Peer, RequestFacts, Workload};
+use krites_policy::{Destination, EgressFacts, Needs, Peer, RequestFacts, Workload};
 
 /// The two kinds of lookups a request needs. Errors read as "absent": every
 /// absent fact makes rules that test it not match, which fails closed.
@@ -43,6 +43,102 @@ pub fn check_config_size(size: usize) -> Result<(), String> {
         MAX_CONFIG_BYTES / (1024 * 1024)
     ))
 }
+
+/// The direction of the listener a stream or connection arrived on
+/// (`envoy.config.core.v3.TrafficDirection`): which role decides it.
+///
+/// Istio gives a WasmPlugin whose `match` names no mode (CLIENT_AND_SERVER)
+/// to both sides of a sidecar: its `virtualInbound` listener (INBOUND) and
+/// its outbound listeners (OUTBOUND); a gateway's listeners are OUTBOUND
+/// (gateways count as CLIENT). So one module, in the same two plugins,
+/// decides the workload's ingress on inbound listeners and its egress on
+/// outbound ones.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ListenerDirection {
+    Inbound,
+    Outbound,
+    #[default]
+    /// Envoy gave no direction (a listener istiod did not build): see [`ListenerDirection::roles`].
+    Unspecified,
+}
+
+/// Which roles decide traffic on a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roles {
+    pub ingress: bool,
+    pub egress: bool,
+}
+
+impl ListenerDirection {
+    /// The wasm property names that carry it, in the order asked. Envoy 1.40 serves the CEL
+    /// attribute `xds.listener_direction` (the listener's, per stream and connection, also for
+    /// a filter config delivered by ECDS and shared by the inbound and outbound listeners);
+    /// it does not serve the top-level `listener_direction` of older Wasm hosts (verified
+    /// end to end: a module asking only that one sees no direction). The older name is asked
+    /// only when the first is absent.
+    pub const PROPERTIES: [&'static [&'static str]; 2] = [&["xds", "listener_direction"], &["listener_direction"]];
+
+    /// From the property's value: an int64 (8 bytes little-endian), 1 INBOUND, 2 OUTBOUND.
+    pub fn from_property(bytes: Option<&[u8]>) -> ListenerDirection {
+        match bytes.and_then(parse_u64) {
+            Some(1) => ListenerDirection::Inbound,
+            Some(2) => ListenerDirection::Outbound,
+            _ => ListenerDirection::Unspecified,
+        }
+    }
+
+    /// Reads the direction of the current stream's or connection's listener.
+    pub fn read(host: &impl Host) -> ListenerDirection {
+        for path in Self::PROPERTIES {
+            if let Some(bytes) = host.property(path) {
+                return ListenerDirection::from_property(Some(&bytes));
+            }
+        }
+        ListenerDirection::Unspecified
+    }
+
+    /// Inbound: the workload's ingress rules; outbound: its egress rules.
+    /// Unspecified: both, and either one denying denies. Istio marks every
+    /// listener it builds, so this is a listener nobody meant for Krites;
+    /// whichever way its traffic goes, neither role's rules may be skipped
+    /// (picking one would let the other's Deny rules be bypassed), and
+    /// denying outright would be no safer than applying both.
+    pub fn roles(self) -> Roles {
+        match self {
+            ListenerDirection::Inbound => Roles { ingress: true, egress: false },
+            ListenerDirection::Outbound => Roles { ingress: false, egress: true },
+            ListenerDirection::Unspecified => Roles { ingress: true, egress: true },
+        }
+    }
+}
+
+/// Where a request or connection from the workload goes, as its sidecar
+/// knows it before load balancing: the cluster the route (HTTP) or
+/// `tcp_proxy` (TCP) picked, with the connection's original destination
+/// (`destination.address` on an outbound listener with `use_original_dst`).
+/// Without a cluster (no route matched), only the original destination.
+pub fn egress_destination(cluster: Option<&str>, ip: Option<IpAddr>, port: Option<u16>) -> Destination<'_> {
+    match cluster.filter(|c| !c.is_empty()) {
+        Some(name) => Destination::Cluster { name, ip, port },
+        None => Destination::Address { ip, port },
+    }
+}
+
+/// What the roles of a listener need read: the union of each role's needs.
+pub fn needs_for(roles: Roles, ingress: Needs, egress: Needs) -> Needs {
+    let none = Needs { source_port: false, destination_ip: false, destination_port: false, http: false };
+    let (i, e) = (if roles.ingress { ingress } else { none }, if roles.egress { egress } else { none });
+    Needs {
+        source_port: i.source_port || e.source_port,
+        destination_ip: i.destination_ip || e.destination_ip,
+        destination_port: i.destination_port || e.destination_port,
+        http: i.http || e.http,
+    }
+}
+
+/// Everything an egress decision reads: the source address, the
+/// destination, and (unless [`Needs::http`] was off) method and path.
+pub const EGRESS_NEEDS: Needs = Needs { source_port: true, destination_ip: true, destination_port: true, http: true };
 
 /// One request's facts, owned (the host hands out fresh buffers anyway).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -83,6 +179,24 @@ impl RequestData {
     pub fn gather_cached(host: &impl Host, needs: Needs, cache: &mut ConnectionCache) -> RequestData {
         let conn = cache.get_or_read(host, needs);
         RequestData::with_connection(&conn, host, needs)
+    }
+
+    /// [`RequestData::gather`] for a stream whose listener direction decides
+    /// which roles run (`needs_of`: what they need): reads the direction too.
+    pub fn gather_directed(host: &impl Host, needs_of: impl Fn(ListenerDirection) -> Needs) -> (RequestData, ListenerDirection) {
+        let (conn, _) = ConnectionData::read_directed(host, None, &needs_of);
+        (RequestData::with_connection(&conn, host, needs_of(conn.direction)), conn.direction)
+    }
+
+    /// [`RequestData::gather_directed`], with the connection's facts (and
+    /// direction) from `cache` when an earlier request on it read them.
+    pub fn gather_cached_directed(
+        host: &impl Host,
+        needs_of: impl Fn(ListenerDirection) -> Needs,
+        cache: &mut ConnectionCache,
+    ) -> (RequestData, ListenerDirection) {
+        let conn = cache.get_or_read_directed(host, &needs_of);
+        (RequestData::with_connection(&conn, host, needs_of(conn.direction)), conn.direction)
     }
 
     fn with_connection(conn: &ConnectionData, host: &impl Host, needs: Needs) -> RequestData {
@@ -130,6 +244,20 @@ impl RequestData {
         }
     }
 
+    /// The facts of the egress role: the workload's own address as source
+    /// (the recorded peer of its connection to the sidecar, as for ingress),
+    /// the destination from `cluster` and the original destination, and the
+    /// method and path read as the ingress role reads them (no header trust).
+    pub fn egress_facts<'a>(&'a self, cluster: Option<&'a str>) -> EgressFacts<'a> {
+        EgressFacts {
+            source_ip: self.source_ip,
+            source_port: self.source_port,
+            destination: egress_destination(cluster, self.destination_ip, self.destination_port),
+            method: self.method.as_deref(),
+            path: self.path.as_deref(),
+        }
+    }
+
     pub fn facts(&self) -> RequestFacts<'_> {
         RequestFacts {
             source_ip: self.source_ip,
@@ -153,6 +281,8 @@ pub struct ConnectionData {
     destination_port: Option<u16>,
     mtls: bool,
     uri_san: Option<Rc<str>>,
+    /// Its listener's direction: which role decides its requests.
+    pub direction: ListenerDirection,
 }
 
 impl ConnectionData {
@@ -162,6 +292,15 @@ impl ConnectionData {
     /// NETWORK role recorded the peer. Without it, `source.address` follows
     /// each request's `x-forwarded-for` and must be read every time.
     fn read(host: &impl Host, needs: Needs) -> (ConnectionData, bool) {
+        // The direction is not read (left Unspecified): the caller knows its role.
+        ConnectionData::read_directed(host, Some(ListenerDirection::Unspecified), |_| needs)
+    }
+
+    /// [`ConnectionData::read`], with `needs_of` the facts the roles of the
+    /// listener's direction need; the direction is read first unless `known`.
+    fn read_directed(host: &impl Host, known: Option<ListenerDirection>, needs_of: impl Fn(ListenerDirection) -> Needs) -> (ConnectionData, bool) {
+        let direction = known.unwrap_or_else(|| ListenerDirection::read(host));
+        let needs = needs_of(direction);
         let recorded = host.property(&[PEER_ADDRESS_KEY]).as_deref().and_then(parse_address);
         let source = recorded.or_else(|| host.property(&["source", "address"]).as_deref().and_then(parse_address));
         let (source, unverified_source) = match source {
@@ -178,7 +317,7 @@ impl ConnectionData {
         } else {
             None
         };
-        let conn = ConnectionData { source, unverified_source, destination_ip, destination_port, mtls, uri_san };
+        let conn = ConnectionData { source, unverified_source, destination_ip, destination_port, mtls, uri_san, direction };
         (conn, recorded.is_some())
     }
 }
@@ -201,11 +340,18 @@ impl ConnectionCache {
     pub const CAPACITY: usize = 4096;
 
     pub fn get_or_read(&mut self, host: &impl Host, needs: Needs) -> ConnectionData {
+        self.get_or_read_directed(host, |_| needs)
+    }
+
+    /// [`ConnectionCache::get_or_read`] that also reads the listener's
+    /// direction (once per connection: a cached connection costs no more host
+    /// calls than before), with the needs of that direction's roles.
+    pub fn get_or_read_directed(&mut self, host: &impl Host, needs_of: impl Fn(ListenerDirection) -> Needs) -> ConnectionData {
         let id = host.property(&["connection", "id"]).as_deref().and_then(parse_u64);
         if let Some(hit) = id.and_then(|id| self.entries.get(&id)) {
             return hit.clone();
         }
-        let (conn, cacheable) = ConnectionData::read(host, needs);
+        let (conn, cacheable) = ConnectionData::read_directed(host, None, needs_of);
         if let (Some(id), true) = (id, cacheable) {
             if self.order.len() >= Self::CAPACITY {
                 if let Some(oldest) = self.order.pop_front() {
@@ -354,10 +500,13 @@ mod tests {
     struct Canned {
         properties: HashMap<String, Vec<u8>>,
         headers: HashMap<String, Vec<u8>>,
+        /// Every property asked for, in order (what a request costs in host calls).
+        asked: std::cell::RefCell<Vec<String>>,
     }
 
     impl Host for Canned {
         fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+            self.asked.borrow_mut().push(path.join("."));
             self.properties.get(&path.join(".")).cloned()
         }
         fn request_headers(&self) -> Option<Vec<u8>> {
@@ -577,5 +726,120 @@ mod tests {
         host.properties.remove("xds.node.metadata.POD_PORTS");
         host.properties.remove("xds.node.metadata.SERVICE_ACCOUNT");
         assert!(workload_from_node(&host).unwrap_err().contains("SERVICE_ACCOUNT"));
+    }
+
+    fn direction_bytes(value: u64) -> Vec<u8> {
+        value.to_le_bytes().to_vec()
+    }
+
+    #[test]
+    fn listener_direction_picks_the_roles() {
+        use ListenerDirection::*;
+        assert_eq!(ListenerDirection::from_property(Some(&direction_bytes(1))), Inbound);
+        assert_eq!(ListenerDirection::from_property(Some(&direction_bytes(2))), Outbound);
+        // UNSPECIFIED (0), a value a later Envoy may add, a malformed or absent property.
+        assert_eq!(ListenerDirection::from_property(Some(&direction_bytes(0))), Unspecified);
+        assert_eq!(ListenerDirection::from_property(Some(&direction_bytes(7))), Unspecified);
+        assert_eq!(ListenerDirection::from_property(Some(b"OUTBOUND")), Unspecified);
+        assert_eq!(ListenerDirection::from_property(None), Unspecified);
+        assert_eq!(Inbound.roles(), Roles { ingress: true, egress: false });
+        assert_eq!(Outbound.roles(), Roles { ingress: false, egress: true });
+        // No direction loosens nothing: both sides' rules apply.
+        assert_eq!(Unspecified.roles(), Roles { ingress: true, egress: true });
+
+        // The xDS attribute first, the older top-level property if the host lacks it.
+        let mut host = Canned::default();
+        assert_eq!(ListenerDirection::read(&host), Unspecified);
+        host.properties.insert("listener_direction".into(), direction_bytes(1));
+        assert_eq!(ListenerDirection::read(&host), Inbound);
+        host.properties.insert("xds.listener_direction".into(), direction_bytes(2));
+        assert_eq!(ListenerDirection::read(&host), Outbound);
+    }
+
+    #[test]
+    fn needs_are_the_union_of_the_roles_that_run() {
+        let ingress = Needs { source_port: false, destination_ip: false, destination_port: true, http: true };
+        let egress = Needs { source_port: true, destination_ip: true, destination_port: true, http: false };
+        assert_eq!(needs_for(ListenerDirection::Inbound.roles(), ingress, egress), ingress);
+        assert_eq!(needs_for(ListenerDirection::Outbound.roles(), ingress, egress), egress);
+        assert_eq!(
+            needs_for(ListenerDirection::Unspecified.roles(), ingress, egress),
+            Needs { source_port: true, destination_ip: true, destination_port: true, http: true }
+        );
+    }
+
+    #[test]
+    fn egress_destination_is_the_chosen_cluster_with_the_original_destination() {
+        let vip: IpAddr = "10.96.0.12".parse().unwrap();
+        assert_eq!(
+            egress_destination(Some("outbound|9080||ratings.bookinfo.svc.cluster.local"), Some(vip), Some(9080)),
+            Destination::Cluster { name: "outbound|9080||ratings.bookinfo.svc.cluster.local", ip: Some(vip), port: Some(9080) }
+        );
+        assert_eq!(
+            egress_destination(Some("PassthroughCluster"), Some(vip), Some(443)),
+            Destination::Cluster { name: "PassthroughCluster", ip: Some(vip), port: Some(443) }
+        );
+        // No route matched: the original destination only.
+        assert_eq!(egress_destination(None, Some(vip), Some(80)), Destination::Address { ip: Some(vip), port: Some(80) });
+        assert_eq!(egress_destination(Some(""), None, None), Destination::Address { ip: None, port: None });
+    }
+
+    #[test]
+    fn egress_facts_come_from_the_connection_and_the_request_line() {
+        let mut host = Canned::default();
+        host.properties.insert("xds.listener_direction".into(), direction_bytes(2));
+        host.properties.insert(PEER_ADDRESS_KEY.into(), b"10.44.0.3:41000".to_vec());
+        host.properties.insert("source.address".into(), b"10.44.0.9:0".to_vec());
+        host.properties.insert("destination.address".into(), b"10.96.0.12:9080".to_vec());
+        host.properties.insert("destination.port".into(), 9080u64.to_le_bytes().to_vec());
+        host.properties.insert("connection.id".into(), 7u64.to_le_bytes().to_vec());
+        host.headers.insert(":method".into(), b"GET".to_vec());
+        host.headers.insert(":path".into(), b"/ratings/0".to_vec());
+        // A Host header or XFF says nothing here: only the route's cluster and the connection do.
+        host.headers.insert(":authority".into(), b"details".to_vec());
+        let egress = Needs { http: true, ..EGRESS_NEEDS };
+        let ingress = Needs { source_port: false, destination_ip: false, destination_port: false, http: false };
+        let mut cache = ConnectionCache::default();
+        let (data, direction) = RequestData::gather_cached_directed(&host, |d| needs_for(d.roles(), ingress, egress), &mut cache);
+        assert_eq!(direction, ListenerDirection::Outbound);
+        let facts = data.egress_facts(Some("outbound|9080||ratings.bookinfo.svc.cluster.local"));
+        println!("{facts:?}");
+        assert_eq!(facts.source_ip, Some("10.44.0.3".parse().unwrap()));
+        assert_eq!(facts.source_port, Some(41000));
+        assert_eq!(
+            facts.destination,
+            Destination::Cluster {
+                name: "outbound|9080||ratings.bookinfo.svc.cluster.local",
+                ip: Some("10.96.0.12".parse().unwrap()),
+                port: Some(9080)
+            }
+        );
+        assert_eq!((facts.method, facts.path), (Some("GET"), Some("/ratings/0")));
+
+        // The next request on the connection: its direction and facts come from the cache;
+        // only the connection id is asked again (and the request line).
+        host.asked.borrow_mut().clear();
+        let (again, direction) = RequestData::gather_cached_directed(&host, |d| needs_for(d.roles(), ingress, egress), &mut cache);
+        assert_eq!(direction, ListenerDirection::Outbound);
+        assert_eq!(again.destination_ip, data.destination_ip);
+        assert_eq!(*host.asked.borrow(), vec!["connection.id".to_string()]);
+    }
+
+    #[test]
+    fn an_inbound_connection_reads_its_direction_once() {
+        let mut host = Canned::default();
+        host.properties.insert("xds.listener_direction".into(), direction_bytes(1));
+        host.properties.insert(PEER_ADDRESS_KEY.into(), b"10.44.0.3:41000".to_vec());
+        host.properties.insert("connection.id".into(), 9u64.to_le_bytes().to_vec());
+        let none = Needs::default();
+        let mut cache = ConnectionCache::default();
+        let (_, direction) = RequestData::gather_cached_directed(&host, |d| needs_for(d.roles(), none, EGRESS_NEEDS), &mut cache);
+        assert_eq!(direction, ListenerDirection::Inbound);
+        // Inbound: the egress needs (destination address) are not read.
+        assert!(!host.asked.borrow().iter().any(|p| p == "destination.address"), "{:?}", host.asked.borrow());
+        assert_eq!(host.asked.borrow().iter().filter(|p| p.contains("listener_direction")).count(), 1);
+        host.asked.borrow_mut().clear();
+        RequestData::gather_cached_directed(&host, |d| needs_for(d.roles(), none, EGRESS_NEEDS), &mut cache);
+        assert_eq!(*host.asked.borrow(), vec!["connection.id".to_string()], "a cached connection costs one call, as before");
     }
 }

@@ -25,15 +25,28 @@
 //! each HTTP-role root context publishes what it enforces in this VM, and
 //! connections are judged by all of it. Nothing published means no config
 //! was loaded: deny.
+//!
+//! The same plugin runs on the sidecar's outbound listeners too (a
+//! WasmPlugin with no mode in its `match`): there the connection is one the
+//! workload opens, and it is the workload's egress rules that decide it
+//! (`adapter::ListenerDirection`). On an outbound TCP chain (`tcp_proxy` to
+//! a Service's cluster, or to `PassthroughCluster` for an address the mesh
+//! does not know) the decision waits for the first data as inbound does, by
+//! when `tcp_proxy` has picked its cluster: the destination is that cluster
+//! with the original destination. Outbound HTTP chains are the HTTP role's.
+//! An egress rule with `http` (an Allow rule: `http` is valid on no other)
+//! never matches a connection, so the connection's own walk decides it
+//! exactly; one that only such a rule could allow is closed, as inbound.
 
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use krites_policy::{ConnectionVerdict, Needs};
+use krites_policy::engine::EgressConnectionVerdict;
+use krites_policy::{ConnectionVerdict, Needs, Reason, Verdict};
 use proxy_wasm::traits::{Context, StreamContext};
 use proxy_wasm::types::Action;
 
-use crate::adapter::{self, RequestData};
+use crate::adapter::{self, ListenerDirection, RequestData};
 use crate::host::{self, Level};
 use crate::metrics::{FilterDenial, Metrics};
 use crate::plugin::{EnvoyHost, Enforcement, Shared};
@@ -76,6 +89,10 @@ enum Kind {
 
 struct Judgement {
     kind: Kind,
+    /// Why the engine decided so (`None`: failed closed or out of scope).
+    reason: Option<Reason>,
+    /// The deciding policy's (or tier default's) connection counter.
+    counter: Option<u32>,
     /// The log line, built only when the level wants it.
     line: Option<(Level, String)>,
 }
@@ -90,19 +107,34 @@ fn judge(data: &RequestData) -> Judgement {
         if p.is_empty() {
             return fail_closed(FilterDenial::NoConfig, data, "; no HTTP-role config is loaded in this VM");
         }
-        let mut strictest = Judgement { kind: Kind::Allow, line: None };
+        let mut strictest = Judgement { kind: Kind::Allow, reason: None, counter: None, line: None };
         for (_, shared) in p.iter() {
             let judged = match &shared.enforcement {
-                Enforcement::OutOfScope => Judgement { kind: Kind::Allow, line: None },
+                Enforcement::OutOfScope => Judgement { kind: Kind::Allow, reason: None, counter: None, line: None },
                 Enforcement::FailClosed(why) => fail_closed(*why, data, ""),
                 Enforcement::Policy(policy) => {
-                    let verdict = policy.decide_connection(&data.facts());
+                    let facts = data.facts();
+                    let verdict = policy.ingress.decide_connection(&facts);
                     let kind = match verdict {
                         ConnectionVerdict::Allow(_) => Kind::Allow,
                         ConnectionVerdict::HttpDecides(_) => Kind::HttpOnly,
                         ConnectionVerdict::Deny(_) => Kind::Deny,
                     };
                     let decision = verdict.decision();
+                    if let Some(staged) = &policy.staged {
+                        // A TCP chain allows only what a connection may carry: as enforced.
+                        let would = staged.view.ingress.decide_connection(&facts);
+                        let would_verdict = if matches!(would, ConnectionVerdict::Allow(_)) { Verdict::Allow } else { Verdict::Deny };
+                        let line = staged.record(
+                            "connection",
+                            (if kind == Kind::Allow { Verdict::Allow } else { Verdict::Deny }, decision.policy),
+                            (would_verdict, would.decision().policy),
+                            || would.decision().to_string(),
+                        );
+                        if let Some(line) = line {
+                            host::log(Level::Info, &format!("{line}; {}; revision {}", describe(data), shared.revision));
+                        }
+                    }
                     let level = match kind {
                         Kind::Allow => Level::Debug,
                         _ if decision.identity.is_conflict() => Level::Warn,
@@ -116,7 +148,7 @@ fn judge(data: &RequestData) -> Judgement {
                         };
                         (level, format!("krites: {decision}{only_http}; {}; revision {}", describe(data), shared.revision))
                     });
-                    Judgement { kind, line }
+                    Judgement { kind, reason: Some(decision.reason), counter: shared.connection_counters.counter(decision), line }
                 }
             };
             if judged.kind > strictest.kind || (judged.kind == strictest.kind && strictest.line.is_none()) {
@@ -130,7 +162,83 @@ fn judge(data: &RequestData) -> Judgement {
 fn fail_closed(why: FilterDenial, data: &RequestData, detail: &str) -> Judgement {
     let line = host::log_enabled(Level::Info)
         .then(|| (Level::Info, format!("krites: DENY {}: fail closed{detail}; {}", why.code(), describe(data))));
-    Judgement { kind: Kind::Deny, line }
+    Judgement { kind: Kind::Deny, reason: None, counter: None, line }
+}
+
+/// The egress verdict of a connection the workload opens, under every config
+/// published in this VM (the strictest wins, as for ingress).
+fn judge_egress(data: &RequestData, cluster: &str) -> Judgement {
+    PUBLISHED.with(|p| {
+        let Ok(p) = p.try_borrow() else {
+            return fail_closed(FilterDenial::NoConfig, data, "");
+        };
+        if p.is_empty() {
+            return fail_closed(FilterDenial::NoConfig, data, "; no HTTP-role config is loaded in this VM");
+        }
+        let mut strictest = Judgement { kind: Kind::Allow, reason: None, counter: None, line: None };
+        for (_, shared) in p.iter() {
+            let judged = match &shared.enforcement {
+                Enforcement::OutOfScope => Judgement { kind: Kind::Allow, reason: None, counter: None, line: None },
+                Enforcement::FailClosed(why) => fail_closed(*why, data, " (egress)"),
+                Enforcement::Policy(policies) => {
+                    let egress = &policies.egress;
+                    let facts = data.egress_facts(Some(cluster));
+                    // Rules with `http` never match a connection (they are
+                    // Allow rules only): the connection's own walk is exact.
+                    let verdict = egress.decide_connection(&facts);
+                    let kind = match verdict {
+                        EgressConnectionVerdict::Allow(_) => Kind::Allow,
+                        EgressConnectionVerdict::HttpDecides(_) => Kind::HttpOnly,
+                        EgressConnectionVerdict::Deny(_) => Kind::Deny,
+                    };
+                    let decision = *verdict.decision();
+                    if let Some(staged) = &policies.staged {
+                        let would = *staged.view.egress.decide_connection(&facts).decision();
+                        let would_verdict = would.verdict;
+                        let line = staged.record(
+                            "egress connection",
+                            (if kind == Kind::Allow { Verdict::Allow } else { Verdict::Deny }, decision.policy),
+                            (would_verdict, would.policy),
+                            || would.to_string(),
+                        );
+                        if let Some(line) = line {
+                            host::log(Level::Info, &format!("{line}; {}; revision {}", describe_egress(data, cluster), shared.revision));
+                        }
+                    }
+                    let level = if kind == Kind::Allow { Level::Debug } else { Level::Info };
+                    let line = host::log_enabled(level).then(|| {
+                        let only_http = if kind == Kind::HttpOnly {
+                            "; only an HTTP request could be allowed, and this filter chain has no HTTP filter (declare the port HTTP)"
+                        } else {
+                            ""
+                        };
+                        (
+                            level,
+                            format!("krites: egress {decision}{only_http}; {}; revision {}", describe_egress(data, cluster), shared.revision),
+                        )
+                    });
+                    Judgement { kind, reason: Some(decision.reason), counter: shared.egress_connection_counters.egress_counter(&decision), line }
+                }
+            };
+            if judged.kind > strictest.kind || (judged.kind == strictest.kind && strictest.line.is_none()) {
+                strictest = judged;
+            }
+        }
+        strictest
+    })
+}
+
+fn describe_egress(data: &RequestData, cluster: &str) -> String {
+    let address = |ip: Option<std::net::IpAddr>, port: Option<u16>| match (ip, port) {
+        (Some(ip), Some(port)) => std::net::SocketAddr::new(ip, port).to_string(),
+        (Some(ip), None) => ip.to_string(),
+        _ => "?".into(),
+    };
+    format!(
+        "TCP connection from {} to {} via cluster {cluster:?}",
+        address(data.source_ip, data.source_port),
+        address(data.destination_ip, data.destination_port)
+    )
 }
 
 fn describe(data: &RequestData) -> String {
@@ -160,39 +268,86 @@ pub struct ConnectionGuard {
     state: State,
     /// The connection is TLS (known at `on_new_connection`, before the handshake ends).
     tls: bool,
+    /// Its listener's direction (read once, at `on_new_connection`): ingress or egress.
+    direction: ListenerDirection,
     metrics: Rc<Metrics>,
 }
 
 impl ConnectionGuard {
     pub fn new(metrics: Rc<Metrics>) -> ConnectionGuard {
-        ConnectionGuard { state: State::Undecided, tls: false, metrics }
+        ConnectionGuard { state: State::Undecided, tls: false, direction: ListenerDirection::Unspecified, metrics }
     }
 
     /// Decides at the first data in either direction.
     fn decide(&mut self) -> Action {
         // `tcp_proxy` picked its cluster when the connection opened; the
         // connection manager never sets one on the connection.
-        if host::property(&["xds", "cluster_name"]).ok().flatten().is_none_or(|c| c.is_empty()) {
-            self.state = State::Http;
-            Metrics::bump(self.metrics.connections_http);
+        let cluster = match host::property(&["xds", "cluster_name"]) {
+            Ok(Some(c)) if !c.is_empty() => c,
+            _ => {
+                self.state = State::Http;
+                Metrics::bump(self.metrics.connections_http);
+                return Action::Continue;
+            }
+        };
+        let data = RequestData::gather(&EnvoyHost, CONNECTION_NEEDS);
+        let roles = self.direction.roles();
+        let mut allowed = true;
+        if roles.ingress {
+            let m = &self.metrics;
+            Metrics::bump(m.connections);
+            let judgement = judge(&data);
+            Self::account(&judgement, m.connection_reason(judgement.reason.unwrap_or(Reason::DenyRule)));
+            match judgement.kind {
+                Kind::Allow => Metrics::bump(m.connections_allowed),
+                kind => {
+                    allowed = false;
+                    Metrics::bump(m.connections_denied);
+                    if kind == Kind::HttpOnly {
+                        Metrics::bump(m.connections_denied_http_only);
+                    }
+                }
+            }
+        }
+        if roles.egress {
+            let m = &self.metrics.egress;
+            Metrics::bump(m.connections);
+            let cluster = String::from_utf8_lossy(&cluster);
+            let judgement = judge_egress(&data, &cluster);
+            Self::account(&judgement, m.connection_reason(judgement.reason.unwrap_or(Reason::DenyRule)));
+            if judgement.reason.is_none() && judgement.kind != Kind::Allow {
+                Metrics::bump(m.fail_closed);
+            }
+            match judgement.kind {
+                Kind::Allow => Metrics::bump(m.connections_allowed),
+                kind => {
+                    allowed = false;
+                    Metrics::bump(m.connections_denied);
+                    if kind == Kind::HttpOnly {
+                        Metrics::bump(m.connections_denied_http_only);
+                    }
+                }
+            }
+        }
+        if allowed {
+            self.state = State::Allowed;
             return Action::Continue;
         }
-        Metrics::bump(self.metrics.connections);
-        let data = RequestData::gather(&EnvoyHost, CONNECTION_NEEDS);
-        let judgement = judge(&data);
+        self.close()
+    }
+
+    /// Logs the judgement's line, bumps its reason's counter (`reason_counter`,
+    /// only when the engine decided) and its policy's.
+    fn account(judgement: &Judgement, reason_counter: u32) {
         if let Some((level, line)) = &judgement.line {
             host::log(*level, line);
         }
-        if judgement.kind == Kind::Allow {
-            self.state = State::Allowed;
-            Metrics::bump(self.metrics.connections_allowed);
-            return Action::Continue;
+        if judgement.reason.is_some() {
+            Metrics::bump(reason_counter);
         }
-        Metrics::bump(self.metrics.connections_denied);
-        if judgement.kind == Kind::HttpOnly {
-            Metrics::bump(self.metrics.connections_denied_http_only);
+        if let Some(id) = judgement.counter {
+            Metrics::bump(id);
         }
-        self.close()
     }
 
     fn close(&mut self) -> Action {
@@ -225,6 +380,7 @@ impl StreamContext for ConnectionGuard {
             _ => host::log(Level::Warn, "krites: connection has no source address to record"),
         }
         self.tls = host::property(&["connection", "tls_version"]).ok().flatten().is_some_and(|v| !v.is_empty());
+        self.direction = ListenerDirection::read(&EnvoyHost);
         Action::Continue
     }
 

@@ -4,6 +4,8 @@
 //! the request through, log and count.
 
 pub mod adapter;
+pub mod policy_stats;
+pub mod staged;
 
 #[cfg(target_arch = "wasm32")]
 mod connection;

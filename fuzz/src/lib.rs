@@ -511,8 +511,10 @@ fn check_two_factors(policy: &WorkloadPolicy, facts: &RequestFacts<'_>, d: &Deci
     let Some(rule) = d.rule.filter(|r| r.action == Action::Allow) else { return };
     let identity = &rule.source.identity;
     if cert.is_some() && owner.is_none() {
-        // An unknown address satisfies only negative clauses (notSelector).
-        assert!(identity.matches_unknown(), "{} allowed a certificate from an unknown address on identity: {facts:?}", rule.id);
+        // An unknown address satisfies only negative clauses (notSelector),
+        // or positive ones through a network set that holds it.
+        let by_set = identity.matches_at(krites_policy::model::SourceView::Unknown, facts.source_ip, universe);
+        assert!(identity.matches_unknown() || by_set, "{} allowed a certificate from an unknown address on identity: {facts:?}", rule.id);
     } else {
         assert!(identity.is_empty(), "{} allowed on identity though the factors disagree: {facts:?} ({:?})", rule.id, d.identity);
     }

@@ -17,5 +17,5 @@ pub mod spiffe;
 pub use krites_config::{self as config, json};
 
 pub use config::PluginConfig;
-pub use engine::{ConnectionVerdict, Decision, Needs, Peer, Reason, RequestFacts, Verdict, Workload, WorkloadPolicy};
+pub use engine::{ConnectionVerdict, Decision, Destination, EgressDecision, EgressFacts, EgressPolicy, Needs, Peer, Reason, RequestFacts, Verdict, Workload, WorkloadPolicy};
 pub use model::{ConfigError, ConfigErrors, PolicySet};

@@ -1,18 +1,28 @@
-//! Envoy bootstrap and ECDS documents for one emulated Istio sidecar.
-//!
-//! Built as JSON values (Envoy reads `.json` config files natively) so that arbitrary plugin
-//! configuration strings need no YAML quoting. The shape follows
-//! shared/reference/istio-envoy-wasm.md section 4, which was validated against Envoy 1.40.
+//! The loopback rig's sidecars as istiod builds them: an adapter from [`SidecarSpec`] and
+//! [`Mesh`] to an [`istiod::Proxy`] in `interceptionMode: NONE` (every "pod" shares the
+//! host's network on its own 127.0.0.x, so nothing can be intercepted). Every Istio fact
+//! comes from [`crate::istiod`]; what is the rig's own:
+//! - Each pod listens on ports picked at start, as `Sidecar` ingress listeners bound on the
+//!   pod IP: an HTTP port under `portLevelMtls: STRICT` (the "mTLS listener") and one under
+//!   `DISABLE` (the "plaintext listener"), so a test chooses the transport by address; the
+//!   same pair again on each `Mesh::extra_inbound` address; with `Mesh::tcp_app`, a TCP port
+//!   of each kind. Istio would serve both transports on one PERMISSIVE port, but only to
+//!   clients offering its ALPN (`istio-http/1.1`), which curl cannot.
+//! - Without `Mesh::app`, Envoy answers in place of the application, echoing what it would
+//!   have received (`InboundEndpoint::Echo`).
+//! - Outbound listeners are `Sidecar` egress listeners on the pod IP, one per `Mesh::outbound`.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::envoy::{Mesh, Outbound, SidecarSpec};
+use crate::istiod::{
+    self, Authorization, CaptureMode, EgressListener, HttpAuthz, InboundEndpoint, IngressListener,
+    MtlsMode, PathNormalization, Protocol, ProxyFiles, Upstream,
+};
 use crate::pki::Identity;
-
-const WASM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
 
 /// Where a sidecar's listeners and admin endpoint live.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,147 +38,137 @@ pub struct Ports {
     pub extra: Vec<(IpAddr, u16, u16)>,
 }
 
-/// The cluster behind the inbound listeners when the sidecar has an application.
-const APP_CLUSTER: &str = "inbound|app";
-/// The cluster behind the TCP chains, named as Istio names inbound clusters.
-const TCP_APP_CLUSTER: &str = "inbound|5432||";
-
-/// The HTTP filter / ECDS resource name Istio 1.21-1.29 gives a WasmPlugin `krites`.
-pub fn ecds_name(namespace: &str) -> String {
-    format!("extensions.istio.io/wasmplugin/{namespace}.krites")
+impl Ports {
+    /// Every inbound port; the rig keeps them distinct (a port's mTLS mode and cluster are
+    /// keyed by its number, as in Istio).
+    pub fn inbound(&self) -> Vec<u16> {
+        let mut all = vec![self.mtls, self.plain];
+        all.extend(self.tcp.iter().flat_map(|&(m, p)| [m, p]));
+        all.extend(self.extra.iter().flat_map(|&(_, m, p)| [m, p]));
+        all
+    }
 }
 
-/// The bootstrap. `ecds_file`/`ecds_dir` are only used when `spec.wasm` is set.
-pub fn bootstrap(
-    spec: &SidecarSpec,
-    mesh: &Mesh,
-    ports: &Ports,
-    ecds_file: &Path,
-    ecds_dir: &Path,
-    access_log: &Path,
-) -> Value {
-    let ns = &spec.namespace;
-    let mut http_filters = Vec::new();
-    if spec.wasm.is_some() {
-        http_filters.push(json!({
-            "name": ecds_name(ns),
-            "config_discovery": {
-                "config_source": {
-                    "resource_api_version": "V3",
-                    "path_config_source": {
-                        "path": ecds_file,
-                        "watched_directory": { "path": ecds_dir }
-                    }
-                },
-                "type_urls": [WASM_TYPE]
-            }
-        }));
-    }
-    http_filters.push(json!({
-        "name": "envoy.filters.http.router",
-        "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" }
-    }));
-    let mut listeners = vec![
-        listener(
-            "inbound_mtls",
-            spec,
-            mesh,
-            socket(spec.ip, ports.mtls),
-            &http_filters,
-            access_log,
-            true,
-        ),
-        listener(
-            "inbound_plain",
-            spec,
-            mesh,
-            socket(spec.ip, ports.plain),
-            &http_filters,
-            access_log,
-            false,
-        ),
-    ];
-    // The same two listeners again on each extra address (Envoy's `additional_addresses`
-    // would share one listener, but it refuses `ipv4_compat` there).
-    for (i, &(ip, mtls, plain)) in ports.extra.iter().enumerate() {
-        for (kind, port, tls) in [("mtls", mtls, true), ("plain", plain, false)] {
-            listeners.push(listener(
-                &format!("inbound_{kind}_x{i}"),
-                spec,
-                mesh,
-                socket_ip(ip, port),
-                &http_filters,
-                access_log,
-                tls,
-            ));
-        }
-    }
-    let mut clusters = Vec::new();
-    if let Some(app) = mesh.app {
-        clusters.push(static_cluster(APP_CLUSTER, &[app]));
+/// The HTTP filter / ECDS resource name of the Krites WasmPlugin (`istio-system/krites`).
+pub fn ecds_name() -> String {
+    istiod::ecds_resource_name(istiod::PLUGIN_NAMESPACE, istiod::HTTP_PLUGIN)
+}
+
+/// The rig's sidecar as an istiod `Proxy`.
+pub fn proxy(spec: &SidecarSpec, mesh: &Mesh, ports: &Ports, files: &ProxyFiles) -> istiod::Proxy {
+    let http_endpoint = match mesh.app {
+        Some(app) => InboundEndpoint::Address(app),
+        None => InboundEndpoint::Echo,
+    };
+    let pod_ip = IpAddr::V4(spec.ip);
+    let mut ingress = Vec::new();
+    let mut port_mtls = std::collections::BTreeMap::new();
+    let mut add = |port: u16, protocol: Protocol, bind: IpAddr, mtls: MtlsMode, endpoint: InboundEndpoint| {
+        ingress.push(IngressListener { port, protocol, bind, default_endpoint: endpoint });
+        port_mtls.insert(port, mtls);
+    };
+    add(ports.mtls, Protocol::Http, pod_ip, MtlsMode::Strict, http_endpoint);
+    add(ports.plain, Protocol::Http, pod_ip, MtlsMode::Disable, http_endpoint);
+    for &(ip, mtls, plain) in &ports.extra {
+        add(mtls, Protocol::Http, ip, MtlsMode::Strict, http_endpoint);
+        add(plain, Protocol::Http, ip, MtlsMode::Disable, http_endpoint);
     }
     if let (Some(app), Some((mtls, plain))) = (mesh.tcp_app, ports.tcp) {
-        clusters.push(static_cluster(TCP_APP_CLUSTER, &[app]));
-        for (name, port, tls) in [("inbound_tcp_mtls", mtls, true), ("inbound_tcp_plain", plain, false)] {
-            listeners.push(tcp_listener(name, spec, socket(spec.ip, port), tls));
-        }
+        add(mtls, Protocol::Tcp, pod_ip, MtlsMode::Strict, InboundEndpoint::Address(app));
+        add(plain, Protocol::Tcp, pod_ip, MtlsMode::Disable, InboundEndpoint::Address(app));
     }
-    for (o, port) in mesh.outbound.iter().zip(&ports.outbound) {
-        let cluster = outbound_cluster_name(&o.service);
-        listeners.push(outbound_listener(
-            spec.ip, *port, &o.service, &cluster, access_log,
-        ));
-        clusters.push(mtls_cluster(&cluster, o, &spec.identity, &spec.ca, spec.ip));
-    }
-    let mut metadata = json!({
-        "NAMESPACE": ns,
-        "SERVICE_ACCOUNT": spec.service_account,
-        "LABELS": spec.labels,
-        "NAME": spec.name,
-        "INSTANCE_IPS": spec.ip.to_string(),
-    });
-    if !mesh.pod_ports.is_empty() {
-        metadata["POD_PORTS"] = Value::String(pod_ports_json(mesh));
-    }
-    json!({
-        "node": {
-            "id": format!("sidecar~{}~{}.{ns}~{ns}.svc.cluster.local", spec.ip, spec.name),
-            "cluster": format!("{}.{ns}", spec.name),
-            "metadata": metadata
-        },
-        "admin": { "address": socket(spec.ip, ports.admin) },
-        "static_resources": { "listeners": listeners, "clusters": clusters },
-        "layered_runtime": istio_runtime()
-    })
-}
-
-/// Istio's static runtime layer (`pkg/bootstrap/config.go`): Envoy strips a `#fragment` from
-/// the request target instead of answering 400, so `/admin#x` reaches filters as `/admin`.
-/// The admin layer lets tests change flags at run time, as `istioctl` can.
-fn istio_runtime() -> Value {
-    json!({ "layers": [
-        { "name": "global config", "static_layer": { "envoy.reloadable_features.http_reject_path_with_fragment": false } },
-        { "name": "admin", "admin_layer": {} }
-    ] })
-}
-
-/// Istio's `POD_PORTS`: the container ports as a JSON *string*.
-fn pod_ports_json(mesh: &Mesh) -> String {
-    let ports: Vec<Value> = mesh
-        .pod_ports
+    let outbound: Vec<Upstream> = mesh
+        .outbound
         .iter()
-        .map(|p| json!({ "name": p.name, "containerPort": p.container_port, "protocol": p.protocol }))
+        .map(|o| Upstream {
+            host: service_host(&o.service),
+            // Names the egress listener `<ip>_<port>`, as Istio names it after the Service.
+            ip: match o.endpoints.first().map(|e| e.ip()) {
+                Some(IpAddr::V4(ip)) => ip,
+                _ => Ipv4Addr::UNSPECIFIED,
+            },
+            port: o.endpoints.first().map_or(0, |e| e.port()),
+            protocol: Protocol::Http,
+            identity: o.server_identity.clone(),
+            endpoints: Vec::new(),
+        })
         .collect();
-    Value::Array(ports).to_string()
+    let egress = mesh
+        .outbound
+        .iter()
+        .zip(&ports.outbound)
+        .map(|(o, &port)| EgressListener { port, endpoints: o.endpoints.clone() })
+        .collect();
+    let path_normalization = match mesh.path_normalization {
+        Some(mode) => mode,
+        // Normalise dot segments and merge slashes, or leave the path alone.
+        None if spec.normalize_path => PathNormalization::MergeSlashes,
+        None => PathNormalization::None,
+    };
+    let authz = match &spec.wasm {
+        Some(_) => Authorization { krites_network: spec.peer_address_filter, http: HttpAuthz::Krites, krites_passthrough: false },
+        None => Authorization { krites_network: false, http: HttpAuthz::None, krites_passthrough: false },
+    };
+    istiod::Proxy {
+        pod_name: spec.name.clone(),
+        namespace: spec.namespace.clone(),
+        service_account: spec.service_account.clone(),
+        labels: spec.labels.clone(),
+        ip: spec.ip,
+        ports: mesh
+            .pod_ports
+            .iter()
+            .map(|p| istiod::ContainerPort::new(&p.name, p.container_port, None))
+            .collect(),
+        mtls: MtlsMode::Permissive,
+        port_mtls,
+        path_normalization,
+        trust_domain: trust_domain(&spec.identity),
+        identity: spec.identity.clone(),
+        ca: spec.ca.clone(),
+        capture: CaptureMode::None { ingress, egress },
+        authz,
+        outbound,
+        admin: (spec.ip, ports.admin).into(),
+        extra_stat_tags: mesh.extra_stat_tags.clone(),
+        files: files.clone(),
+    }
 }
 
-fn outbound_cluster_name(service: &str) -> String {
-    format!("outbound|{service}")
+/// The bootstrap of the rig's sidecar.
+pub fn bootstrap(spec: &SidecarSpec, mesh: &Mesh, ports: &Ports, files: &ProxyFiles) -> Value {
+    istiod::build_sidecar_bootstrap(&proxy(spec, mesh, ports, files))
+}
+
+/// `<service>.default.svc.cluster.local`: the rig's services all live in `default`.
+fn service_host(service: &str) -> String {
+    format!("{service}.default.svc.cluster.local")
+}
+
+/// The trust domain of the workload's own SPIFFE id (`cluster.local` if it has none).
+fn trust_domain(identity: &Identity) -> String {
+    identity
+        .uri
+        .as_deref()
+        .and_then(|u| u.strip_prefix("spiffe://"))
+        .and_then(|u| u.split('/').next())
+        .unwrap_or("cluster.local")
+        .to_string()
+}
+
+/// `WasmPlugin.spec.pluginConfig` as istiod hands it to Envoy (see
+/// [`istiod::plugin_config_or_raw`]).
+pub fn istiod_plugin_config(plugin_config: &str) -> String {
+    istiod::plugin_config_or_raw(plugin_config)
+}
+
+/// The HTTP WasmPlugin's ECDS file (`version` must grow on every update).
+pub fn ecds(version: u64, wasm: &Path, plugin_config: &str) -> Value {
+    istiod::build_http_ecds(version, wasm, Some(&istiod_plugin_config(plugin_config)))
 }
 
 /// The ingress gateway: a plaintext listener for browsers on `ip:port`, routing everything to
-/// `upstream` over mTLS with the gateway's own certificate, from `ip`. No Krites filter (the
-/// tutorial's policies select sidecars, and a gateway authorizes nothing here).
+/// `upstream` over mTLS with the gateway's own certificate, from `ip` ([`istiod::gateway`]).
 #[allow(clippy::too_many_arguments)]
 pub fn ingress_bootstrap(
     name: &str,
@@ -180,359 +180,18 @@ pub fn ingress_bootstrap(
     ca: &Path,
     access_log: &Path,
 ) -> Value {
-    let cluster = outbound_cluster_name(&upstream.service);
-    let mut listener = outbound_listener(ip, port, name, &cluster, access_log);
-    listener["name"] = json!(format!("{name}_http"));
-    // A gateway faces clients directly: their address is the connection's, not a header's.
-    listener["filter_chains"][0]["filters"][0]["typed_config"]["use_remote_address"] = json!(true);
-    json!({
-        "node": {
-            "id": format!("router~{ip}~{name}.istio-system~istio-system.svc.cluster.local"),
-            "cluster": format!("{name}.istio-system"),
-            "metadata": {
-                "NAMESPACE": "istio-system",
-                "SERVICE_ACCOUNT": "istio-ingressgateway-service-account",
-                "LABELS": { "istio": "ingressgateway", "app": "istio-ingressgateway" },
-                "NAME": name,
-                "INSTANCE_IPS": ip.to_string(),
-            }
-        },
-        "admin": { "address": socket(ip, admin_port) },
-        "static_resources": {
-            "listeners": [listener],
-            "clusters": [mtls_cluster(&cluster, upstream, identity, ca, ip)]
-        }
+    istiod::gateway::build_gateway_bootstrap(&istiod::gateway::Gateway {
+        name: name.to_string(),
+        ip,
+        admin_port,
+        port,
+        upstream_host: service_host(&upstream.service),
+        upstream_endpoints: upstream.endpoints.clone(),
+        upstream_identity: upstream.server_identity.clone(),
+        identity: identity.clone(),
+        ca: ca.to_path_buf(),
+        access_log: Some(access_log.to_path_buf()),
     })
-}
-
-/// Plaintext HTTP in from the local application, routed to `cluster`.
-fn outbound_listener(
-    ip: Ipv4Addr,
-    port: u16,
-    service: &str,
-    cluster: &str,
-    access_log: &Path,
-) -> Value {
-    let stat_prefix = format!("outbound_{service}");
-    json!({
-        "name": cluster,
-        "address": socket(ip, port),
-        "enable_reuse_port": false,
-        "traffic_direction": "OUTBOUND",
-        "filter_chains": [{ "filters": [{
-            "name": "envoy.filters.network.http_connection_manager",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                "stat_prefix": stat_prefix,
-                "use_remote_address": false,
-                "access_log": [access_log_config(access_log, &stat_prefix)],
-                "route_config": {
-                    "name": cluster,
-                    "virtual_hosts": [{
-                        "name": service,
-                        "domains": ["*"],
-                        "routes": [{ "match": { "prefix": "/" }, "route": { "cluster": cluster, "timeout": "15s" } }]
-                    }]
-                },
-                "http_filters": [{
-                    "name": "envoy.filters.http.router",
-                    "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" }
-                }]
-            }
-        }] }]
-    })
-}
-
-/// Plain HTTP to fixed addresses.
-fn static_cluster(name: &str, endpoints: &[SocketAddr]) -> Value {
-    let lb_endpoints: Vec<Value> = endpoints
-        .iter()
-        .map(|a| json!({ "endpoint": { "address": socket_addr(*a) } }))
-        .collect();
-    json!({
-        "name": name,
-        "type": "STATIC",
-        "connect_timeout": "2s",
-        "lb_policy": "ROUND_ROBIN",
-        "load_assignment": { "cluster_name": name, "endpoints": [{ "lb_endpoints": lb_endpoints }] }
-    })
-}
-
-/// Istio mTLS to other sidecars: present `identity`, trust `ca`, require the destination's
-/// SPIFFE id, and connect from `source` (the pod IP) so the server sidecar sees who we are.
-fn mtls_cluster(
-    name: &str,
-    to: &Outbound,
-    identity: &Identity,
-    ca: &Path,
-    source: Ipv4Addr,
-) -> Value {
-    let mut cluster = static_cluster(name, &to.endpoints);
-    cluster["upstream_bind_config"] =
-        json!({ "source_address": { "address": source.to_string(), "port_value": 0 } });
-    cluster["transport_socket"] = json!({
-        "name": "envoy.transport_sockets.tls",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-            "sni": format!("outbound_.{}.default.svc.cluster.local", to.service),
-            "common_tls_context": {
-                "tls_certificates": [{
-                    "certificate_chain": { "filename": identity.cert },
-                    "private_key": { "filename": identity.key }
-                }],
-                "validation_context": {
-                    "trusted_ca": { "filename": ca },
-                    "match_typed_subject_alt_names": [
-                        { "san_type": "URI", "matcher": { "exact": to.server_identity } }
-                    ]
-                }
-            }
-        }
-    });
-    cluster
-}
-
-fn access_log_config(path: &Path, stat_prefix: &str) -> Value {
-    json!({
-        "name": "envoy.access_loggers.file",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
-            "path": path,
-            "log_format": { "text_format_source": { "inline_string": format!(
-                "[%START_TIME%] {stat_prefix} %DOWNSTREAM_REMOTE_ADDRESS% \"%REQ(:METHOD)% %REQ(:PATH)%\" %RESPONSE_CODE% %RESPONSE_CODE_DETAILS% peer=%DOWNSTREAM_PEER_URI_SAN% upstream=%UPSTREAM_HOST%\n"
-            ) } }
-        }
-    })
-}
-
-/// `WasmPlugin.spec.pluginConfig` as istiod hands it to Envoy (the namespace mesh's
-/// `mesh::istiod::jsonpb`: keys sorted, compact, numbers through float64, `<` `>` `&` written
-/// `\u003c` `\u003e` `\u0026`). Text that is not JSON passes unchanged: the tests that feed
-/// the filter broken configs mean exactly those bytes (istiod would refuse them earlier).
-pub fn istiod_plugin_config(plugin_config: &str) -> String {
-    match serde_json::from_str::<Value>(plugin_config) {
-        Ok(value) => crate::mesh::istiod::jsonpb(&value),
-        Err(_) => plugin_config.to_string(),
-    }
-}
-
-/// The ECDS resource file carrying the Krites plugin (`version` must grow on every update).
-pub fn ecds(namespace: &str, version: u64, wasm: &Path, plugin_config: &str) -> Value {
-    let plugin_config = istiod_plugin_config(plugin_config);
-    json!({
-        "version_info": version.to_string(),
-        "resources": [{
-            "@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
-            "name": ecds_name(namespace),
-            "typed_config": {
-                "@type": WASM_TYPE,
-                "config": {
-                    "name": format!("{namespace}.krites"),
-                    "root_id": "",
-                    "configuration": {
-                        "@type": "type.googleapis.com/google.protobuf.StringValue",
-                        "value": plugin_config
-                    },
-                    "vm_config": {
-                        "runtime": "envoy.wasm.runtime.v8",
-                        "code": { "local": { "filename": wasm } }
-                    },
-                    "failure_policy": "FAIL_CLOSED"
-                }
-            }
-        }]
-    })
-}
-
-fn socket(ip: Ipv4Addr, port: u16) -> Value {
-    json!({ "socket_address": { "address": ip.to_string(), "port_value": port } })
-}
-
-fn socket_addr(addr: SocketAddr) -> Value {
-    json!({ "socket_address": { "address": addr.ip().to_string(), "port_value": addr.port() } })
-}
-
-/// A listener address on any family. `::` is dual-stack (`ipv4_compat`): IPv4 clients reach it
-/// too, and the kernel reports them as IPv4-mapped IPv6 peers (`::ffff:a.b.c.d`).
-fn socket_ip(ip: IpAddr, port: u16) -> Value {
-    let mut addr = json!({ "socket_address": { "address": ip.to_string(), "port_value": port } });
-    if ip == IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED) {
-        addr["socket_address"]["ipv4_compat"] = json!(true);
-    }
-    addr
-}
-
-fn listener(
-    name: &str,
-    spec: &SidecarSpec,
-    mesh: &Mesh,
-    address: Value,
-    http_filters: &[Value],
-    access_log: &Path,
-    mtls: bool,
-) -> Value {
-    let mut filters = Vec::new();
-    if let (true, Some(wasm)) = (spec.peer_address_filter, &spec.wasm) {
-        filters.push(peer_address_filter(&spec.namespace, wasm));
-    }
-    filters.push(hcm(name, spec, mesh, http_filters, access_log));
-    let mut chain = json!({ "filters": filters });
-    if mtls {
-        chain["transport_socket"] = downstream_tls(spec);
-    }
-    json!({
-        "name": name,
-        "address": address,
-        // Envoy binds with SO_REUSEPORT by default: a second Envoy (another test, another
-        // demo) picking the same port would silently share it. Without, it fails to start
-        // and `Sidecar::start` retries on another port.
-        "enable_reuse_port": false,
-        "traffic_direction": "INBOUND",
-        "filter_chains": [chain]
-    })
-}
-
-/// Istio's inbound mTLS: a client certificate is required and must carry a SPIFFE id.
-fn downstream_tls(spec: &SidecarSpec) -> Value {
-    json!({
-        "name": "envoy.transport_sockets.tls",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
-            "require_client_certificate": true,
-            "common_tls_context": {
-                "tls_certificates": [{
-                    "certificate_chain": { "filename": spec.identity.cert },
-                    "private_key": { "filename": spec.identity.key }
-                }],
-                "validation_context": {
-                    "trusted_ca": { "filename": spec.ca },
-                    "match_typed_subject_alt_names": [
-                        { "san_type": "URI", "matcher": { "prefix": "spiffe://" } }
-                    ]
-                }
-            }
-        }
-    })
-}
-
-/// An Istio TCP filter chain: the NETWORK role, then `tcp_proxy` to the TCP application.
-/// No HTTP connection manager, so no HTTP filter runs here.
-fn tcp_listener(name: &str, spec: &SidecarSpec, address: Value, mtls: bool) -> Value {
-    let mut filters = Vec::new();
-    if let (true, Some(wasm)) = (spec.peer_address_filter, &spec.wasm) {
-        filters.push(peer_address_filter(&spec.namespace, wasm));
-    }
-    filters.push(json!({
-        "name": "envoy.filters.network.tcp_proxy",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
-            "stat_prefix": TCP_APP_CLUSTER,
-            "cluster": TCP_APP_CLUSTER
-        }
-    }));
-    let mut chain = json!({ "name": name, "filters": filters });
-    if mtls {
-        chain["transport_socket"] = downstream_tls(spec);
-    }
-    json!({
-        "name": name,
-        "address": address,
-        "enable_reuse_port": false,
-        "traffic_direction": "INBOUND",
-        "filter_chains": [chain]
-    })
-}
-
-/// The module's NETWORK role, inline (it takes no configuration).
-fn peer_address_filter(namespace: &str, wasm: &Path) -> Value {
-    json!({
-        "name": "envoy.filters.network.wasm",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.network.wasm.v3.Wasm",
-            "config": {
-                "name": format!("{namespace}.krites-peer-address"),
-                "root_id": "krites_peer_address",
-                "vm_config": { "runtime": "envoy.wasm.runtime.v8", "code": { "local": { "filename": wasm } } },
-                "failure_policy": "FAIL_CLOSED"
-            }
-        }
-    })
-}
-
-/// HTTP connection manager configured the way Istio configures inbound sidecar listeners
-/// in the respects Krites cares about (XFCC handling, no trust in XFF, path normalization).
-fn hcm(
-    stat_prefix: &str,
-    spec: &SidecarSpec,
-    mesh: &Mesh,
-    http_filters: &[Value],
-    access_log: &Path,
-) -> Value {
-    let upstream = &spec.name;
-    let (normalize_path, merge_slashes, escaped_slashes) = match mesh.path_normalization {
-        Some(mode) => mode.hcm_settings(),
-        None => (spec.normalize_path, spec.normalize_path, "KEEP_UNCHANGED"),
-    };
-    let mut hcm = json!({
-        "name": "envoy.filters.network.http_connection_manager",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-            "stat_prefix": stat_prefix,
-            "forward_client_cert_details": "SANITIZE_SET",
-            "set_current_client_cert_details": { "uri": true },
-            "use_remote_address": false,
-            "normalize_path": normalize_path,
-            "merge_slashes": merge_slashes,
-            "path_with_escaped_slashes_action": escaped_slashes,
-            "access_log": [{
-                "name": "envoy.access_loggers.file",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
-                    "path": access_log,
-                    "log_format": { "text_format_source": { "inline_string": format!(
-                        "[%START_TIME%] {stat_prefix} %DOWNSTREAM_REMOTE_ADDRESS% \"%REQ(:METHOD)% %REQ(:PATH)%\" %RESPONSE_CODE% %RESPONSE_CODE_DETAILS% peer=%DOWNSTREAM_PEER_URI_SAN%\n"
-                    ) } }
-                }
-            }],
-            "route_config": {
-                "name": "local",
-                "virtual_hosts": [{
-                    "name": "app",
-                    "domains": ["*"],
-                    "routes": [{
-                        "match": { "prefix": "/" },
-                        "direct_response": { "status": 200, "body": { "inline_string": format!("ok {upstream}\n") } },
-                        "response_headers_to_add": [
-                            { "header": { "key": "x-krites-upstream", "value": upstream } }
-                        ]
-                    }]
-                }]
-            },
-            // The "application" is a direct response; rewriting its body with request details
-            // lets tests see what the app would receive (path after normalization, XFCC).
-            // Only 200s are rewritten; Krites denies with 403, so its replies pass untouched.
-            "local_reply_config": { "mappers": [{
-                "filter": { "status_code_filter": { "comparison": { "op": "EQ", "value": {
-                    "default_value": 200, "runtime_key": "krites_testbed.echo_status" } } } },
-                "body_format_override": { "text_format_source": { "inline_string": format!(
-                    "ok {upstream}\nlistener={stat_prefix}\nmethod=%REQ(:METHOD)%\npath=%REQ(:PATH)%\nsource=%DOWNSTREAM_REMOTE_ADDRESS%\npeer=%DOWNSTREAM_PEER_URI_SAN%\nxfcc=%REQ(X-FORWARDED-CLIENT-CERT)%\n"
-                ) } }
-            }] },
-            "http_filters": http_filters
-        }
-    });
-    if mesh.app.is_some() {
-        // A real application answers: route to it, and leave its replies alone.
-        let tc = &mut hcm["typed_config"];
-        tc["route_config"]["virtual_hosts"][0]["routes"][0] = json!({
-            "match": { "prefix": "/" },
-            "route": { "cluster": APP_CLUSTER, "timeout": "15s" }
-        });
-        if let Some(map) = tc.as_object_mut() {
-            map.remove("local_reply_config");
-        }
-    }
-    hcm
 }
 
 #[cfg(test)]
@@ -543,6 +202,7 @@ mod tests {
 
     use super::*;
     use crate::envoy::ContainerPort;
+    use serde_json::json;
 
     fn spec() -> SidecarSpec {
         let id = Identity {
@@ -558,23 +218,25 @@ mod tests {
             labels: BTreeMap::new(),
             identity: id,
             ca: PathBuf::from("/pki/ca.crt"),
-            wasm: None,
+            wasm: Some(PathBuf::from("/m.wasm")),
             plugin_config: "{}".into(),
             work_dir: PathBuf::from("/w"),
             normalize_path: true,
-            peer_address_filter: false,
+            peer_address_filter: true,
         }
     }
 
     fn ports(outbound: Vec<u16>) -> Ports {
-        Ports {
-            admin: 1,
-            mtls: 2,
-            plain: 3,
-            tcp: None,
-            outbound,
-            extra: vec![],
-        }
+        Ports { admin: 1, mtls: 2, plain: 3, tcp: None, outbound, extra: vec![] }
+    }
+
+    fn boot(mesh: &Mesh, ports: &Ports) -> Value {
+        bootstrap(&spec(), mesh, ports, &ProxyFiles::under(Path::new("/w/summary")))
+    }
+
+    fn listener<'a>(boot: &'a Value, name: &str) -> &'a Value {
+        let listeners = boot["static_resources"]["listeners"].as_array().unwrap();
+        listeners.iter().find(|l| l["name"] == name).unwrap_or_else(|| panic!("no {name} in {listeners:#?}"))
     }
 
     #[test]
@@ -587,64 +249,38 @@ mod tests {
     }
 
     #[test]
-    fn extra_inbound_addresses_get_their_own_listeners() {
-        let mut p = ports(vec![]);
-        p.extra = vec![
-            ("::1".parse().unwrap(), 4, 5),
-            ("::".parse().unwrap(), 6, 7),
-        ];
-        let boot = bootstrap(
-            &spec(),
-            &Mesh::default(),
-            &p,
-            Path::new("/e"),
-            Path::new("/e"),
-            Path::new("/a"),
-        );
-        let listeners = boot["static_resources"]["listeners"].as_array().unwrap();
-        let addr = |i: usize| {
-            (
-                listeners[i]["name"].clone(),
-                listeners[i]["address"].clone(),
-            )
-        };
-        assert_eq!(listeners.len(), 6);
-        assert_eq!(
-            addr(2),
-            (
-                json!("inbound_mtls_x0"),
-                json!({"socket_address": {"address": "::1", "port_value": 4}})
-            )
-        );
-        assert_eq!(
-            addr(5),
-            (
-                json!("inbound_plain_x1"),
-                json!({"socket_address": {"address": "::", "port_value": 7, "ipv4_compat": true}})
-            )
-        );
-        assert!(listeners[4]["filter_chains"][0]
-            .get("transport_socket")
-            .is_some());
+    fn the_mtls_and_plaintext_listeners_are_strict_and_disable_ports_with_krites_first() {
+        let b = boot(&Mesh::default(), &ports(vec![]));
+        let mtls = listener(&b, "127.0.0.12_2");
+        let chains = mtls["filter_chains"].as_array().unwrap();
+        assert_eq!(chains.len(), 1);
+        assert_eq!(chains[0]["filter_chain_match"]["transport_protocol"], "tls");
+        assert!(chains[0]["transport_socket"].is_object());
+        let filters = chains[0]["filters"].as_array().unwrap();
+        assert_eq!(filters[0]["name"], "extensions.istio.io/wasmplugin/istio-system.krites-peer-address");
+        let hcm = &filters[1]["typed_config"];
+        let http: Vec<&str> = hcm["http_filters"].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap()).collect();
+        assert_eq!(http, [ecds_name().as_str(), "envoy.filters.http.rbac", "envoy.filters.http.router"]);
+        // No application: Envoy echoes.
+        assert_eq!(hcm["route_config"]["virtual_hosts"][0]["routes"][0]["direct_response"]["status"], 200);
+        assert_eq!(hcm["merge_slashes"], true);
+        let plain = listener(&b, "127.0.0.12_3");
+        assert!(plain["filter_chains"][0].get("transport_socket").is_none());
+        assert_eq!(plain["listener_filters"], json!([]));
     }
 
     #[test]
-    fn without_a_mesh_the_listeners_answer_themselves() {
-        let boot = bootstrap(
-            &spec(),
-            &Mesh::default(),
-            &ports(vec![]),
-            Path::new("/e"),
-            Path::new("/e"),
-            Path::new("/a"),
+    fn extra_inbound_addresses_get_their_own_listeners() {
+        let mut p = ports(vec![]);
+        p.extra = vec![("::1".parse().unwrap(), 4, 5), ("::".parse().unwrap(), 6, 7)];
+        let b = boot(&Mesh::default(), &p);
+        assert_eq!(b["static_resources"]["listeners"].as_array().unwrap().len(), 6);
+        assert_eq!(listener(&b, "::1_4")["address"], json!({"socket_address": {"address": "::1", "port_value": 4}}));
+        assert_eq!(
+            listener(&b, "::_7")["address"],
+            json!({"socket_address": {"address": "::", "port_value": 7, "ipv4_compat": true}})
         );
-        let listeners = boot["static_resources"]["listeners"].as_array().unwrap();
-        assert_eq!(listeners.len(), 2);
-        let route = &listeners[0]["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]
-            ["virtual_hosts"][0]["routes"][0];
-        assert_eq!(route["direct_response"]["status"], 200);
-        assert!(boot["node"]["metadata"].get("POD_PORTS").is_none());
-        assert_eq!(boot["static_resources"]["clusters"], json!([]));
+        assert!(listener(&b, "::_6")["filter_chains"][0].get("transport_socket").is_some());
     }
 
     #[test]
@@ -659,50 +295,22 @@ mod tests {
             pod_ports: vec![ContainerPort::tcp("http", 8080)],
             ..Mesh::default()
         };
-        let boot = bootstrap(
-            &spec(),
-            &mesh,
-            &ports(vec![5000]),
-            Path::new("/e"),
-            Path::new("/e"),
-            Path::new("/a"),
-        );
-        // Istio passes POD_PORTS as a JSON string.
-        let pod_ports = boot["node"]["metadata"]["POD_PORTS"].as_str().unwrap();
+        let b = boot(&mesh, &ports(vec![5000]));
+        let pod_ports = b["node"]["metadata"]["POD_PORTS"].as_str().unwrap();
         assert_eq!(
             serde_json::from_str::<Value>(pod_ports).unwrap(),
             json!([{"name": "http", "containerPort": 8080, "protocol": "TCP"}])
         );
-
-        let listeners = boot["static_resources"]["listeners"].as_array().unwrap();
-        let hcm = &listeners[0]["filter_chains"][0]["filters"][0]["typed_config"];
-        assert_eq!(
-            hcm["route_config"]["virtual_hosts"][0]["routes"][0]["route"]["cluster"],
-            APP_CLUSTER
-        );
-        assert!(hcm.get("local_reply_config").is_none());
-
-        let out = &listeners[2];
-        assert_eq!(
-            out["address"]["socket_address"],
-            json!({"address": "127.0.0.12", "port_value": 5000})
-        );
-        assert_eq!(out["traffic_direction"], "OUTBOUND");
-
-        let clusters = boot["static_resources"]["clusters"].as_array().unwrap();
-        assert_eq!(clusters[0]["name"], APP_CLUSTER);
-        let db = &clusters[1];
-        assert_eq!(db["name"], "outbound|database");
+        let clusters = b["static_resources"]["clusters"].as_array().unwrap();
+        let app = clusters.iter().find(|c| c["name"] == "inbound|2||").unwrap();
+        assert_eq!(app["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]["port_value"], 8080);
+        let out = listener(&b, "127.0.0.13_4000");
+        assert_eq!(out["address"]["socket_address"], json!({"address": "127.0.0.12", "port_value": 5000}));
+        let db = clusters.iter().find(|c| c["name"] == "outbound|4000||database.default.svc.cluster.local").unwrap();
         // From the pod IP, with the workload's certificate, checking the server's SPIFFE id.
-        assert_eq!(
-            db["upstream_bind_config"]["source_address"]["address"],
-            "127.0.0.12"
-        );
+        assert_eq!(db["upstream_bind_config"]["source_address"]["address"], "127.0.0.12");
         let tls = &db["transport_socket"]["typed_config"]["common_tls_context"];
-        assert_eq!(
-            tls["tls_certificates"][0]["certificate_chain"]["filename"],
-            "/pki/summary.crt"
-        );
+        assert_eq!(tls["tls_certificates"][0]["certificate_chain"]["filename"], "/pki/summary.crt");
         assert_eq!(
             tls["validation_context"]["match_typed_subject_alt_names"][0]["matcher"]["exact"],
             "spiffe://cluster.local/ns/default/sa/database"
@@ -711,41 +319,21 @@ mod tests {
 
     #[test]
     fn the_ingress_faces_clients_and_calls_upstream_over_mtls() {
-        let id = Identity {
-            cert: PathBuf::from("/pki/gw.crt"),
-            key: PathBuf::from("/pki/gw.key"),
-            uri: None,
-        };
+        let id = Identity { cert: PathBuf::from("/pki/gw.crt"), key: PathBuf::from("/pki/gw.key"), uri: None };
         let up = Outbound {
             service: "customer".into(),
             endpoints: vec!["127.0.0.11:4000".parse().unwrap()],
             server_identity: "spiffe://cluster.local/ns/default/sa/customer".into(),
         };
-        let boot = ingress_bootstrap(
-            "gw",
-            Ipv4Addr::new(127, 0, 0, 10),
-            1,
-            8080,
-            &up,
-            &id,
-            Path::new("/pki/ca.crt"),
-            Path::new("/a"),
-        );
+        let boot = ingress_bootstrap("gw", Ipv4Addr::new(127, 0, 0, 10), 1, 8080, &up, &id, Path::new("/pki/ca.crt"), Path::new("/a"));
         let l = &boot["static_resources"]["listeners"][0];
         assert_eq!(l["address"]["socket_address"]["port_value"], 8080);
         assert!(l["filter_chains"][0].get("transport_socket").is_none());
-        assert_eq!(
-            l["filter_chains"][0]["filters"][0]["typed_config"]["use_remote_address"],
-            true
-        );
+        assert_eq!(l["filter_chains"][0]["filters"][0]["typed_config"]["use_remote_address"], true);
         let c = &boot["static_resources"]["clusters"][0];
+        assert_eq!(c["upstream_bind_config"]["source_address"]["address"], "127.0.0.10");
         assert_eq!(
-            c["upstream_bind_config"]["source_address"]["address"],
-            "127.0.0.10"
-        );
-        assert_eq!(
-            c["transport_socket"]["typed_config"]["common_tls_context"]["tls_certificates"][0]
-                ["certificate_chain"]["filename"],
+            c["transport_socket"]["typed_config"]["common_tls_context"]["tls_certificates"][0]["certificate_chain"]["filename"],
             "/pki/gw.crt"
         );
     }

@@ -15,6 +15,7 @@ use anyhow::{anyhow, bail, Context, Result};
 
 use crate::client::{Request, Response};
 use crate::config::{self, Ports};
+use crate::istiod::{self, ProxyFiles};
 use crate::pki::{Identity, Pki};
 use crate::process::{free_ports, ChildGuard};
 
@@ -107,46 +108,17 @@ pub struct Mesh {
     /// Istio's `meshConfig.pathNormalization` for the inbound connection managers; `None`
     /// keeps `SidecarSpec::normalize_path` (true: normalise and merge slashes; false: NONE).
     pub path_normalization: Option<PathNormalization>,
+    /// The pod's `sidecar.istio.io/componentLogLevel` annotation (`--component-log-level`),
+    /// e.g. `wasm:info` to see the module's startup logs; the sidecar logs at `warning`
+    /// otherwise, as Istio's do. Later changes go through the admin API
+    /// (`admin("POST", "/logging?wasm=debug")`, what `istioctl proxy-config log` does).
+    pub component_log_level: Option<String>,
+    /// The pod's `sidecar.istio.io/extraStatTags`, e.g. `krites_tier` and `krites_policy` for
+    /// Krites' per-policy counters as Prometheus labels (`prometheus()`).
+    pub extra_stat_tags: Vec<String>,
 }
 
-/// Istio's path normalisation modes, as istiod sets them on the inbound connection manager
-/// (`pilot/pkg/networking/core/listener_builder.go`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PathNormalization {
-    /// Nothing: the filter sees the path as sent.
-    None,
-    /// Istio's default (`DEFAULT` means `BASE`): `normalize_path` (RFC 3986 dot segments, `\`).
-    Base,
-    /// `BASE` and `merge_slashes`.
-    MergeSlashes,
-    /// `MERGE_SLASHES` and `path_with_escaped_slashes_action: UNESCAPE_AND_FORWARD`.
-    DecodeAndMergeSlashes,
-}
-
-impl PathNormalization {
-    pub const ALL: [PathNormalization; 4] =
-        [PathNormalization::None, PathNormalization::Base, PathNormalization::MergeSlashes, PathNormalization::DecodeAndMergeSlashes];
-
-    /// (`normalize_path`, `merge_slashes`, `path_with_escaped_slashes_action`).
-    pub fn hcm_settings(self) -> (bool, bool, &'static str) {
-        match self {
-            PathNormalization::None => (false, false, "KEEP_UNCHANGED"),
-            PathNormalization::Base => (true, false, "KEEP_UNCHANGED"),
-            PathNormalization::MergeSlashes => (true, true, "KEEP_UNCHANGED"),
-            PathNormalization::DecodeAndMergeSlashes => (true, true, "UNESCAPE_AND_FORWARD"),
-        }
-    }
-
-    /// Istio's name for the mode.
-    pub fn name(self) -> &'static str {
-        match self {
-            PathNormalization::None => "NONE",
-            PathNormalization::Base => "BASE",
-            PathNormalization::MergeSlashes => "MERGE_SLASHES",
-            PathNormalization::DecodeAndMergeSlashes => "DECODE_AND_MERGE_SLASHES",
-        }
-    }
-}
+pub use crate::istiod::PathNormalization;
 
 /// One destination service as seen from a sidecar (an Istio `outbound|<port>||<host>` cluster).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -201,8 +173,7 @@ impl EcdsCounts {
 
 struct Paths {
     bootstrap: PathBuf,
-    ecds_dir: PathBuf,
-    ecds_file: PathBuf,
+    proxy: ProxyFiles,
     log: PathBuf,
     stderr: PathBuf,
     access_log: PathBuf,
@@ -213,13 +184,20 @@ impl Paths {
         let d = &spec.work_dir;
         let n = &spec.name;
         let ecds_dir = d.join(format!("{n}-ecds"));
+        let network_ecds_dir = d.join(format!("{n}-ecds-network"));
+        let access_log = d.join(format!("{n}.access.log"));
         Paths {
             bootstrap: d.join(format!("{n}.envoy.json")),
-            ecds_file: ecds_dir.join("krites.json"),
-            ecds_dir,
+            proxy: ProxyFiles {
+                ecds: ecds_dir.join("krites.json"),
+                ecds_dir,
+                network_ecds: network_ecds_dir.join("krites-peer-address.json"),
+                network_ecds_dir,
+                access_log: Some(access_log.clone()),
+            },
             log: d.join(format!("{n}.log")),
             stderr: d.join(format!("{n}.stderr")),
-            access_log: d.join(format!("{n}.access.log")),
+            access_log,
         }
     }
 }
@@ -296,24 +274,30 @@ impl Sidecar {
                 })
                 .collect::<Result<_>>()?,
         };
+        let mut inbound = ports.inbound();
+        inbound.sort_unstable();
+        inbound.dedup();
+        if inbound.len() != ports.inbound().len() {
+            // A port's mTLS mode and cluster are keyed by its number: two addresses picking
+            // the same one would share them. `start_with` retries on this message.
+            bail!("Address already in use: one inbound port picked twice in {ports:?}");
+        }
         let paths = Paths::new(&spec);
         for stale in [&paths.log, &paths.stderr, &paths.access_log] {
             let _ = fs::remove_file(stale);
         }
         if let Some(wasm) = &spec.wasm {
-            fs::create_dir_all(&paths.ecds_dir)
-                .with_context(|| format!("creating {}", paths.ecds_dir.display()))?;
-            let doc = config::ecds(&spec.namespace, 1, wasm, &spec.plugin_config);
-            write_atomically(&paths.ecds_dir, &paths.ecds_file, &doc)?;
+            let files = &paths.proxy;
+            fs::create_dir_all(&files.ecds_dir)
+                .with_context(|| format!("creating {}", files.ecds_dir.display()))?;
+            write_atomically(&files.ecds_dir, &files.ecds, &config::ecds(1, wasm, &spec.plugin_config))?;
+            if spec.peer_address_filter {
+                fs::create_dir_all(&files.network_ecds_dir)
+                    .with_context(|| format!("creating {}", files.network_ecds_dir.display()))?;
+                write_atomically(&files.network_ecds_dir, &files.network_ecds, &istiod::build_network_ecds(1, wasm))?;
+            }
         }
-        let boot = config::bootstrap(
-            &spec,
-            &mesh,
-            &ports,
-            &paths.ecds_file,
-            &paths.ecds_dir,
-            &paths.access_log,
-        );
+        let boot = config::bootstrap(&spec, &mesh, &ports, &paths.proxy);
         write_json(&paths.bootstrap, &boot)?;
 
         let process = spawn_envoy(
@@ -322,6 +306,7 @@ impl Sidecar {
             &paths.bootstrap,
             &paths.log,
             &paths.stderr,
+            mesh.component_log_level.as_deref(),
         )?;
         let mut sidecar = Sidecar {
             wasm: Mutex::new(spec.wasm.clone()),
@@ -483,6 +468,17 @@ impl Sidecar {
         Some(SocketAddr::new(ip, port))
     }
 
+    /// The stat prefix of the mTLS listener's connection manager (`http.<prefix>.*`), as
+    /// istiod names it: `inbound_0.0.0.0_<port>`.
+    pub fn mtls_stat_prefix(&self) -> String {
+        istiod::inbound_http_stat_prefix(self.ports.mtls)
+    }
+
+    /// The stat prefix of the plaintext listener's connection manager.
+    pub fn plain_stat_prefix(&self) -> String {
+        istiod::inbound_http_stat_prefix(self.ports.plain)
+    }
+
     pub fn admin_addr(&self) -> SocketAddr {
         SocketAddr::from((self.spec.ip, self.ports.admin))
     }
@@ -504,7 +500,9 @@ impl Sidecar {
             .to(self.admin_addr())
             .method(method)
             .path(path)
-            .timeout(Duration::from_secs(5))
+            // Envoy's admin runs on its main thread, which also compiles each new Wasm
+            // config (V8 and `on_configure`): on a loaded machine that takes seconds.
+            .timeout(Duration::from_secs(30))
             .send()?;
         if let Some(e) = &resp.error {
             bail!("admin {method} {path} on {}: {}", self.spec.name, e.message);
@@ -573,7 +571,7 @@ impl Sidecar {
 
     /// ECDS name of the Krites filter in this sidecar.
     pub fn ecds_name(&self) -> String {
-        config::ecds_name(&self.spec.namespace)
+        config::ecds_name()
     }
 
     pub fn ecds_counts(&self) -> Result<EcdsCounts> {
@@ -610,8 +608,8 @@ impl Sidecar {
             );
         }
         let version = self.version.fetch_add(1, Ordering::SeqCst) + 1;
-        let doc = config::ecds(&self.spec.namespace, version, wasm, plugin_config);
-        write_atomically(&self.paths.ecds_dir, &self.paths.ecds_file, &doc)?;
+        let doc = config::ecds(version, wasm, plugin_config);
+        write_atomically(&self.paths.proxy.ecds_dir, &self.paths.proxy.ecds, &doc)?;
         *self
             .wasm
             .lock()
@@ -684,35 +682,39 @@ pub(crate) fn tail_of(files: &[(&str, &Path)]) -> String {
     out
 }
 
-/// Start Envoy on `bootstrap` with the rig's usual flags, under a guard that stops it.
+/// Start Envoy on `bootstrap` as pilot-agent starts a sidecar (`--concurrency 2`, log level
+/// `warning`), under a guard that stops it. `component_log_level` is the pod's
+/// `sidecar.istio.io/componentLogLevel` annotation, e.g. `wasm:info`.
 pub(crate) fn spawn_envoy(
     name: &str,
     binary: &Path,
     bootstrap: &Path,
     log: &Path,
     stderr: &Path,
+    component_log_level: Option<&str>,
 ) -> Result<ChildGuard> {
     let stderr =
         fs::File::create(stderr).with_context(|| format!("creating {}", stderr.display()))?;
-    ChildGuard::spawn(
-        &format!("envoy {name}"),
-        Command::new(binary)
-            .arg("-c")
-            .arg(bootstrap)
-            .args(["--concurrency", "1"])
-            .arg("--base-id")
-            .arg(base_id().to_string())
-            // Shared memory for hot restart is useless here and collides between runs.
-            .arg("--disable-hot-restart")
-            .arg("--log-path")
-            .arg(log)
-            .args(["-l", "info", "--component-log-level", "wasm:debug"])
-            // Flush logs promptly so `log()` sees what just happened.
-            .args(["--file-flush-interval-msec", "50"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr),
-    )
+    let mut cmd = Command::new(binary);
+    cmd.arg("-c")
+        .arg(bootstrap)
+        .args(["--concurrency", &istiod::SIDECAR_CONCURRENCY.to_string()])
+        .arg("--base-id")
+        .arg(base_id().to_string())
+        // Shared memory for hot restart is useless here and collides between runs.
+        .arg("--disable-hot-restart")
+        .arg("--log-path")
+        .arg(log)
+        .args(["-l", istiod::SIDECAR_LOG_LEVEL])
+        // Flush logs promptly so `log()` sees what just happened.
+        .args(["--file-flush-interval-msec", "50"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr);
+    if let Some(levels) = component_log_level {
+        cmd.args(["--component-log-level", levels]);
+    }
+    ChildGuard::spawn(&format!("envoy {name}"), &mut cmd)
 }
 
 /// Unique per Envoy started by this process, and unlikely to collide across processes.

@@ -99,7 +99,7 @@ impl Ingress {
             &access_log,
         );
         write_json(&bootstrap, &doc)?;
-        let process = spawn_envoy(n, binary, &bootstrap, &log, &stderr)?;
+        let process = spawn_envoy(n, binary, &bootstrap, &log, &stderr, None)?;
         let mut ingress = Ingress {
             spec,
             admin_port,

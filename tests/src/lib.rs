@@ -38,11 +38,13 @@
 //! # Ok(()) }
 //! ```
 
+pub mod attack_corpus;
 mod client;
 mod config;
 mod envoy;
 pub mod etcd;
 mod ingress;
+pub mod istiod;
 pub mod mesh;
 mod pki;
 pub mod process;

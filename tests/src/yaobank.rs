@@ -8,9 +8,10 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
-use crate::{Identity, Pki, Request, Response, Sidecar, SidecarSpec};
+use crate::{Identity, Mesh, Pki, Request, Response, Sidecar, SidecarSpec};
 
 pub mod live;
+pub mod mesh;
 
 /// The tutorial's three policies and the cluster's pods, as Krites config.
 pub const POLICY_CONFIG: &str = include_str!("../fixtures/yaobank-plugin-config.json");
@@ -131,7 +132,10 @@ impl Bank {
         let sidecar = |name: &str, ip: Ipv4Addr, sa: &str, app: &str| -> Result<Sidecar> {
             let labels: BTreeMap<String, String> =
                 [("app".to_string(), app.to_string()), ("version".to_string(), "v1".to_string())].into();
-            Sidecar::start(SidecarSpec {
+            // The tutorial explains denials from the module's log: its pods carry
+            // `sidecar.istio.io/componentLogLevel: wasm:info`.
+            let mesh = Mesh { component_log_level: Some("wasm:info".into()), ..Mesh::default() };
+            Sidecar::start_with(SidecarSpec {
                 name: name.to_string(),
                 ip,
                 namespace: NAMESPACE.into(),
@@ -145,7 +149,7 @@ impl Bank {
                 work_dir: work_dir.join(name),
                 normalize_path: true,
                 peer_address_filter: true,
-            })
+            }, mesh)
             .with_context(|| format!("starting the {name} sidecar"))
         };
         let customer = sidecar("customer", CUSTOMER_IP, "customer", "customer")?;

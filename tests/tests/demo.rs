@@ -1,6 +1,9 @@
 //! `make demo`: the story's outcomes (`--once`, as CI runs it), and that the demo leaves no
 //! process behind, whether it finishes, is stopped with Ctrl-C while serving, or is stopped
-//! while it is still starting up.
+//! while it is still starting up. Both modes: loopback (`--loopback`: each pod an Envoy on
+//! 127.0.0.x) and the namespace mesh (the default as root; these tests need root and skip
+//! without it, except under `CI=true`, where they fail), which must also leave no network
+//! namespace behind.
 //!
 //! Every process the demo starts inherits a marker in its environment, so "nothing left" is
 //! checked on the whole process table, not on what the demo says it started.
@@ -111,7 +114,10 @@ fn signal(child: &Child, sig: &str) {
 fn demo_once_plays_the_tutorial_and_cleans_up() {
     let marker = marker("once");
     let started = Instant::now();
-    let out = demo(&marker).arg("--once").output().expect("run the demo");
+    let out = demo(&marker)
+        .args(["--loopback", "--once"])
+        .output()
+        .expect("run the demo");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let all = format!(
         "{stdout}\n--- stderr ---\n{}",
@@ -123,6 +129,10 @@ fn demo_once_plays_the_tutorial_and_cleans_up() {
         started.elapsed().as_secs_f64()
     );
 
+    assert!(
+        stdout.starts_with("mode: loopback: asked for with --loopback\n"),
+        "{all}"
+    );
     // Setup: real etcd, the services and their sidecars, the ingress, the URL.
     for up in [
         "up: etcd (v2 API) on 127.0.0.13:",
@@ -201,6 +211,7 @@ fn demo_once_plays_the_tutorial_and_cleans_up() {
 fn demo_serves_until_ctrl_c_then_cleans_up() {
     let marker = marker("serve");
     let mut child = demo(&marker)
+        .arg("--loopback")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -270,6 +281,7 @@ fn demo_serves_until_ctrl_c_then_cleans_up() {
 fn demo_stopped_during_startup_cleans_up() {
     let marker = marker("startup");
     let mut child = demo(&marker)
+        .arg("--loopback")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -292,4 +304,244 @@ fn demo_stopped_during_startup_cleans_up() {
     }
     assert_eq!(status.code(), Some(130), "{seen}");
     assert_nothing_left(&marker, &seen);
+}
+
+/// Whether the namespace mesh can run here: skip (outside CI) or fail (in CI) if not.
+fn mesh_runnable(test: &str) -> bool {
+    match krites_testbed::yaobank::mesh::preflight() {
+        Ok(()) => true,
+        Err(why) if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") => {
+            panic!("the demo on the namespace mesh must run in CI: {why}")
+        }
+        Err(why) => {
+            eprintln!("SKIPPED {test}: {why}");
+            false
+        }
+    }
+}
+
+/// Network namespaces (and the bridge) of the demo process `pid`: `kr<pid>n...` / `kr<pid>b...`.
+fn namespaces_of(pid: u32) -> Vec<String> {
+    let list = |args: &[&str]| {
+        let out = Command::new("ip").args(args).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let ns = format!("kr{pid}n");
+    let bridge = format!("kr{pid}b");
+    let mut found: Vec<String> = list(&["netns", "list"])
+        .lines()
+        .filter(|l| l.starts_with(&ns))
+        .map(str::to_string)
+        .collect();
+    found.extend(
+        list(&["-o", "link", "show"])
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .filter(|n| n.starts_with(&bridge) || n.starts_with(&ns))
+            .map(str::to_string),
+    );
+    found
+}
+
+#[test]
+fn demo_once_on_the_namespace_mesh_plays_the_tutorial_and_cleans_up() {
+    if !mesh_runnable("demo_once_on_the_namespace_mesh") {
+        return;
+    }
+    let marker = marker("mesh-once");
+    let started = Instant::now();
+    // No flag: as root the demo picks the mesh by itself.
+    let child = demo(&marker)
+        .arg("--once")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the demo");
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let all = format!(
+        "{stdout}\n--- stderr ---\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "demo failed: {}\n{all}", out.status);
+    println!(
+        "{stdout}\n(the demo on the namespace mesh took {:.1} s)",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        stdout.starts_with(
+            "mode: namespace mesh: running as root and network namespaces can be created here\n"
+        ),
+        "{all}"
+    );
+    for up in [
+        "up: database pod 10.",
+        "up: summary pod 10.",
+        "up: customer pod 10.",
+        "up: etcd (v2 API) in the database pod on :2379 (http) and :12379 (tcp), balance seeded",
+        "up: summary app",
+        "up: customer app",
+    ] {
+        assert!(stdout.contains(up), "missing {up:?}:\n{all}");
+    }
+    let act2 = stdout.find("-- Act 2").expect("Act 2");
+    let (act1, act2) = stdout.split_at(act2);
+    for line in [
+        "  ✓ allowed 200  the browser loads the bank page: balance 1500.00",
+        "  ✓ allowed 200  a compromised customer pod reads the database (port 2379, http): balance 1500.00",
+        "  ✓ allowed 200  the attack pod, with summary's stolen keys, changes the balance (port 2379, http): balance 1000000000.00",
+        "  ✓ allowed 200  the attack pod, with summary's stolen keys, changes it over port 12379 (tcp): balance 1000000000.00",
+        "  ✓ allowed 200  the bank page now shows the attacker's balance: balance 1000000000.00",
+    ] {
+        assert!(act1.lines().any(|l| l == line), "Act 1 lacks {line:?}:\n{all}");
+    }
+    for line in [
+        "  ✓ the sidecars took the policies without restarting",
+        "  ✓ allowed 200  the browser loads the bank page: balance 1500.00",
+        "  ✓ DENIED  403  the browser POSTs to the bank page",
+        "  ✓ DENIED  403  a compromised customer pod reads the database (port 2379, http)",
+        "  ✓ CLOSED  tcp  a compromised customer pod reads the database over port 12379 (tcp)",
+        "  ✓ DENIED  403  the attack pod, with summary's stolen keys, changes the balance (port 2379, http)",
+        "  ✓ CLOSED  tcp  the attack pod, with summary's stolen keys, changes it over port 12379 (tcp)",
+        "  ✓ DENIED  403  the attack pod changes the balance in plaintext (port 2379, http)",
+        "  ✓ CLOSED  tcp  the attack pod changes it in plaintext over port 12379 (tcp)",
+        "  ✓ DENIED  403  the attack pod also forges x-forwarded-client-cert and x-forwarded-for",
+        "  ✓ allowed 200  summary, through its sidecar, reads the database over port 12379 (tcp): balance 1500.00",
+        "  ✓ allowed 200  the browser loads the bank page again: balance 1500.00",
+        "  ✓ every process is still running",
+    ] {
+        assert!(
+            act2.lines().any(|l| l == line),
+            "Act 2 lacks {line:?}:\n{all}"
+        );
+    }
+    assert!(
+        act2.lines()
+            .any(|l| l.starts_with("  ✓ the balance in etcd is unchanged: 1500.00")),
+        "{all}"
+    );
+    assert!(act2.contains("control compiled tests/fixtures/yaobank/policy.yaml (customer, database, summary)"), "{all}");
+    assert!(act2.contains("Envoy restarted: no (uptime kept)"), "{all}");
+    // The reasons, from the database sidecar's log: the HTTP role and the NETWORK role.
+    let reasons = act2
+        .split_once("Why the database sidecar denied the stolen keys on the http port")
+        .map(|(_, r)| r)
+        .unwrap_or_else(|| panic!("no reasons shown:\n{all}"));
+    assert!(
+        reasons.contains("krites: DENY tier/default: no rule matched and tier default denies by default; certificate says default/summary but no known pod owns 10.")
+            && reasons.contains("request PUT \"/v2/keys/accounts/519940/balance\""),
+        "{all}"
+    );
+    assert!(
+        reasons.contains("and on the tcp port:")
+            && reasons.contains("krites_peer_address: krites: DENY")
+            && reasons.contains("TCP connection from 10."),
+        "{all}"
+    );
+    assert!(!stdout.lines().any(|l| l.starts_with("  x ")), "a step differed:\n{all}");
+    assert!(stdout.contains("RESULT: every step as the tutorial says"), "{all}");
+    assert!(
+        stdout.contains("stopped every process the demo started (0 left), network namespaces left: 0"),
+        "{all}"
+    );
+    assert_nothing_left(&marker, &all);
+    let left = namespaces_of(pid);
+    assert!(left.is_empty(), "namespaces/links left: {left:?}\n{all}");
+}
+
+#[test]
+fn demo_on_the_namespace_mesh_serves_until_ctrl_c_then_cleans_up() {
+    if !mesh_runnable("demo_on_the_namespace_mesh_serves_until_ctrl_c") {
+        return;
+    }
+    let marker = marker("mesh-serve");
+    let mut child = demo(&marker)
+        .arg("--mesh")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let rx = lines_of(&mut child);
+    let mut seen = String::new();
+    read_until(
+        &rx,
+        "Ctrl-C stops everything",
+        &mut seen,
+        Duration::from_secs(120),
+    );
+    assert!(
+        seen.starts_with("mode: namespace mesh: asked for with --mesh"),
+        "{seen}"
+    );
+    assert!(seen.contains("RESULT: every step as the tutorial says"), "{seen}");
+    assert!(!namespaces_of(pid).is_empty(), "no namespaces while serving");
+
+    // The printed commands work: the page from the browser pod, the POST refused.
+    let page_cmd = seen
+        .lines()
+        .find(|l| l.trim_start().starts_with("ip netns exec") && l.contains("# the page"))
+        .unwrap_or_else(|| panic!("no page command:\n{seen}"));
+    let words: Vec<&str> = page_cmd.split('#').next().unwrap().split_whitespace().collect();
+    let run = |extra: &[&str]| {
+        let mut args: Vec<&str> = words[1..words.len() - 1].to_vec();
+        args.extend_from_slice(&["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "8"]);
+        args.extend_from_slice(extra);
+        args.push(words[words.len() - 1]);
+        let out = Command::new(words[0]).args(&args).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(run(&[]), "200", "{page_cmd}");
+    assert_eq!(run(&["-X", "POST"]), "403", "{page_cmd}");
+
+    let t = Instant::now();
+    signal(&child, "-INT");
+    let status = wait_exit(&mut child, Duration::from_secs(30));
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(2)) {
+        seen.push_str(&line);
+        seen.push('\n');
+    }
+    println!("Ctrl-C -> exit in {:.1} s", t.elapsed().as_secs_f64());
+    assert_eq!(status.code(), Some(130), "{seen}");
+    assert!(
+        seen.contains("interrupted: stopped every process the demo started (0 left), network namespaces left: 0"),
+        "{seen}"
+    );
+    assert_nothing_left(&marker, &seen);
+    let left = namespaces_of(pid);
+    assert!(left.is_empty(), "namespaces/links left: {left:?}\n{seen}");
+}
+
+#[test]
+fn demo_on_the_namespace_mesh_stopped_during_startup_cleans_up() {
+    if !mesh_runnable("demo_on_the_namespace_mesh_stopped_during_startup") {
+        return;
+    }
+    let marker = marker("mesh-startup");
+    let mut child = demo(&marker)
+        .arg("--mesh")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let rx = lines_of(&mut child);
+    let mut seen = String::new();
+    // The database's sidecar runs, the other pods are on their way.
+    read_until(&rx, "up: database pod", &mut seen, Duration::from_secs(120));
+    assert!(!processes_with(&marker).is_empty());
+    assert!(!namespaces_of(pid).is_empty());
+    signal(&child, "-TERM");
+    let status = wait_exit(&mut child, Duration::from_secs(30));
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(2)) {
+        seen.push_str(&line);
+        seen.push('\n');
+    }
+    assert_eq!(status.code(), Some(130), "{seen}");
+    assert!(seen.contains("network namespaces left: 0"), "{seen}");
+    assert_nothing_left(&marker, &seen);
+    let left = namespaces_of(pid);
+    assert!(left.is_empty(), "namespaces/links left: {left:?}\n{seen}");
+    println!("stopped during startup: exit 130, no process, namespace or link left");
 }

@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use krites_testbed::yaobank::POLICY_CONFIG;
-use krites_testbed::{EcdsOutcome, Pki, Request, Response, Sidecar, SidecarSpec};
+use krites_testbed::{EcdsOutcome, Mesh, Pki, Request, Response, Sidecar, SidecarSpec};
 
 struct Rig {
     _dir: tempfile::TempDir,
@@ -20,7 +20,9 @@ fn database(ip: [u8; 4], ns: &str, config: &str, peer_address_filter: bool) -> R
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(&dir.path().join("pki"), "cluster.local").unwrap();
     let spec = SidecarSpec::krites("database", Ipv4Addr::from(ip), &pki, config, dir.path().join("database")).unwrap();
-    let db = Sidecar::start(SidecarSpec { namespace: ns.into(), peer_address_filter, ..spec }).unwrap();
+    // The module's info lines (config loads, decisions) are what these tests read.
+    let mesh = Mesh { component_log_level: Some("wasm:info".into()), ..Mesh::default() };
+    let db = Sidecar::start_with(SidecarSpec { namespace: ns.into(), peer_address_filter, ..spec }, mesh).unwrap();
     Rig { _dir: dir, pki, db }
 }
 

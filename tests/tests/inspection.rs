@@ -9,18 +9,20 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use krites_testbed::yaobank::POLICY_CONFIG;
-use krites_testbed::{Pki, Request, Sidecar, SidecarSpec};
+use krites_testbed::{Mesh, Pki, Request, Sidecar, SidecarSpec};
 
 #[test]
 fn an_operator_can_see_what_krites_enforces_and_why() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(&dir.path().join("pki"), "cluster.local").unwrap();
     let spec = SidecarSpec::krites("database", Ipv4Addr::new(127, 0, 6, 13), &pki, POLICY_CONFIG, dir.path().join("database")).unwrap();
-    let sidecar = Sidecar::start(spec).unwrap();
+    // `sidecar.istio.io/componentLogLevel: wasm:info`: the config load line is logged at start.
+    let mesh = Mesh { component_log_level: Some("wasm:info".into()), ..Mesh::default() };
+    let sidecar = Sidecar::start_with(spec, mesh).unwrap();
 
     // istioctl proxy-config ecds <pod> -o json reads this.
     let dump = sidecar.config_dump_ecds().unwrap();
-    assert!(dump.contains("extensions.istio.io/wasmplugin/default.krites"), "{dump}");
+    assert!(dump.contains("extensions.istio.io/wasmplugin/istio-system.krites"), "{dump}");
     assert!(dump.contains("type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"), "{dump}");
     assert!(dump.contains("FAIL_CLOSED"), "{dump}");
     assert!(dump.contains("app == 'database'"), "the config itself is visible: {dump}");

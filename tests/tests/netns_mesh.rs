@@ -32,24 +32,6 @@ const UNNAMED: u16 = 7000;
 /// The sidecar -> application source in Istio.
 const PASSTHROUGH_SOURCE: &str = "127.0.0.6";
 
-/// Skip (outside CI) or fail (in CI) when the machine cannot run the mesh.
-fn runnable() -> bool {
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-    if let Err(why) = mesh::preflight() {
-        if ci {
-            panic!("the namespace mesh must run in CI: {why}");
-        }
-        eprintln!("SKIPPED netns_mesh: {why}");
-        return false;
-    }
-    assert!(
-        krites_testbed::module_path().is_file(),
-        "no Krites module at {}: run `make build`",
-        krites_testbed::module_path().display()
-    );
-    true
-}
-
 fn database_spec(name: &str, mtls: MtlsMode) -> PodSpec {
     let mut spec = PodSpec::new(name, "database", "database");
     spec.mtls = mtls;
@@ -103,6 +85,7 @@ fn upstreams(db: &MeshPod) -> Vec<Upstream> {
         port,
         protocol,
         identity: identity.clone(),
+        endpoints: Vec::new(),
     })
     .collect()
 }
@@ -180,25 +163,9 @@ fn curl(from: &MeshPod, args: &[&str]) -> (String, String, i32) {
     )
 }
 
-struct Report {
-    failures: Vec<String>,
-    rows: usize,
-}
-
-impl Report {
-    fn check(&mut self, ok: bool, row: &str, detail: impl FnOnce() -> String) {
-        self.rows += 1;
-        let mark = if ok { "ok  " } else { "FAIL" };
-        eprintln!("{mark} {row}");
-        if !ok {
-            self.failures.push(format!("{row}\n    {}", detail()));
-        }
-    }
-}
-
 #[test]
 fn every_inbound_connection_on_the_namespace_mesh_is_decided() {
-    if !runnable() {
+    if !krites_testbed::mesh::runnable("netns_mesh") {
         return;
     }
     let started = Instant::now();
@@ -243,10 +210,7 @@ fn every_inbound_connection_on_the_namespace_mesh_is_decided() {
     );
 
     let stolen = summary.identity().clone();
-    let mut r = Report {
-        failures: Vec::new(),
-        rows: 0,
-    };
+    let mut r = krites_testbed::mesh::Report::default();
 
     for (d, mode) in [(&db, "STRICT"), (&dbp, "PERMISSIVE")] {
         let ip = d.ip();

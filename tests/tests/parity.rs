@@ -16,8 +16,8 @@ const SUMMARY: [&str; 2] = ["summary-5f6d8b9c7d-4hzlt", "summary-5f6d8b9c7d-q8wm
 const DATABASE: &str = "database-6d4b9f8c5b-vm7rs";
 const ATTACK: &str = "attack-86b7c5d9f4-zk2p9";
 
-fn pod(name: &str) -> (String, String) {
-    ("default".to_string(), name.to_string())
+fn pod(name: &str) -> check::Target {
+    check::Target::Pod("default".to_string(), name.to_string())
 }
 
 #[test]

@@ -55,7 +55,7 @@ fn rig(name: &str, ip: Ipv4Addr, config: &str, greeting: Option<&'static [u8]>) 
     let pki = Pki::new(&dir.path().join("pki"), "cluster.local").unwrap();
     let app = TcpApp::start(IpAddr::V4(Ipv4Addr::LOCALHOST), greeting).unwrap();
     let spec = SidecarSpec::krites(name, ip, &pki, config, dir.path().join(name)).unwrap();
-    let mesh = Mesh { tcp_app: Some(app.addr()), ..Mesh::default() };
+    let mesh = Mesh { tcp_app: Some(app.addr()), component_log_level: Some("wasm:info".into()), ..Mesh::default() };
     let sidecar = Sidecar::start_with(spec, mesh).unwrap();
     Rig { _dir: dir, pki, app, sidecar }
 }

@@ -34,8 +34,11 @@ fn panel<DB: DrawingBackend>(
 where
     DB::ErrorType: 'static,
 {
-    let names: Vec<String> = report.scales.iter().map(|s| s.name.clone()).collect();
-    let max = report.scales.iter().flat_map(|s| s.measurements.iter().map(&value)).fold(0.0_f64, f64::max).max(1.0);
+    // One series: Istio's --concurrency 2 where it was run.
+    let primary = if report.scales.iter().any(|s| s.concurrency == 2) { 2 } else { 1 };
+    let scales: Vec<&crate::report::ScaleReport> = report.scales.iter().filter(|s| s.concurrency == primary).collect();
+    let names: Vec<String> = scales.iter().map(|s| format!("{} (c{})", s.name, s.concurrency)).collect();
+    let max = scales.iter().flat_map(|s| s.measurements.iter().map(&value)).fold(0.0_f64, f64::max).max(1.0);
     let n = names.len().max(1) as f64;
     let mut chart = ChartBuilder::on(area)
         .caption(caption, ("sans-serif", 15))
@@ -59,8 +62,7 @@ where
         .draw()
         .map_err(|e| anyhow!("{e}"))?;
     for (config, colour) in CONFIGS.iter().zip(COLOURS) {
-        let points: Vec<(f64, f64)> = report
-            .scales
+        let points: Vec<(f64, f64)> = scales
             .iter()
             .enumerate()
             .filter_map(|(i, s)| s.get(config).map(|m| (i as f64, value(m))))

@@ -178,6 +178,12 @@ impl Scenario {
             ("rules", self.config.policies.iter().map(|p| p.ingress.len()).sum()),
             ("endpoint_ips", self.config.endpoints.iter().map(|e| e.ips.len()).sum()),
             ("config_bytes", self.config_json.len()),
+            // What istiod delivers: the pluginConfig re-encoded as it does
+            // (sorted keys, HTML-escaped, numbers as floats).
+            (
+                "delivered_config_bytes",
+                krites_testbed::istiod::extensions::plugin_config_transform(&self.config_json).map_or(0, |t| t.len()),
+            ),
             ("policies_selecting", self.policy.policies_selecting()),
             ("rules_applying", self.policy.rule_count()),
         ])

@@ -1,12 +1,16 @@
 //! The processes of one scale: one server Envoy per configuration (the
-//! workload's sidecar, `--concurrency 1`), the out-of-process authorizer for
+//! workload's sidecar, `--concurrency 2` as Istio runs sidecars, or 1 as a
+//! second series), the out-of-process authorizer for
 //! `ext_authz`, and one client Envoy standing in for the calling pods'
 //! sidecars: it originates mTLS with each source's certificate from each
 //! source's address, as Istio's client sidecars do, so h2load (which can
 //! neither bind a source address nor present several certificates) drives
 //! every source through one plaintext listener.
 //!
-//! Every address is on 127.0.0.0/8.
+//! Every Envoy is built by `krites_testbed::istiod`: the servers with
+//! `build_sidecar_bootstrap` ([`workload_sidecar`]), the callers with
+//! `client_sidecars::build_client_sidecars_bootstrap` (Istio's outbound
+//! cluster TLS per source). Every address is on 127.0.0.0/8.
 
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -17,8 +21,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use krites_bench::TARGET_PORT;
 use krites_testbed::process::{free_port, ChildGuard};
+use krites_policy::Workload;
+use krites_testbed::istiod::client_sidecars::{build_client_sidecars_bootstrap, CallingPod, ClientSidecars, Destination};
+use krites_testbed::istiod::{self, Authorization, HttpAuthz, MtlsMode, ProxyFiles};
 use krites_testbed::{envoy_binary, module_path, parse_stats, Identity, Pki, Request};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::scenario::{Scenario, Source};
 
@@ -71,9 +78,6 @@ impl fmt::Display for Authz {
 
 const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 60, 10);
 const AUTHORIZER_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 60, 20);
-const ROUTER: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
-const HCM: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
-const H2_OPTIONS: &str = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 
 /// A running Envoy (or the authorizer) and where to reach its admin API.
 pub struct Proc {
@@ -155,7 +159,8 @@ impl Files {
 
 impl Topology {
     /// Starts everything for `scenario`, each configuration of `authz`.
-    pub fn start(scenario: &Scenario, authz: &[Authz], dir: &Path, ext_authz_bin: &Path) -> Result<Topology> {
+    /// `concurrency`: the server Envoys' worker threads (the callers' Envoy runs 2).
+    pub fn start(scenario: &Scenario, authz: &[Authz], dir: &Path, ext_authz_bin: &Path, concurrency: u32) -> Result<Topology> {
         std::fs::create_dir_all(dir)?;
         let files = Files { dir: dir.to_path_buf() };
         let pki = Pki::new(&dir.join("pki"), krites_bench::TRUST_DOMAIN)?;
@@ -168,10 +173,16 @@ impl Topology {
         let mut authorizer = None;
         let mut servers = Vec::new();
         for &a in authz {
-            let (filters, clusters) = match a {
-                Authz::Baseline => (Vec::new(), Vec::new()),
+            let admin = SocketAddr::from((a.ip(), free_port(a.ip())?));
+            let proxy_dir = dir.join(format!("server-{a}"));
+            let mut proxy = server_proxy(scenario, a, admin, &server_id, pki.ca_cert(), &proxy_dir);
+            let plugin_config = match a {
+                Authz::Baseline => None,
                 Authz::Rbac => match crate::rbac::rbac_filters(&scenario.config, w) {
-                    Ok(t) => (t.filters, Vec::new()),
+                    Ok(t) => {
+                        proxy.authz.http = HttpAuthz::Rbac(t.filters);
+                        None
+                    }
                     Err(e) => {
                         skipped.push((a, format!("{e:#}")));
                         continue;
@@ -180,15 +191,19 @@ impl Topology {
                 Authz::ExtAuthz => {
                     let listen = SocketAddr::from((AUTHORIZER_IP, free_port(AUTHORIZER_IP)?));
                     authorizer = Some(start_authorizer(ext_authz_bin, scenario, &files, listen)?);
-                    (vec![ext_authz_filter()], vec![h2_cluster(static_cluster("ext_authz", listen))])
+                    proxy.authz.http = HttpAuthz::ExtAuthz(listen);
+                    None
                 }
-                Authz::Krites => (vec![krites_filter(&wasm, &scenario.config_json)], Vec::new()),
-                Authz::WasmFloor => (vec![krites_filter(&wasm, &out_of_scope(scenario)?)], Vec::new()),
+                Authz::Krites => Some(scenario.config_json.clone()),
+                Authz::WasmFloor => Some(out_of_scope(scenario)?),
             };
-            let admin = SocketAddr::from((a.ip(), free_port(a.ip())?));
-            let bootstrap = server_bootstrap(scenario, a, admin, &filters, clusters, &server_id, pki.ca_cert(), &wasm);
+            if let Some(plugin_config) = plugin_config {
+                proxy.authz = Authorization::krites();
+                write_ecds(&proxy.files, &wasm, &plugin_config)?;
+            }
+            let bootstrap = istiod::build_sidecar_bootstrap(&proxy);
             let cfg = files.write(&format!("server-{a}.json"), &bootstrap)?;
-            let proc = start_envoy(&format!("server-{a}"), &cfg, &files, admin)?;
+            let proc = start_envoy(&format!("server-{a}"), &cfg, &files, admin, concurrency)?;
             servers.push((a, proc));
         }
 
@@ -203,9 +218,11 @@ impl Topology {
             });
         }
         let live: Vec<Authz> = servers.iter().map(|(a, _)| *a).collect();
-        let bootstrap = client_bootstrap(&live, &scenario.sources, &certs, pki.ca_cert(), client_listener, client_admin);
+        let server_identity = server_id.uri.clone().context("the server's certificate has no SPIFFE id")?;
+        let callers = client_sidecars(scenario, &live, &certs, &server_identity, pki.ca_cert(), client_listener, client_admin);
+        let bootstrap = build_client_sidecars_bootstrap(&callers);
         let cfg = files.write("client.json", &bootstrap)?;
-        let client = start_envoy("client", &cfg, &files, client_admin)?;
+        let client = start_envoy("client", &cfg, &files, client_admin, 2)?;
         Ok(Topology { servers, skipped, authorizer, client, client_listener, wasm_bytes })
     }
 
@@ -255,13 +272,15 @@ fn start_authorizer(bin: &Path, scenario: &Scenario, files: &Files, listen: Sock
     Ok(Proc { name: "krites-ext-authz".into(), guard, admin: None, log })
 }
 
-fn start_envoy(name: &str, config: &Path, files: &Files, admin: SocketAddr) -> Result<Proc> {
+fn start_envoy(name: &str, config: &Path, files: &Files, admin: SocketAddr, concurrency: u32) -> Result<Proc> {
     let log = files.path(&format!("{name}.log"));
     let out = std::fs::File::create(&log)?;
     let mut cmd = Command::new(envoy_binary()?);
     cmd.arg("-c")
         .arg(config)
-        .args(["--concurrency", "1", "--log-level", "warn", "--disable-hot-restart"])
+        .arg("--concurrency")
+        .arg(concurrency.to_string())
+        .args(["--log-level", "warn", "--disable-hot-restart"])
         .arg("--base-id")
         .arg(admin.port().to_string())
         .stdin(Stdio::null())
@@ -286,46 +305,6 @@ fn start_envoy(name: &str, config: &Path, files: &Files, admin: SocketAddr) -> R
     Ok(Proc { name: name.to_string(), guard, admin: Some(admin), log })
 }
 
-fn socket(addr: SocketAddr) -> Value {
-    json!({ "socket_address": { "address": addr.ip().to_string(), "port_value": addr.port() } })
-}
-
-fn static_cluster(name: &str, to: SocketAddr) -> Value {
-    json!({
-        "name": name,
-        "type": "STATIC",
-        "connect_timeout": "2s",
-        "load_assignment": { "cluster_name": name, "endpoints": [{ "lb_endpoints": [{ "endpoint": { "address": socket(to) } }] }] }
-    })
-}
-
-/// HTTP/2 to the upstream, as Istio's sidecars speak to each other (and gRPC needs).
-fn h2_cluster(mut cluster: Value) -> Value {
-    cluster["typed_extension_protocol_options"] = json!({
-        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-            "@type": H2_OPTIONS,
-            "explicit_http_config": { "http2_protocol_options": {} }
-        }
-    });
-    cluster
-}
-
-fn router() -> Value {
-    json!({ "name": "envoy.filters.http.router", "typed_config": { "@type": ROUTER } })
-}
-
-fn ext_authz_filter() -> Value {
-    json!({
-        "name": "envoy.filters.http.ext_authz",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
-            "transport_api_version": "V3",
-            "grpc_service": { "envoy_grpc": { "cluster_name": "ext_authz" }, "timeout": "2s" },
-            "failure_mode_allow": false
-        }
-    })
-}
-
 /// The scenario's config, scoped to a namespace the workload is not in.
 fn out_of_scope(scenario: &Scenario) -> Result<String> {
     let mut config = scenario.config.clone();
@@ -333,174 +312,122 @@ fn out_of_scope(scenario: &Scenario) -> Result<String> {
     Ok(serde_json::to_string(&config)?)
 }
 
-fn krites_filter(wasm: &Path, config: &str) -> Value {
-    json!({
-        "name": "krites",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-            "config": {
-                "name": "krites",
-                "root_id": "",
-                "configuration": { "@type": "type.googleapis.com/google.protobuf.StringValue", "value": config },
-                "vm_config": { "runtime": "envoy.wasm.runtime.v8", "code": { "local": { "filename": wasm } } },
-                "failure_policy": "FAIL_CLOSED"
-            }
-        }
-    })
+/// Both Krites WasmPlugins' ECDS resources, as istiod sends them.
+fn write_ecds(files: &ProxyFiles, wasm: &Path, plugin_config: &str) -> Result<()> {
+    let configuration = istiod::plugin_config_or_raw(plugin_config);
+    for (dir, file, doc) in [
+        (&files.ecds_dir, &files.ecds, istiod::build_http_ecds(1, wasm, Some(&configuration))),
+        (&files.network_ecds_dir, &files.network_ecds, istiod::build_network_ecds(1, wasm)),
+    ] {
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(file, serde_json::to_vec(&doc)?).with_context(|| format!("writing {}", file.display()))?;
+    }
+    Ok(())
 }
 
-/// The module's NETWORK role: records the real peer address for the HTTP filter.
-fn peer_address_filter(wasm: &Path) -> Value {
-    json!({
-        "name": "envoy.filters.network.wasm",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.network.wasm.v3.Wasm",
-            "config": {
-                "name": "krites-peer-address",
-                "root_id": "krites_peer_address",
-                "vm_config": { "runtime": "envoy.wasm.runtime.v8", "code": { "local": { "filename": wasm } } },
-                "failure_policy": "FAIL_CLOSED"
-            }
-        }
-    })
-}
-
-/// The workload's sidecar: one inbound listener on port 8080 that takes mTLS
-/// and plaintext (Istio's PERMISSIVE mode, told apart by the TLS inspector),
-/// the configuration's filters, and a direct 200 as the application, so that
-/// what is measured is the proxy and its authorization, not an app.
-#[allow(clippy::too_many_arguments)]
-fn server_bootstrap(
-    scenario: &Scenario,
-    a: Authz,
+/// The workload's sidecar as istiod builds it without interception (the benchmark's pods
+/// share the host): one `Sidecar` ingress listener per `ports` entry on `ip`, declared HTTP,
+/// each under its `portLevelMtls` mode, Envoy answering 200 itself in place of the
+/// application, so that what is measured is the proxy and its authorization, not an app.
+/// The authorization is set by the caller (none by default).
+pub fn workload_sidecar(
+    workload: &Workload,
+    pod_name: &str,
+    ip: Ipv4Addr,
+    ports: &[(u16, MtlsMode)],
     admin: SocketAddr,
-    filters: &[Value],
-    clusters: Vec<Value>,
-    id: &Identity,
-    ca: &Path,
-    wasm: &Path,
-) -> Value {
-    let mut http_filters = filters.to_vec();
-    http_filters.push(router());
-    let hcm = |stat: &str| {
-        json!({
-            "name": "envoy.filters.network.http_connection_manager",
-            "typed_config": {
-                "@type": HCM,
-                "stat_prefix": stat,
-                "forward_client_cert_details": "SANITIZE_SET",
-                "set_current_client_cert_details": { "uri": true },
-                "use_remote_address": false,
-                "normalize_path": true,
-                "merge_slashes": true,
-                "route_config": { "name": "inbound", "virtual_hosts": [{
-                    "name": "app", "domains": ["*"],
-                    "routes": [{ "match": { "prefix": "/" }, "direct_response": { "status": 200, "body": { "inline_string": "ok\n" } } }]
-                }] },
-                "http_filters": http_filters
-            }
-        })
-    };
-    let network = |stat: &str| {
-        let mut f = Vec::new();
-        if matches!(a, Authz::Krites | Authz::WasmFloor) {
-            f.push(peer_address_filter(wasm));
-        }
-        f.push(hcm(stat));
-        f
-    };
-    let w = &scenario.workload;
-    json!({
-        "node": {
-            "id": format!("sidecar~{}~{}~{}.svc.cluster.local", a.ip(), w.service_account, w.namespace),
-            "cluster": format!("{}.{}", w.service_account, w.namespace),
-            "metadata": { "NAMESPACE": w.namespace, "SERVICE_ACCOUNT": w.service_account, "LABELS": w.labels }
+    tls: (&Identity, &Path),
+    dir: &Path,
+) -> istiod::Proxy {
+    let (identity, ca) = tls;
+    istiod::Proxy {
+        pod_name: pod_name.replace('_', "-"),
+        namespace: workload.namespace.clone(),
+        service_account: workload.service_account.clone(),
+        labels: workload.labels.clone().into_iter().collect(),
+        ip,
+        ports: ports.iter().map(|&(port, _)| istiod::ContainerPort::new(&format!("http-{port}"), port, Some(istiod::Protocol::Http))).collect(),
+        mtls: MtlsMode::Permissive,
+        port_mtls: ports.iter().copied().collect(),
+        path_normalization: istiod::PathNormalization::Base,
+        trust_domain: krites_bench::TRUST_DOMAIN.to_string(),
+        identity: identity.clone(),
+        ca: ca.to_path_buf(),
+        capture: istiod::CaptureMode::None {
+            ingress: ports
+                .iter()
+                .map(|&(port, _)| istiod::IngressListener {
+                    port,
+                    protocol: istiod::Protocol::Http,
+                    bind: ip.into(),
+                    default_endpoint: istiod::InboundEndpoint::Ok,
+                })
+                .collect(),
+            egress: Vec::new(),
         },
-        "admin": { "address": socket(admin) },
-        "static_resources": {
-            "listeners": [{
-                "name": "inbound",
-                "address": socket(SocketAddr::from((a.ip(), TARGET_PORT))),
-                "enable_reuse_port": false,
-                "listener_filters": [{ "name": "envoy.filters.listener.tls_inspector", "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector" } }],
-                "filter_chains": [
-                    {
-                        "filter_chain_match": { "transport_protocol": "tls" },
-                        "filters": network("inbound_mtls"),
-                        "transport_socket": { "name": "envoy.transport_sockets.tls", "typed_config": {
-                            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
-                            "require_client_certificate": true,
-                            "common_tls_context": {
-                                "alpn_protocols": ["h2", "http/1.1"],
-                                "tls_certificates": [{ "certificate_chain": { "filename": id.cert }, "private_key": { "filename": id.key } }],
-                                "validation_context": { "trusted_ca": { "filename": ca } }
-                            }
-                        } }
-                    },
-                    { "filter_chain_match": { "transport_protocol": "raw_buffer" }, "filters": network("inbound_plain") }
-                ]
-            }],
-            "clusters": clusters
-        }
-    })
+        authz: Authorization { krites_network: false, http: HttpAuthz::None, krites_passthrough: false },
+        outbound: Vec::new(),
+        admin,
+        extra_stat_tags: Vec::new(),
+        // No access log (`meshConfig.accessLogFile` unset, Istio's default): what is measured
+        // is authorization, not logging.
+        files: ProxyFiles { access_log: None, ..ProxyFiles::under(dir) },
+    }
 }
 
-/// The callers' sidecar: `/<config>/<source>/...` goes to configuration
-/// `config`'s server, from the source's address, with its certificate (or in
+/// Configuration `a`'s server: the workload's sidecar with one PERMISSIVE port, which takes
+/// the client sidecars' mTLS (ALPN `istio-h2`) and the plaintext sources alike.
+fn server_proxy(scenario: &Scenario, a: Authz, admin: SocketAddr, id: &Identity, ca: &Path, dir: &Path) -> istiod::Proxy {
+    let w = &scenario.workload;
+    workload_sidecar(w, &server_pod_name(w, a), a.ip(), &[(TARGET_PORT, MtlsMode::Permissive)], admin, (id, ca), dir)
+}
+
+fn server_pod_name(w: &Workload, a: Authz) -> String {
+    format!("{}-{a}", w.service_account).replace('_', "-")
+}
+
+/// The callers' sidecars ([`istiod::client_sidecars`]): `/<config>/<source>/...` goes to
+/// configuration `config`'s server, from the source's address, with its certificate (or in
 /// plaintext), over HTTP/2; the prefix is stripped.
-fn client_bootstrap(
+fn client_sidecars(
+    scenario: &Scenario,
     authz: &[Authz],
-    sources: &[Source],
     certs: &[Option<Identity>],
+    server_identity: &str,
     ca: &Path,
     listen: SocketAddr,
     admin: SocketAddr,
-) -> Value {
-    let mut routes = Vec::new();
-    let mut clusters = Vec::new();
-    for &a in authz {
-        for (s, cert) in sources.iter().zip(certs) {
-            let name = format!("{a}-{}", s.name);
-            routes.push(json!({
-                "match": { "prefix": format!("/{a}/{}/", s.name) },
-                "route": { "cluster": name, "prefix_rewrite": "/", "timeout": "10s" }
-            }));
-            let mut c = h2_cluster(static_cluster(&name, SocketAddr::from((a.ip(), TARGET_PORT))));
-            c["upstream_bind_config"] = json!({ "source_address": { "address": s.ip.to_string(), "port_value": 0 } });
-            if let Some(id) = cert {
-                c["transport_socket"] = json!({ "name": "envoy.transport_sockets.tls", "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-                    "common_tls_context": {
-                        "alpn_protocols": ["h2"],
-                        "tls_certificates": [{ "certificate_chain": { "filename": id.cert }, "private_key": { "filename": id.key } }],
-                        "validation_context": { "trusted_ca": { "filename": ca } }
-                    }
-                } });
-            }
-            clusters.push(c);
-        }
+) -> ClientSidecars {
+    let w = &scenario.workload;
+    ClientSidecars {
+        name: "loadgen".to_string(),
+        namespace: "bench".to_string(),
+        listen,
+        admin,
+        ca: ca.to_path_buf(),
+        pods: scenario
+            .sources
+            .iter()
+            .zip(certs)
+            .map(|(s, cert)| CallingPod { name: s.name.to_string(), ip: s.ip, identity: cert.clone() })
+            .collect(),
+        destinations: authz
+            .iter()
+            .map(|&a| Destination {
+                name: a.name().to_string(),
+                upstream: istiod::Upstream {
+                    // Each configuration's server is its own Service in front of one pod.
+                    host: format!("{}.{}.svc.cluster.local", server_pod_name(w, a), w.namespace),
+                    ip: a.ip(),
+                    port: TARGET_PORT,
+                    protocol: istiod::Protocol::Http,
+                    identity: server_identity.to_string(),
+                    endpoints: Vec::new(),
+                },
+            })
+            .collect(),
+        // h2load speaks HTTP/2; so do the sidecars, to the servers.
+        h2_upgrade: true,
+        access_log: None,
     }
-    json!({
-        "node": { "id": "loadgen~127.0.60.10~loadgen~bench.svc.cluster.local", "cluster": "loadgen.bench" },
-        "admin": { "address": socket(admin) },
-        "static_resources": {
-            "listeners": [{
-                "name": "outbound",
-                "address": socket(listen),
-                "enable_reuse_port": false,
-                "filter_chains": [{ "filters": [{
-                    "name": "envoy.filters.network.http_connection_manager",
-                    "typed_config": {
-                        "@type": HCM,
-                        "stat_prefix": "outbound",
-                        "route_config": { "name": "outbound", "virtual_hosts": [{ "name": "all", "domains": ["*"], "routes": routes }] },
-                        "http_filters": [router()]
-                    }
-                }] }]
-            }],
-            "clusters": clusters
-        }
-    })
 }
-

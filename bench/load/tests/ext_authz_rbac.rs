@@ -1,11 +1,18 @@
 //! The two reference configurations of the load benchmark decide as the engine
 //! does, in real Envoys: Envoy's RBAC filter with the rules `rbac_filters`
 //! translated, and Envoy's ext_authz filter asking `krites-ext-authz` (the
-//! built binary). Each Envoy listens on 127.0.0.0/8 only, on ports the kernel
-//! says are free, with an Istio-style PERMISSIVE inbound listener (mTLS that
-//! requires a client certificate, or plaintext, told apart by the TLS
-//! inspector) and a direct 200 as the application; curl, bound to chosen
-//! 127.x source addresses, plays the pods and the attackers.
+//! built binary). Each Envoy is the workload's sidecar as the istiod builder
+//! makes it (`topology::workload_sidecar`, as the benchmark's servers), on
+//! 127.0.0.0/8 only, with a direct 200 as the application; curl, bound to
+//! chosen 127.x source addresses, plays the pods and the attackers.
+//!
+//! Each sidecar has a STRICT port and a DISABLE port (`portLevelMtls`), as
+//! the loopback rig's: Istio's PERMISSIVE HTTP port takes TLS only with
+//! Istio's ALPN (`istio-http/1.1`, `istio-h2`), which curl cannot offer.
+//! Certificate rows go to the STRICT port, plaintext rows to the DISABLE
+//! port. Istio's inbound TLS refuses a client certificate whose URI SAN is not
+//! under `spiffe://<trust domain>/`: such a row is a Deny only where the
+//! engine says Deny too, and the test prints how many there were.
 //!
 //! - YAO Bank's database: the tutorial's verdicts (summary reads and writes,
 //!   customer's certificate refused, summary's stolen certificate from an
@@ -28,11 +35,10 @@ use krites_loadbench::ext_authz::DENIED_BODY;
 use krites_loadbench::rbac::rbac_filters;
 use krites_policy::config::PortSpec;
 use krites_policy::{Peer, PluginConfig, PolicySet, RequestFacts, Verdict, Workload, WorkloadPolicy};
+use krites_loadbench::topology::workload_sidecar;
+use krites_testbed::istiod::{self, HttpAuthz, MtlsMode};
 use krites_testbed::process::{free_port, ChildGuard};
 use krites_testbed::{envoy_binary, Identity, Pki, Request, Response};
-use serde_json::{json, Value};
-
-const HCM: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 
 /// A scratch directory under the target dir, fresh for this run.
 fn work_dir(name: &str) -> PathBuf {
@@ -42,76 +48,38 @@ fn work_dir(name: &str) -> PathBuf {
     dir
 }
 
-/// One Envoy standing in for the protected workload's sidecar.
+/// One Envoy standing in for the protected workload's sidecar: certificate rows go to its
+/// STRICT port, plaintext rows to its DISABLE port.
 struct Server {
     _guard: ChildGuard,
-    addr: SocketAddr,
+    mtls: SocketAddr,
+    plain: SocketAddr,
     name: &'static str,
 }
 
-fn socket(addr: SocketAddr) -> Value {
-    json!({ "socket_address": { "address": addr.ip().to_string(), "port_value": addr.port() } })
-}
-
-/// The inbound listener on `addr`: PERMISSIVE (mTLS requiring a client
-/// certificate from `ca`, or plaintext), `filters` then the router, a direct 200.
-fn bootstrap(addr: SocketAddr, admin: SocketAddr, filters: &[Value], clusters: Vec<Value>, id: &Identity, ca: &Path) -> Value {
-    let mut http_filters = filters.to_vec();
-    http_filters.push(json!({ "name": "envoy.filters.http.router", "typed_config": {
-        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" } }));
-    let hcm = |stat: &str| {
-        json!([{ "name": "envoy.filters.network.http_connection_manager", "typed_config": {
-            "@type": HCM,
-            "stat_prefix": stat,
-            "use_remote_address": false,
-            "normalize_path": true,
-            "merge_slashes": true,
-            "route_config": { "name": "inbound", "virtual_hosts": [{ "name": "app", "domains": ["*"],
-                "routes": [{ "match": { "prefix": "/" }, "direct_response": { "status": 200, "body": { "inline_string": "ok\n" } } }] }] },
-            "http_filters": http_filters
-        } }])
-    };
-    json!({
-        "node": { "id": "sidecar~test", "cluster": "test" },
-        "admin": { "address": socket(admin) },
-        "static_resources": {
-            "listeners": [{
-                "name": "inbound",
-                "address": socket(addr),
-                "enable_reuse_port": false,
-                "listener_filters": [{ "name": "envoy.filters.listener.tls_inspector", "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector" } }],
-                "filter_chains": [
-                    {
-                        "filter_chain_match": { "transport_protocol": "tls" },
-                        "filters": hcm("inbound_mtls"),
-                        "transport_socket": { "name": "envoy.transport_sockets.tls", "typed_config": {
-                            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
-                            "require_client_certificate": true,
-                            "common_tls_context": {
-                                "tls_certificates": [{ "certificate_chain": { "filename": id.cert }, "private_key": { "filename": id.key } }],
-                                "validation_context": { "trusted_ca": { "filename": ca } }
-                            }
-                        } }
-                    },
-                    { "filters": hcm("inbound_plain") }
-                ]
-            }],
-            "clusters": clusters
-        }
-    })
-}
-
-/// `tls`: the server's certificate and the CA its clients' certificates come from.
-fn start_envoy(name: &'static str, dir: &Path, ip: Ipv4Addr, port: Option<u16>, filters: &[Value], clusters: Vec<Value>, tls: (&Identity, &Path)) -> Server {
-    let (id, ca) = tls;
+/// The workload's sidecar as the load benchmark builds it (`topology::workload_sidecar`, the
+/// istiod builder), on `ip`: a STRICT port and a DISABLE port, `authz` in its HTTP filters.
+/// `ports`: fixed (mTLS, plaintext) ports, else free ones.
+fn start_envoy(name: &'static str, dir: &Path, ip: Ipv4Addr, ports: Option<(u16, u16)>, authz: HttpAuthz, workload: &Workload, tls: (&Identity, &Path)) -> Server {
     let mut last = String::new();
     // Ports are free when picked, not necessarily when Envoy binds them: retry.
     for _ in 0..3 {
-        let addr = SocketAddr::from((ip, port.unwrap_or_else(|| free_port(ip).unwrap())));
+        let (mtls, plain) = ports.unwrap_or_else(|| (free_port(ip).unwrap(), free_port(ip).unwrap()));
+        assert_ne!(mtls, plain, "{name}: one port for both transports");
         let admin = SocketAddr::from((ip, free_port(ip).unwrap()));
+        let proxy_dir = dir.join(name);
+        let mut proxy = workload_sidecar(
+            workload,
+            &format!("{}-{name}", workload.service_account),
+            ip,
+            &[(mtls, MtlsMode::Strict), (plain, MtlsMode::Disable)],
+            admin,
+            tls,
+            &proxy_dir,
+        );
+        proxy.authz.http = authz.clone();
         let config = dir.join(format!("{name}.json"));
-        std::fs::write(&config, serde_json::to_vec_pretty(&bootstrap(addr, admin, filters, clusters.clone(), id, ca)).unwrap()).unwrap();
+        std::fs::write(&config, serde_json::to_vec_pretty(&istiod::build_sidecar_bootstrap(&proxy)).unwrap()).unwrap();
         let log = dir.join(format!("{name}.log"));
         let out = File::create(&log).unwrap();
         let mut guard = ChildGuard::spawn(
@@ -126,11 +94,12 @@ fn start_envoy(name: &'static str, dir: &Path, ip: Ipv4Addr, port: Option<u16>, 
                 .stderr(out),
         )
         .unwrap();
+        let (mtls, plain) = (SocketAddr::from((ip, mtls)), SocketAddr::from((ip, plain)));
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let ready = Request::new().to(admin).path("/ready").timeout(Duration::from_secs(2)).send();
-            if matches!(ready, Ok(ref r) if r.status == 200) && std::net::TcpStream::connect(addr).is_ok() {
-                return Server { _guard: guard, addr, name };
+            if matches!(ready, Ok(ref r) if r.status == 200) && [mtls, plain].iter().all(|a| std::net::TcpStream::connect(a).is_ok()) {
+                return Server { _guard: guard, mtls, plain, name };
             }
             if let Ok(Some(status)) = guard.try_wait() {
                 last = format!("{name}: Envoy exited with {status}:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
@@ -176,28 +145,6 @@ fn start_authorizer(dir: &Path, ip: Ipv4Addr, config: &PluginConfig, workload: &
     }
 }
 
-fn ext_authz_filter() -> Value {
-    json!({ "name": "envoy.filters.http.ext_authz", "typed_config": {
-        "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
-        "transport_api_version": "V3",
-        "grpc_service": { "envoy_grpc": { "cluster_name": "ext_authz" }, "timeout": "5s" },
-        "failure_mode_allow": false
-    } })
-}
-
-fn ext_authz_cluster(to: SocketAddr) -> Value {
-    json!({
-        "name": "ext_authz",
-        "type": "STATIC",
-        "connect_timeout": "2s",
-        "load_assignment": { "cluster_name": "ext_authz", "endpoints": [{ "lb_endpoints": [{ "endpoint": { "address": socket(to) } }] }] },
-        "typed_extension_protocol_options": { "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-            "explicit_http_config": { "http2_protocol_options": {} }
-        } }
-    })
-}
-
 /// The RBAC Envoy and the ext_authz Envoy (with its authorizer) for one workload.
 struct Pair {
     servers: [Server; 2],
@@ -205,17 +152,16 @@ struct Pair {
     server_name: &'static str,
 }
 
-fn start_pair(dir: &Path, ips: [Ipv4Addr; 3], port: Option<u16>, config: &PluginConfig, workload: &Workload, pki: &Pki) -> Pair {
+fn start_pair(dir: &Path, ips: [Ipv4Addr; 3], ports: Option<(u16, u16)>, config: &PluginConfig, workload: &Workload, pki: &Pki) -> Pair {
     let server_id = pki.issue("server", &workload.namespace, &workload.service_account).unwrap();
     let rbac = rbac_filters(config, workload).unwrap();
     assert!(rbac.stats.decision_equivalent(), "{}", rbac.stats);
     eprintln!("rbac: {}", rbac.stats);
     let (authorizer, listen) = start_authorizer(dir, ips[2], config, workload);
+    let tls = (&server_id, pki.ca_cert());
     let servers = std::thread::scope(|s| {
-        let a = s.spawn(|| start_envoy("rbac", dir, ips[0], port, &rbac.filters, Vec::new(), (&server_id, pki.ca_cert())));
-        let b = s.spawn(|| {
-            start_envoy("ext_authz", dir, ips[1], port, &[ext_authz_filter()], vec![ext_authz_cluster(listen)], (&server_id, pki.ca_cert()))
-        });
+        let a = s.spawn(|| start_envoy("rbac", dir, ips[0], ports, HttpAuthz::Rbac(rbac.filters.clone()), workload, tls));
+        let b = s.spawn(|| start_envoy("ext_authz", dir, ips[1], ports, HttpAuthz::ExtAuthz(listen), workload, tls));
         [a.join().unwrap(), b.join().unwrap()]
     });
     Pair { servers, _authorizer: authorizer, server_name: "server" }
@@ -230,27 +176,68 @@ struct Sent {
     path: String,
 }
 
+/// Certificate rows to the STRICT port, plaintext rows to the DISABLE port.
 fn send(pair: &Pair, server: &Server, s: &Sent, ca: &Path) -> Response {
-    let mut req = Request::from(s.from).to(server.addr).method(&s.method).path(&s.path).timeout(Duration::from_secs(10));
+    let to = if s.cert.is_some() { server.mtls } else { server.plain };
+    let mut req = Request::from(s.from).to(to).method(&s.method).path(&s.path).timeout(Duration::from_secs(10));
     if let Some(id) = &s.cert {
         req = req.tls(ca, Some(id), pair.server_name);
     }
     req.send().unwrap()
 }
 
-/// Allowed (200) or denied the way Istio denies (403 `RBAC: access denied`);
-/// anything else is a failure of the rig, not a verdict.
-fn verdict(what: &str, via: &str, s: &Sent, r: &Response) -> Verdict {
+/// How a server answered one row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// 200, or 403 `RBAC: access denied` (the way Istio denies).
+    Decided(Verdict),
+    /// Istio's inbound TLS refused the client certificate (its URI SAN is not under
+    /// `spiffe://<trust domain>/`): no request reached the authorization.
+    RefusedHandshake,
+}
+
+impl Outcome {
+    /// What the client sees: a refused handshake denies too.
+    fn verdict(self) -> Verdict {
+        match self {
+            Outcome::Decided(v) => v,
+            Outcome::RefusedHandshake => Verdict::Deny,
+        }
+    }
+}
+
+/// A row's outcome; anything but a verdict or, for a certificate without a SPIFFE id under
+/// the trust domain, a refused handshake, is a failure of the rig, not a verdict.
+fn outcome(what: &str, via: &str, s: &Sent, r: &Response) -> Outcome {
     match r.status {
-        200 => Verdict::Allow,
+        200 => Outcome::Decided(Verdict::Allow),
         403 => {
             if s.method != "HEAD" {
                 assert_eq!(r.body, DENIED_BODY, "{what} via {via}: 403 body");
             }
-            Verdict::Deny
+            Outcome::Decided(Verdict::Deny)
+        }
+        0 if s.cert.as_ref().is_some_and(|c| !in_trust_domain(c)) => {
+            let e = r.error.as_ref().unwrap();
+            assert!(e.tcp_connected && e.tls, "{what} via {via}: not a refused handshake: {r:?}");
+            Outcome::RefusedHandshake
         }
         _ => panic!("{what} via {via}: {r:?}"),
     }
+}
+
+/// Whether Istio's inbound TLS accepts `cert`'s URI SAN.
+fn in_trust_domain(cert: &Identity) -> bool {
+    cert.uri.as_deref().is_some_and(|u| u.starts_with(&format!("spiffe://{TRUST_DOMAIN}/")))
+}
+
+/// `outcome` checked against the engine: a refused handshake counts as a Deny only where
+/// the engine says Deny.
+fn check(what: &str, via: &str, outcome: Outcome, engine: Verdict) {
+    if outcome == Outcome::RefusedHandshake {
+        assert_eq!(engine, Verdict::Deny, "{what} via {via}: the handshake was refused where the engine allows");
+    }
+    assert_eq!(outcome.verdict(), engine, "{what} via {via}");
 }
 
 fn yaobank() -> PluginConfig {
@@ -288,7 +275,7 @@ fn yaobank_database_through_rbac_and_ext_authz() {
     let cases = [
         ("summary reads the balance", sent(summary_ip, Some(&summary), "GET", "/v2/keys/accounts/519940/balance"), Verdict::Allow),
         ("summary's second pod writes it", sent(summary2_ip, Some(&summary), "PUT", "/v2/keys/accounts/519940/balance"), Verdict::Allow),
-        ("summary's pod in plaintext (PERMISSIVE: the address is the factor)", sent(summary_ip, None, "GET", "/v2/keys"), Verdict::Allow),
+        ("summary's pod in plaintext (the address is the factor)", sent(summary_ip, None, "GET", "/v2/keys"), Verdict::Allow),
         ("a compromised customer pod reads the database", sent(customer_ip, Some(&customer), "GET", "/v2/keys/accounts/519940/balance"), Verdict::Deny),
         ("customer's certificate from summary's address", sent(summary_ip, Some(&customer), "GET", "/v2/keys"), Verdict::Deny),
         ("summary's stolen certificate from customer's pod", sent(customer_ip, Some(&summary), "GET", "/v2/keys"), Verdict::Deny),
@@ -297,6 +284,7 @@ fn yaobank_database_through_rbac_and_ext_authz() {
         ("a certificate without a SPIFFE id from summary's address", sent(summary_ip, Some(&no_spiffe), "GET", "/v2/keys"), Verdict::Deny),
     ];
     let engine = WorkloadPolicy::new(Arc::new(PolicySet::from_config(&config).unwrap()), &workload);
+    let mut refused = 0;
     for (what, s, want) in &cases {
         let uri = s.cert.as_ref().and_then(|c| c.uri.clone());
         let peer = match &s.cert {
@@ -307,10 +295,18 @@ fn yaobank_database_through_rbac_and_ext_authz() {
         assert_eq!(oracle.verdict, *want, "{what}: the engine says {oracle}");
         for server in &pair.servers {
             let r = send(&pair, server, s, pki.ca_cert());
-            assert_eq!(verdict(what, server.name, s, &r), *want, "{what} via {}: {r:?}", server.name);
+            let o = outcome(what, server.name, s, &r);
+            check(what, server.name, o, oracle.verdict);
+            refused += usize::from(o == Outcome::RefusedHandshake);
         }
     }
-    eprintln!("yaobank: {} requests through both Envoys in {:?}", cases.len(), started.elapsed());
+    // The certificate without a SPIFFE id, at both Envoys.
+    assert_eq!(refused, 2, "handshakes refused");
+    println!(
+        "yaobank: {} requests through both Envoys (mTLS to the STRICT port, plaintext to the DISABLE port), same verdict as the engine; {refused} refused at the handshake (no SPIFFE id), in {:?}",
+        cases.len(),
+        started.elapsed()
+    );
     drop(pair);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -338,7 +334,8 @@ fn cidr_to_loopback(net: &str) -> String {
     format!("{}/{len}", to_loopback(addr.parse().unwrap()))
 }
 
-fn config_to_loopback(config: &mut PluginConfig, port: u16) {
+/// `ports`: the server's (STRICT, DISABLE) ports, which both stand for TARGET_PORT.
+fn config_to_loopback(config: &mut PluginConfig, ports: (u16, u16)) {
     for ep in &mut config.endpoints {
         for ip in &mut ep.ips {
             *ip = to_loopback(ip.parse().unwrap()).to_string();
@@ -351,22 +348,26 @@ fn config_to_loopback(config: &mut PluginConfig, port: u16) {
             }
         }
         if let Some(dst) = &mut rule.destination {
-            for p in dst.ports.iter_mut().chain(dst.not_ports.iter_mut()) {
-                if *p == PortSpec::Number(TARGET_PORT) {
-                    *p = PortSpec::Number(port);
-                }
+            for list in [&mut dst.ports, &mut dst.not_ports] {
+                *list = list
+                    .drain(..)
+                    .flat_map(|p| match p {
+                        PortSpec::Number(TARGET_PORT) => vec![PortSpec::Number(ports.0), PortSpec::Number(ports.1)],
+                        other => vec![other],
+                    })
+                    .collect();
             }
         }
     }
 }
 
-/// TARGET_PORT if free on both server addresses, else a free port of the
-/// same rules' ranges (8000-8999: in `8000:8999`, not 80 or 443).
-fn target_port(ips: &[Ipv4Addr]) -> u16 {
-    std::iter::once(TARGET_PORT)
-        .chain(8000..=8999)
-        .find(|&p| ips.iter().all(|&ip| TcpListener::bind((ip, p)).is_ok()))
-        .unwrap()
+/// Two ports free on both server addresses standing for TARGET_PORT (STRICT, DISABLE):
+/// TARGET_PORT first, then the same rules' ranges (8000-8999: in `8000:8999`, not 80 or 443).
+fn target_ports(ips: &[Ipv4Addr]) -> (u16, u16) {
+    let mut free = std::iter::once(TARGET_PORT)
+        .chain((8000..=8999).filter(|&p| p != TARGET_PORT))
+        .filter(|&p| ips.iter().all(|&ip| TcpListener::bind((ip, p)).is_ok()));
+    (free.next().unwrap(), free.next().unwrap())
 }
 
 #[test]
@@ -378,17 +379,19 @@ fn tutorial_request_mix_through_rbac_and_ext_authz() {
     let workload = target_workload(&scale);
     let mix = request_mix(&scale, 300);
     let server_ips = [Ipv4Addr::new(127, 0, 153, 2), Ipv4Addr::new(127, 0, 153, 3), Ipv4Addr::new(127, 0, 153, 4)];
-    let port = target_port(&server_ips[..2]);
+    let ports = target_ports(&server_ips[..2]);
     let mut config = original.clone();
-    config_to_loopback(&mut config, port);
+    config_to_loopback(&mut config, ports);
 
     // The oracle: the engine on the generated config, and (the same verdicts)
-    // on the config moved onto loopback, as the Envoys will see the requests.
+    // on the config moved onto loopback, as the Envoys will see the requests:
+    // certificate rows at the STRICT port, plaintext rows at the DISABLE port.
     let before = WorkloadPolicy::new(Arc::new(PolicySet::from_config(&original).unwrap()), &workload);
     let after = WorkloadPolicy::new(Arc::new(PolicySet::from_config(&config).unwrap()), &workload);
     let moved = |r: &OwnedRequest| {
         let IpAddr::V4(ip) = r.source_ip else { panic!("{r:?}") };
-        OwnedRequest { source_ip: IpAddr::V4(to_loopback(ip)), destination_ip: IpAddr::V4(server_ips[0]), destination_port: port, ..r.clone() }
+        let destination_port = if r.uri_san.is_some() { ports.0 } else { ports.1 };
+        OwnedRequest { source_ip: IpAddr::V4(to_loopback(ip)), destination_ip: IpAddr::V4(server_ips[0]), destination_port, ..r.clone() }
     };
     let expected: Vec<Verdict> = mix
         .iter()
@@ -412,7 +415,7 @@ fn tutorial_request_mix_through_rbac_and_ext_authz() {
             }
         }
     }
-    let pair = start_pair(&dir, server_ips, Some(port), &config, &workload, &pki);
+    let pair = start_pair(&dir, server_ips, Some(ports), &config, &workload, &pki);
     let sent: Vec<Sent> = mix
         .iter()
         .map(|r| {
@@ -422,7 +425,7 @@ fn tutorial_request_mix_through_rbac_and_ext_authz() {
         .collect();
 
     // Four curls at a time; each request through both Envoys.
-    let results: Vec<(usize, [Verdict; 2])> = std::thread::scope(|scope| {
+    let results: Vec<(usize, [Outcome; 2])> = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..4)
             .map(|w| {
                 let (pair, sent, mix, ca) = (&pair, &sent, &mix, pki.ca_cert());
@@ -431,7 +434,7 @@ fn tutorial_request_mix_through_rbac_and_ext_authz() {
                         .step_by(4)
                         .map(|i| {
                             let what = format!("request {i} {:?}", mix[i]);
-                            let v = pair.servers.each_ref().map(|server| verdict(&what, server.name, &sent[i], &send(pair, server, &sent[i], ca)));
+                            let v = pair.servers.each_ref().map(|server| outcome(&what, server.name, &sent[i], &send(pair, server, &sent[i], ca)));
                             (i, v)
                         })
                         .collect::<Vec<_>>()
@@ -441,15 +444,31 @@ fn tutorial_request_mix_through_rbac_and_ext_authz() {
         workers.into_iter().flat_map(|w| w.join().unwrap()).collect()
     });
     let mut tally: BTreeMap<(String, String), usize> = BTreeMap::new();
-    for (i, [rbac, ext_authz]) in &results {
+    let mut refused = 0;
+    for (i, outcomes) in &results {
         let r = &mix[*i];
-        assert_eq!(*rbac, expected[*i], "request {i} via rbac: {r:?}");
-        assert_eq!(*ext_authz, expected[*i], "request {i} via ext_authz: {r:?}");
-        *tally.entry((r.kind.name().to_string(), expected[*i].to_string())).or_default() += 1;
+        let what = format!("request {i} {r:?}");
+        for (server, o) in pair.servers.iter().zip(outcomes) {
+            check(&what, server.name, *o, expected[*i]);
+        }
+        // Both Envoys run the same inbound TLS: they refuse the same handshakes.
+        assert_eq!(outcomes[0] == Outcome::RefusedHandshake, outcomes[1] == Outcome::RefusedHandshake, "{what}: {outcomes:?}");
+        if outcomes[0] == Outcome::RefusedHandshake {
+            refused += 1;
+            *tally.entry((r.kind.name().to_string(), "DENY (handshake)".to_string())).or_default() += 1;
+        } else {
+            *tally.entry((r.kind.name().to_string(), expected[*i].to_string())).or_default() += 1;
+        }
     }
     assert_eq!(results.len(), mix.len());
     assert!(tally.keys().any(|(_, v)| v == "ALLOW") && tally.keys().any(|(_, v)| v == "DENY"), "{tally:?}");
-    eprintln!("tutorial: {} requests, same verdict from the engine, RBAC and ext_authz: {tally:?} in {:?}", mix.len(), started.elapsed());
+    println!(
+        "tutorial: {} requests (mTLS to STRICT port {}, plaintext to DISABLE port {}), same verdict from the engine, RBAC and ext_authz; {refused} refused at the handshake (no SPIFFE id under {TRUST_DOMAIN}); {tally:?} in {:?}",
+        mix.len(),
+        ports.0,
+        ports.1,
+        started.elapsed()
+    );
     drop(pair);
     let _ = std::fs::remove_dir_all(&dir);
 }

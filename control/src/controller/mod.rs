@@ -16,13 +16,16 @@
 //! ```yaml
 //! rules:
 //! - apiGroups: [""]
-//!   resources: [pods, serviceaccounts, namespaces]
+//!   resources: [pods, serviceaccounts, namespaces, services]
+//!   verbs: [list, watch]
+//! - apiGroups: [discovery.k8s.io]
+//!   resources: [endpointslices]
 //!   verbs: [list, watch]
 //! - apiGroups: [networking.k8s.io]
 //!   resources: [networkpolicies]
 //!   verbs: [list, watch]
 //! - apiGroups: [crd.projectcalico.org, projectcalico.org]
-//!   resources: [globalnetworkpolicies, networkpolicies, tiers]
+//!   resources: [globalnetworkpolicies, networkpolicies, tiers, globalnetworksets, networksets, stagedglobalnetworkpolicies, stagednetworkpolicies, stagedkubernetesnetworkpolicies]
 //!   verbs: [list, watch]
 //! - apiGroups: [extensions.istio.io]
 //!   resources: [wasmplugins]
@@ -114,6 +117,11 @@ pub struct RunArgs {
     /// Between renewals (leader) or tries to acquire (others).
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub leader_election_retry_period: Duration,
+    /// Accept `http` matches in Calico egress rules and enforce them on the
+    /// client's sidecar (a Krites extension: Calico accepts them on ingress
+    /// only). Without it such a policy is invalid (an Event says so).
+    #[arg(long)]
+    pub allow_egress_http: bool,
 }
 
 /// How the control loop runs.
@@ -136,6 +144,7 @@ impl From<&RunArgs> for Options {
                 per_namespace: a.per_namespace,
                 // The Deployment passes the pod's name (downward API).
                 reporting_instance: std::env::var("POD_NAME").ok().filter(|s| !s.is_empty()),
+                allow_egress_http: a.allow_egress_http,
             },
             calico_api: a.calico_api,
             debounce: a.debounce,

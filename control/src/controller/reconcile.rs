@@ -12,7 +12,7 @@
 //!   live `krites` WasmPlugins ([`super::recover`]);
 //! - a compile that fails leaves the WasmPlugins applied before untouched.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -23,7 +23,7 @@ use kube::Client;
 use serde_json::Value;
 use tracing::{debug, error, info, warn};
 
-use krites_policy::config::{PolicySpec, TierSpec};
+use krites_policy::config::{NetworkSetSpec, PolicySpec, TierSpec};
 use krites_policy::ConfigError;
 
 use super::apply::{Applied, Applier, ApplyError};
@@ -48,6 +48,8 @@ pub struct Settings {
     pub per_namespace: bool,
     /// Events' reporting instance: the controller's pod (`POD_NAME`).
     pub reporting_instance: Option<String>,
+    /// Accept `http` in Calico egress rules (`--allow-egress-http`).
+    pub allow_egress_http: bool,
 }
 
 impl Default for Settings {
@@ -57,6 +59,7 @@ impl Default for Settings {
             mesh_namespace: wasmplugin::MESH_NAMESPACE.into(),
             per_namespace: false,
             reporting_instance: None,
+            allow_egress_http: false,
         }
     }
 }
@@ -131,10 +134,14 @@ fn is_tier(v: &Value) -> bool {
 }
 
 /// Kinds whose removal would loosen enforcement: their last valid version
-/// stays in force while the current one is invalid.
+/// stays in force while the current one is invalid. A network set is one: a
+/// Deny rule matching it would match fewer addresses. Staged policies change
+/// no verdict, but their last valid version is kept alike, so that a typo
+/// does not silence the report of what they would do.
 fn is_policy_kind(v: &Value) -> bool {
     match group_kind(v) {
-        (g, "GlobalNetworkPolicy" | "NetworkPolicy" | "Tier") if is_calico(g) => true,
+        (g, "GlobalNetworkPolicy" | "NetworkPolicy" | "Tier" | "GlobalNetworkSet" | "NetworkSet") if is_calico(g) => true,
+        (g, "StagedGlobalNetworkPolicy" | "StagedNetworkPolicy" | "StagedKubernetesNetworkPolicy") if is_calico(g) => true,
         ("networking.k8s.io", "NetworkPolicy") => true,
         _ => false,
     }
@@ -158,26 +165,69 @@ fn reference(v: &Value) -> ObjectReference {
     }
 }
 
-fn inventory<'a>(objects: impl IntoIterator<Item = &'a Value>) -> Inventory {
-    inventory_with(objects, &[], &[])
+fn inventory<'a>(objects: impl IntoIterator<Item = &'a Value>, allow_egress_http: bool) -> Inventory {
+    inventory_with(objects, &[], &[], &[], &[], allow_egress_http)
 }
 
 /// Objects plus versions read back from the live config, validated together.
-fn inventory_with<'a>(objects: impl IntoIterator<Item = &'a Value>, tiers: &[TierSpec], policies: &[PolicySpec]) -> Inventory {
-    let mut inv = Inventory::default();
+fn inventory_with<'a>(
+    objects: impl IntoIterator<Item = &'a Value>,
+    tiers: &[TierSpec],
+    policies: &[PolicySpec],
+    network_sets: &[NetworkSetSpec],
+    staged_policies: &[PolicySpec],
+    allow_egress_http: bool,
+) -> Inventory {
+    let mut inv = Inventory { allow_egress_http, ..Inventory::default() };
     for o in objects {
         inv.add(o);
     }
     inv.tiers.extend(tiers.iter().cloned());
     inv.policies.extend(policies.iter().cloned());
+    inv.network_sets.extend(network_sets.iter().cloned());
+    inv.staged_policies.extend(staged_policies.iter().cloned());
     inv.validate();
     inv
 }
 
+/// Each object's part of the inventory (converted, not yet validated), kept
+/// while the same object, i.e. the same `Arc` and so the same version, is in
+/// the snapshots: at 10k pods, converting every Pod again on each change was
+/// most of a compile. An entry holds its `Arc`, so no other object can reuse
+/// the address it is keyed by.
+#[derive(Default)]
+struct Converted {
+    by_object: HashMap<usize, (Arc<Value>, Inventory)>,
+    allow_egress_http: bool,
+}
+
+impl Converted {
+    /// The same as `inventory(objects)`, converting only objects not seen in
+    /// the previous call.
+    fn inventory(&mut self, objects: &[Arc<Value>]) -> Inventory {
+        let mut kept = HashMap::with_capacity(objects.len());
+        let allow_egress_http = self.allow_egress_http;
+        let mut inv = Inventory { allow_egress_http, ..Inventory::default() };
+        for object in objects {
+            let id = Arc::as_ptr(object) as usize;
+            let entry = self.by_object.remove(&id).unwrap_or_else(|| {
+                let mut one = Inventory { allow_egress_http, ..Inventory::default() };
+                one.add(object);
+                (object.clone(), one)
+            });
+            inv.merge(&entry.1);
+            kept.insert(id, entry);
+        }
+        self.by_object = kept;
+        inv.validate();
+        inv
+    }
+}
+
 /// Chosen version of an object: itself, or a previous version.
 enum Version {
-    Object(Value),
-    Compiled(Compiled),
+    Object(Arc<Value>),
+    Compiled(Box<Compiled>),
 }
 
 /// Turns cluster snapshots into WasmPlugins and keeps them applied.
@@ -187,8 +237,10 @@ pub struct Reconciler {
     metrics: Arc<Metrics>,
     recorder: Recorder,
     applier: Applier,
+    /// The objects of the last snapshot, converted.
+    converted: Converted,
     /// Last valid version of each policy and tier, by [`object_key`].
-    last_good: BTreeMap<String, Value>,
+    last_good: BTreeMap<String, Arc<Value>>,
     /// Versions in force when this controller started (read once).
     recovered: Recovered,
     seeded: bool,
@@ -210,9 +262,10 @@ impl Reconciler {
         Reconciler {
             recorder: Recorder::new(client.clone(), reporter),
             client,
-            settings,
             metrics,
             applier: Applier::default(),
+            converted: Converted { by_object: HashMap::new(), allow_egress_http: settings.allow_egress_http },
+            settings,
             last_good: BTreeMap::new(),
             recovered: Recovered::default(),
             seeded: false,
@@ -256,9 +309,10 @@ impl Reconciler {
     /// The WasmPlugins `snapshot` calls for. No I/O; it updates only the
     /// memory of each policy's last valid version.
     pub fn desired(&mut self, snapshot: &Snapshot) -> Result<Plan, ReconcileError> {
+        let started = Instant::now();
         let counts = snapshot.counts();
-        self.recovered.retain(&snapshot.objects);
-        let first = inventory(&snapshot.objects);
+        self.recovered.retain(snapshot.values());
+        let first = self.converted.inventory(&snapshot.objects);
         let (inv, invalid, other_errors) = if first.errors.is_empty() {
             self.last_good = snapshot.objects.iter().filter(|o| is_policy_kind(o)).map(|o| (object_key(o), o.clone())).collect();
             (first, Vec::new(), Vec::new())
@@ -272,7 +326,9 @@ impl Reconciler {
             per_namespace: self.settings.per_namespace,
             limit: MAX_CONFIG_BYTES,
         };
+        let inventory_done = Instant::now();
         let planned = compile::plan(&inv, &opts, &self.settings.module)?;
+        let plan_done = Instant::now();
         // Said once per distinct warning, not on every compile.
         let warnings: BTreeSet<String> = compile::selector_warnings(&inv).into_iter().collect();
         for w in warnings.difference(&self.selector_warnings) {
@@ -285,6 +341,13 @@ impl Reconciler {
         }
         let (values, revisions, bytes, sharded) = (planned.objects, planned.revisions, planned.max_bytes, planned.sharded);
         let objects = values.into_iter().map(serde_json::from_value).collect::<Result<Vec<DynamicObject>, _>>()?;
+        // Where a compile's time goes, for scale tests and profiling.
+        debug!(
+            inventory_ms = (inventory_done - started).as_millis(),
+            plan_ms = (plan_done - inventory_done).as_millis(),
+            rest_ms = plan_done.elapsed().as_millis(),
+            "compile stages"
+        );
         Ok(Plan { objects, revisions, bytes, sharded, invalid, other_errors, counts })
     }
 
@@ -294,23 +357,26 @@ impl Reconciler {
     fn with_last_good(&mut self, snapshot: &Snapshot, first: &Inventory) -> (Inventory, Vec<Invalid>, Vec<ConfigError>) {
         let mut invalid = Vec::new();
         let mut attributed: Vec<ConfigError> = Vec::new();
-        let mut inputs: Vec<Value> = Vec::with_capacity(snapshot.objects.len());
-        let mut good_tiers: Vec<Value> = Vec::new();
+        let mut inputs: Vec<Arc<Value>> = Vec::with_capacity(snapshot.objects.len());
+        let mut good_tiers: Vec<Arc<Value>> = Vec::new();
         let (mut old_tiers, mut old_policies): (Vec<TierSpec>, Vec<PolicySpec>) = (Vec::new(), Vec::new());
-        let present: BTreeSet<String> = snapshot.objects.iter().map(object_key).collect();
+        let mut old_sets: Vec<NetworkSetSpec> = Vec::new();
+        let mut old_staged: Vec<PolicySpec> = Vec::new();
+        let present: BTreeSet<String> = snapshot.values().map(object_key).collect();
         self.last_good.retain(|k, _| present.contains(k));
 
         // Tiers first: a policy's validity depends on its tier being declared.
-        let (tiers, others): (Vec<&Value>, Vec<&Value>) = snapshot.objects.iter().partition(|o| is_tier(o));
+        let (tiers, others): (Vec<&Arc<Value>>, Vec<&Arc<Value>>) = snapshot.objects.iter().partition(|o| is_tier(o));
         for pass in [tiers, others] {
             for obj in pass {
                 let key = object_key(obj);
+                let http = self.settings.allow_egress_http;
                 let alone = if is_tier(obj) {
-                    inventory([obj])
+                    inventory([obj.as_ref()], http)
                 } else if is_policy_kind(obj) {
-                    inventory_with(good_tiers.iter().chain([obj]), &old_tiers, &[])
+                    inventory_with(good_tiers.iter().map(|t| t.as_ref()).chain([obj.as_ref()]), &old_tiers, &[], &[], &[], http)
                 } else {
-                    inventory([obj])
+                    inventory([obj.as_ref()], http)
                 };
                 let chosen = if alone.errors.is_empty() {
                     if is_policy_kind(obj) {
@@ -320,7 +386,7 @@ impl Reconciler {
                 } else {
                     let previous = match self.last_good.get(&key) {
                         Some(v) => Some(Version::Object(v.clone())),
-                        None if is_policy_kind(obj) => self.recovered.version_of(obj).map(Version::Compiled),
+                        None if is_policy_kind(obj) => self.recovered.version_of(obj).map(|c| Version::Compiled(Box::new(c))),
                         None => None,
                     };
                     let recovered = matches!(previous, Some(Version::Compiled(_)));
@@ -335,14 +401,24 @@ impl Reconciler {
                         }
                         inputs.push(v);
                     }
-                    Some(Version::Compiled(Compiled::Tier(t))) => old_tiers.push(t),
-                    Some(Version::Compiled(Compiled::Policy(p))) => old_policies.push(p),
+                    Some(Version::Compiled(compiled)) => match *compiled {
+                        Compiled::Tier(t) => old_tiers.push(t),
+                        Compiled::Policy(p) => old_policies.push(p),
+                        Compiled::NetworkSet(s) => old_sets.push(s),
+                        Compiled::StagedPolicy(p) => old_staged.push(p),
+                    },
+                    // An EndpointSlice that does not convert stays in: converting
+                    // it marks its Service as having endpoints not known, which
+                    // leaves the Service out (left out itself, the Service would
+                    // look smaller than it is: fewer endpoints to allow).
+                    None if group_kind(obj) == ("discovery.k8s.io", "EndpointSlice") => inputs.push(obj.clone()),
                     None => {}
                 }
             }
         }
         let other_errors = first.errors.iter().filter(|e| !attributed.contains(e)).cloned().collect();
-        (inventory_with(&inputs, &old_tiers, &old_policies), invalid, other_errors)
+        let http = self.settings.allow_egress_http;
+        (inventory_with(inputs.iter().map(|v| v.as_ref()), &old_tiers, &old_policies, &old_sets, &old_staged, http), invalid, other_errors)
     }
 
     /// One pass: compile `snapshot` and make the cluster hold the result.
@@ -487,5 +563,65 @@ impl Reconciler {
         }
         self.reported.retain(|id| still.contains(id));
         published
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // test code
+
+    use super::*;
+    use serde_json::json;
+
+    fn pod(name: &str, ip: &str, app: &str) -> Arc<Value> {
+        Arc::new(json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "shop", "labels": {"app": app}},
+            "spec": {"containers": [{"name": "app"}]}, "status": {"phase": "Running", "podIP": ip}}))
+    }
+
+    #[test]
+    fn converted_objects_give_the_inventory_of_the_snapshot() {
+        let policy = Arc::new(json!({"apiVersion": "projectcalico.org/v3", "kind": "GlobalNetworkPolicy", "metadata": {"name": "p"},
+            "spec": {"selector": "app == 'web'", "ingress": [{"action": "Allow"}]}}));
+        let bad = Arc::new(json!({"apiVersion": "projectcalico.org/v3", "kind": "GlobalNetworkPolicy", "metadata": {"name": "bad"},
+            "spec": {"selector": "app == "}}));
+        let namespace = Arc::new(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop", "labels": {"team": "a"}}}));
+        let deployment = Arc::new(json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"}}));
+        let mut converted = Converted::default();
+        let first = vec![pod("a", "10.0.0.1", "web"), pod("b", "10.0.0.2", "db"), policy.clone(), bad, namespace.clone(), deployment];
+        let check = |converted: &mut Converted, objects: &[Arc<Value>]| {
+            let cached = converted.inventory(objects);
+            let fresh = inventory(objects.iter().map(|o| o.as_ref()), false);
+            assert_eq!(format!("{cached:?}"), format!("{fresh:?}"));
+            cached
+        };
+        let inv = check(&mut converted, &first);
+        assert_eq!((inv.pods.len(), inv.policies.len(), inv.errors.len(), inv.ignored.len()), (2, 1, 1, 1));
+        // One pod changed (a new version is a new Arc), one deleted, the rest kept.
+        let second = vec![pod("a", "10.0.0.9", "web"), policy, namespace];
+        let inv = check(&mut converted, &second);
+        println!("second snapshot: {} pods, {} policies, {} objects kept converted", inv.pods.len(), inv.policies.len(), converted.by_object.len());
+        assert_eq!(inv.pods.len(), 1);
+        assert_eq!(inv.pods[0].ips, ["10.0.0.9".parse::<std::net::IpAddr>().unwrap()]);
+        assert_eq!(converted.by_object.len(), 3, "only the snapshot's objects are kept");
+    }
+
+    /// `--allow-egress-http` reaches every inventory the reconciler builds:
+    /// the cached conversion and the per-object one that finds what is invalid.
+    #[test]
+    fn egress_http_follows_the_flag() {
+        let policy = Arc::new(json!({"apiVersion": "projectcalico.org/v3", "kind": "GlobalNetworkPolicy", "metadata": {"name": "reviews"},
+            "spec": {"selector": "app == 'reviews'", "egress": [{"action": "Allow", "http": {"methods": ["GET"]}}]}}));
+        for allow in [false, true] {
+            let mut converted = Converted { by_object: HashMap::new(), allow_egress_http: allow };
+            let cached = converted.inventory(std::slice::from_ref(&policy));
+            let alone = inventory([policy.as_ref()], allow);
+            for inv in [&cached, &alone] {
+                assert_eq!(inv.policies.len(), usize::from(allow), "allow {allow}: {:?}", inv.errors);
+                assert_eq!(inv.errors.len(), usize::from(!allow));
+            }
+            if !allow {
+                assert_eq!((cached.errors[0].object.as_str(), cached.errors[0].field.as_str()), ("GlobalNetworkPolicy/reviews", "spec.egress[0].http"));
+            }
+        }
     }
 }

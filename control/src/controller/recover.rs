@@ -16,7 +16,7 @@ use kube::ResourceExt;
 use serde_json::Value;
 use tracing::{debug, info, warn};
 
-use krites_policy::config::{PluginConfig, PolicySpec, TierSpec};
+use krites_policy::config::{NetworkSetSpec, PluginConfig, PolicySpec, TierSpec};
 use krites_policy::PolicySet;
 
 use super::apply::REVISION_ANNOTATION;
@@ -31,6 +31,11 @@ type PolicyId = (Option<String>, String);
 pub enum Compiled {
     Policy(PolicySpec),
     Tier(TierSpec),
+    /// A network set a rule matched (the config carries only those): without
+    /// it a Deny rule would match fewer addresses.
+    NetworkSet(NetworkSetSpec),
+    /// A staged policy: no verdict depends on it, but its report does.
+    StagedPolicy(PolicySpec),
 }
 
 /// Policies and tiers of the live config(s), by identity.
@@ -38,6 +43,9 @@ pub enum Compiled {
 pub struct Recovered {
     policies: BTreeMap<PolicyId, PolicySpec>,
     tiers: BTreeMap<String, TierSpec>,
+    /// By (namespace, name); a GlobalNetworkSet has no namespace.
+    network_sets: BTreeMap<PolicyId, NetworkSetSpec>,
+    staged_policies: BTreeMap<PolicyId, PolicySpec>,
 }
 
 fn str_at<'a>(v: &'a Value, pointer: &str) -> &'a str {
@@ -50,6 +58,8 @@ fn str_at<'a>(v: &'a Value, pointer: &str) -> &'a str {
 enum Target {
     Policy { ids: Vec<PolicyId>, kind: &'static str },
     Tier(String),
+    NetworkSet(PolicyId),
+    StagedPolicy { ids: Vec<PolicyId>, kind: &'static str },
 }
 
 fn target(v: &Value) -> Option<Target> {
@@ -68,6 +78,14 @@ fn target(v: &Value) -> Option<Target> {
         (true, _, "Tier") => Some(Target::Tier(name)),
         (true, _, "GlobalNetworkPolicy") => Some(Target::Policy { ids: names(None), kind: "GlobalNetworkPolicy" }),
         (true, _, "NetworkPolicy") => Some(Target::Policy { ids: names(namespace()), kind: "NetworkPolicy" }),
+        (true, _, "GlobalNetworkSet") => Some(Target::NetworkSet((None, name))),
+        (true, _, "NetworkSet") => Some(Target::NetworkSet((namespace(), name))),
+        (true, _, "StagedGlobalNetworkPolicy") => Some(Target::StagedPolicy { ids: names(None), kind: "StagedGlobalNetworkPolicy" }),
+        (true, _, "StagedNetworkPolicy") => Some(Target::StagedPolicy { ids: names(namespace()), kind: "StagedNetworkPolicy" }),
+        (true, _, "StagedKubernetesNetworkPolicy") => Some(Target::StagedPolicy {
+            ids: vec![(namespace(), format!("knp.default.{name}"))],
+            kind: "StagedKubernetesNetworkPolicy",
+        }),
         (false, "networking.k8s.io", "NetworkPolicy") => {
             Some(Target::Policy { ids: vec![(namespace(), format!("knp.default.{name}"))], kind: knp::KIND })
         }
@@ -91,6 +109,8 @@ impl Recovered {
                     info!(wasmplugin = %id, policies = config.policies.len(), tiers = config.tiers.len(), "read the config in force, for policies that are invalid now");
                     out.tiers.extend(config.tiers.into_iter().map(|t| (t.name.clone(), t)));
                     out.policies.extend(config.policies.into_iter().map(|p| ((p.namespace.clone(), p.name.clone()), p)));
+                    out.network_sets.extend(config.network_sets.into_iter().map(|s| ((s.namespace.clone(), s.name.clone()), s)));
+                    out.staged_policies.extend(config.staged_policies.into_iter().map(|p| ((p.namespace.clone(), p.name.clone()), p)));
                 }
                 Ok(None) => debug!(wasmplugin = %id, "no config revision annotation: nothing to recover"),
                 Err(why) => warn!(wasmplugin = %id, problem = %why, "the config in force is not one control compiled; not used to keep invalid policies' last valid versions"),
@@ -103,34 +123,49 @@ impl Recovered {
     pub fn version_of(&self, object: &Value) -> Option<Compiled> {
         match target(object)? {
             Target::Tier(name) => self.tiers.get(&name).cloned().map(Compiled::Tier),
+            Target::NetworkSet(id) => self.network_sets.get(&id).cloned().map(Compiled::NetworkSet),
             Target::Policy { ids, kind } => ids
                 .iter()
                 .filter_map(|id| self.policies.get(id))
                 .find(|p| p.kind.as_deref().is_none_or(|k| k == kind))
                 .cloned()
                 .map(Compiled::Policy),
+            Target::StagedPolicy { ids, kind } => ids
+                .iter()
+                .filter_map(|id| self.staged_policies.get(id))
+                .find(|p| p.kind.as_deref().is_none_or(|k| k == kind))
+                .cloned()
+                .map(Compiled::StagedPolicy),
         }
     }
 
     /// Keeps only what an object of `objects` maps to: a policy deleted and
     /// created again must not get back a version from before.
-    pub fn retain(&mut self, objects: &[Value]) {
-        if self.policies.is_empty() && self.tiers.is_empty() {
+    pub fn retain<'a>(&mut self, objects: impl IntoIterator<Item = &'a Value>) {
+        if self.policies.is_empty() && self.tiers.is_empty() && self.network_sets.is_empty() && self.staged_policies.is_empty() {
             return;
         }
         let mut policies = std::collections::BTreeSet::new();
         let mut tiers = std::collections::BTreeSet::new();
+        let mut network_sets = std::collections::BTreeSet::new();
+        let mut staged = std::collections::BTreeSet::new();
         for o in objects {
             match target(o) {
                 Some(Target::Policy { ids, .. }) => policies.extend(ids),
                 Some(Target::Tier(name)) => {
                     tiers.insert(name);
                 }
+                Some(Target::NetworkSet(id)) => {
+                    network_sets.insert(id);
+                }
+                Some(Target::StagedPolicy { ids, .. }) => staged.extend(ids),
                 None => {}
             }
         }
         self.policies.retain(|id, _| policies.contains(id));
         self.tiers.retain(|name, _| tiers.contains(name));
+        self.network_sets.retain(|id, _| network_sets.contains(id));
+        self.staged_policies.retain(|id, _| staged.contains(id));
     }
 }
 
@@ -166,8 +201,13 @@ mod tests {
 
     fn config() -> Value {
         json!({"version": 1, "tiers": [{"name": "security", "order": 1.0}],
-               "policies": [{"name": "db", "kind": "GlobalNetworkPolicy", "selector": "app == 'db'", "tier": "security"},
-                            {"name": "knp.default.web", "namespace": "shop", "kind": "NetworkPolicy.networking.k8s.io"}]})
+               "policies": [{"name": "db", "kind": "GlobalNetworkPolicy", "selector": "app == 'db'", "tier": "security",
+                             "ingress": [{"action": "Deny", "source": {"selector": "feed == 'blocked'"}}]},
+                            {"name": "knp.default.web", "namespace": "shop", "kind": "NetworkPolicy.networking.k8s.io"}],
+               "networkSets": [{"name": "feed", "labels": {"feed": "blocked"}, "nets": ["203.0.113.0/24"]},
+                               {"name": "feed", "namespace": "shop", "labels": {"feed": "blocked"}, "nets": ["198.51.100.0/24"]}],
+               "stagedPolicies": [{"name": "db", "kind": "StagedGlobalNetworkPolicy", "selector": "app == 'db'", "tier": "security", "stagedAction": "Set"},
+                                  {"name": "knp.default.web", "namespace": "shop", "kind": "StagedKubernetesNetworkPolicy", "stagedAction": "Delete"}]})
     }
 
     fn revision(config: &Value) -> String {
@@ -187,6 +227,19 @@ mod tests {
         assert_eq!(r.version_of(&np), None);
         let tier = json!({"apiVersion": "projectcalico.org/v3", "kind": "Tier", "metadata": {"name": "security"}});
         assert!(matches!(r.version_of(&tier), Some(Compiled::Tier(t)) if t.order == Some(1.0)));
+        let gns = json!({"apiVersion": "crd.projectcalico.org/v1", "kind": "GlobalNetworkSet", "metadata": {"name": "feed"}});
+        assert!(matches!(r.version_of(&gns), Some(Compiled::NetworkSet(s)) if s.namespace.is_none() && s.nets == ["203.0.113.0/24"]));
+        let ns = json!({"apiVersion": "projectcalico.org/v3", "kind": "NetworkSet", "metadata": {"name": "feed", "namespace": "shop"}});
+        assert!(matches!(r.version_of(&ns), Some(Compiled::NetworkSet(s)) if s.nets == ["198.51.100.0/24"]));
+        let elsewhere = json!({"apiVersion": "projectcalico.org/v3", "kind": "NetworkSet", "metadata": {"name": "feed", "namespace": "dev"}});
+        assert_eq!(r.version_of(&elsewhere), None);
+        // Staged policies, by their own kinds: never taken for the enforced policy of the same name.
+        let sgnp = json!({"apiVersion": "crd.projectcalico.org/v1", "kind": "StagedGlobalNetworkPolicy", "metadata": {"name": "default.db"}});
+        assert!(matches!(r.version_of(&sgnp), Some(Compiled::StagedPolicy(p)) if p.kind.as_deref() == Some("StagedGlobalNetworkPolicy")));
+        let sknp = json!({"apiVersion": "projectcalico.org/v3", "kind": "StagedKubernetesNetworkPolicy", "metadata": {"name": "web", "namespace": "shop"}});
+        assert!(matches!(r.version_of(&sknp), Some(Compiled::StagedPolicy(p)) if p.name == "knp.default.web"));
+        let snp = json!({"apiVersion": "projectcalico.org/v3", "kind": "StagedNetworkPolicy", "metadata": {"name": "db", "namespace": "shop"}});
+        assert_eq!(r.version_of(&snp), None);
     }
 
     #[test]

@@ -134,6 +134,8 @@ impl Cluster {
             "/api/v1/serviceaccounts",
             "/api/v1/namespaces",
             "/apis/networking.k8s.io/v1/networkpolicies",
+            "/api/v1/services",
+            "/apis/discovery.k8s.io/v1/endpointslices",
         ] {
             s.inputs.insert(p.to_string(), Vec::new());
         }
@@ -163,6 +165,8 @@ impl Cluster {
             "NetworkPolicy" => "networkpolicies",
             "GlobalNetworkPolicy" => "globalnetworkpolicies",
             "Tier" => "tiers",
+            "Service" => "services",
+            "EndpointSlice" => "endpointslices",
             _ => return None,
         };
         let prefix = if api_version == "v1" { "/api/v1".to_string() } else { format!("/apis/{api_version}") };

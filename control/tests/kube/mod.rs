@@ -356,15 +356,17 @@ impl Kube {
     /// `control compile -f <dump>`: (the config, its revision).
     pub fn compile_dump(&self, form: CalicoForm) -> (Value, String) {
         let calico = match form {
-            CalicoForm::V3 => "globalnetworkpolicies.projectcalico.org,networkpolicies.projectcalico.org,tiers.projectcalico.org",
-            CalicoForm::Crd => "globalnetworkpolicies.crd.projectcalico.org,networkpolicies.crd.projectcalico.org,tiers.crd.projectcalico.org",
+            CalicoForm::V3 => "globalnetworkpolicies.projectcalico.org,networkpolicies.projectcalico.org,tiers.projectcalico.org,\
+                stagedglobalnetworkpolicies.projectcalico.org,stagednetworkpolicies.projectcalico.org,stagedkubernetesnetworkpolicies.projectcalico.org",
+            CalicoForm::Crd => "globalnetworkpolicies.crd.projectcalico.org,networkpolicies.crd.projectcalico.org,tiers.crd.projectcalico.org,\
+                stagedglobalnetworkpolicies.crd.projectcalico.org,stagednetworkpolicies.crd.projectcalico.org,stagedkubernetesnetworkpolicies.crd.projectcalico.org",
         };
         let dir = self.work.path().join("dump");
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("policies.yaml"), self.kubectl(&["get", calico, "-A", "-o", "yaml"])).unwrap();
-        std::fs::write(dir.join("cluster.yaml"), self.kubectl(&["get", "networkpolicies.networking.k8s.io,namespaces,serviceaccounts,pods", "-A", "-o", "yaml"]))
+        std::fs::write(dir.join("cluster.yaml"), self.kubectl(&["get", "networkpolicies.networking.k8s.io,namespaces,serviceaccounts,pods,services,endpointslices.discovery.k8s.io", "-A", "-o", "yaml"]))
             .unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_control"))
+        let out = Command::new(control_binary())
             .args(["compile", "-f"])
             .arg(dir.join("policies.yaml"))
             .arg("-f")
@@ -442,6 +444,61 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     Some((code, body))
 }
 
+/// The `control` binary: Cargo's own for control's tests; for another crate's tests (which
+/// include this file by `#[path]`), `control` next to the test binary's `deps/` directory
+/// (`cargo test --workspace` has built it), built with `cargo build -p krites-control --bin
+/// control` only when it is missing or older than a source it is made of (that build
+/// resolves features for control alone, so it may recompile its dependencies: minutes).
+pub fn control_binary() -> PathBuf {
+    if let Some(bin) = option_env!("CARGO_BIN_EXE_control") {
+        return PathBuf::from(bin);
+    }
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            // <target>/<profile>/deps/<test binary>
+            let exe = std::env::current_exe().unwrap();
+            let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
+            let bin = profile_dir.join("control");
+            let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
+            let newest_source = ["control/src", "control/Cargo.toml", "config/src", "policy/src", "Cargo.lock"]
+                .iter()
+                .filter_map(|p| newest_mtime(&root().join(p)))
+                .max();
+            if let (Some(built), Some(source)) = (built, newest_source) {
+                if built >= source {
+                    return bin;
+                }
+            }
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let t = Instant::now();
+            let mut build = Command::new(cargo);
+            build.args(["build", "--quiet", "-p", "krites-control", "--bin", "control", "--manifest-path"]).arg(root().join("Cargo.toml"));
+            if profile_dir.ends_with("release") {
+                build.arg("--release");
+            }
+            let status = build
+                .env("CARGO_TARGET_DIR", profile_dir.parent().unwrap())
+                .stdin(Stdio::null())
+                .status();
+            match status {
+                Ok(s) if s.success() => eprintln!("control binary {} up to date in {:?}", bin.display(), t.elapsed()),
+                other => assert!(bin.is_file(), "building control failed ({other:?}) and there is no {}", bin.display()),
+            }
+            bin
+        })
+        .clone()
+}
+
+/// The newest modification time of a file, or of any file under a directory.
+fn newest_mtime(path: &Path) -> Option<std::time::SystemTime> {
+    let meta = std::fs::metadata(path).ok()?;
+    if !meta.is_dir() {
+        return meta.modified().ok();
+    }
+    std::fs::read_dir(path).ok()?.flatten().filter_map(|e| newest_mtime(&e.path())).max()
+}
+
 /// `control run` as a process, as the `krites-control` ServiceAccount.
 pub struct Control {
     child: std::cell::RefCell<Child>,
@@ -470,7 +527,7 @@ impl Control {
         let log = kube.work.path().join(format!("control-{n}.log"));
         let file = std::fs::File::create(&log).unwrap();
         let started = Instant::now();
-        let child = Command::new(env!("CARGO_BIN_EXE_control"))
+        let child = Command::new(control_binary())
             .args([
                 "run",
                 "--module-url=oci://registry.test/krites:1",
@@ -645,8 +702,15 @@ impl PluginWatch {
             }
         });
         let w = PluginWatch { child, seen };
-        // kubectl -w lists first: wait until that initial state is in.
-        std::thread::sleep(Duration::from_millis(400));
+        // kubectl -w lists first: wait until that initial state is in (one event per
+        // WasmPlugin there is; on a loaded machine kubectl can take seconds to list, and a
+        // write made before it lists would be missed).
+        let present = kube.get_json(&["wasmplugins.extensions.istio.io", "-n", MESH]).map_or(0, |v| v["items"].as_array().map_or(0, Vec::len));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while w.seen.lock().unwrap().len() < present && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(100));
         w
     }
 
@@ -664,5 +728,173 @@ impl Drop for PluginWatch {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// The admin's own API client (the `kube` crate, on its own Tokio runtime)
+/// for what `kubectl` is too slow for: thousands of objects created in
+/// parallel, and single changes timed from the API server's answer rather
+/// than from a kubectl process starting.
+pub struct Admin {
+    runtime: tokio::runtime::Runtime,
+    client: ::kube::Client,
+    resources: Mutex<BTreeMap<String, (::kube::discovery::ApiResource, bool)>>,
+}
+
+/// What [`Admin::create_all`] did.
+#[derive(Debug, Clone, Copy)]
+pub struct Created {
+    pub objects: usize,
+    /// Creates, status writes and retries.
+    pub requests: usize,
+    pub retries: usize,
+    pub took: Duration,
+}
+
+/// Answers worth another try: the API server or etcd shedding load, a
+/// connection dropped under it. Anything else is a bug in the test.
+fn transient(e: &::kube::Error) -> bool {
+    match e {
+        ::kube::Error::Api(s) => matches!(s.code, 429 | 500 | 502 | 503 | 504),
+        ::kube::Error::HyperError(_) | ::kube::Error::Service(_) => true,
+        _ => false,
+    }
+}
+
+impl Kube {
+    /// The admin (system:masters, the kubeconfig `kube-up.sh` wrote) as a
+    /// `kube::Client`.
+    pub fn admin(&self) -> Admin {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let client = runtime.block_on(async {
+            let kubeconfig = ::kube::config::Kubeconfig::read_from(&self.kubeconfig).unwrap();
+            let mut config = ::kube::Config::from_custom_kubeconfig(kubeconfig, &::kube::config::KubeConfigOptions::default()).await.unwrap();
+            config.read_timeout = Some(Duration::from_secs(60));
+            ::kube::Client::try_from(config).unwrap()
+        });
+        Admin { runtime, client, resources: Mutex::new(BTreeMap::new()) }
+    }
+}
+
+impl Admin {
+    /// The API resource of an object's apiVersion + kind (discovery, once per
+    /// kind) and whether it is namespaced.
+    async fn resource(&self, object: &Value) -> (::kube::discovery::ApiResource, bool) {
+        let api_version = object["apiVersion"].as_str().unwrap();
+        let kind = object["kind"].as_str().unwrap();
+        let key = format!("{api_version}/{kind}");
+        if let Some(r) = self.resources.lock().unwrap().get(&key) {
+            return r.clone();
+        }
+        let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+        let gvk = ::kube::api::GroupVersionKind::gvk(group, version, kind);
+        let (ar, caps) = ::kube::discovery::pinned_kind(&self.client, &gvk).await.unwrap_or_else(|e| panic!("discovery of {key}: {e}"));
+        let r = (ar, caps.scope == ::kube::discovery::Scope::Namespaced);
+        self.resources.lock().unwrap().insert(key, r.clone());
+        r
+    }
+
+    async fn api(&self, object: &Value) -> ::kube::Api<::kube::api::DynamicObject> {
+        let (ar, namespaced) = self.resource(object).await;
+        match object["metadata"]["namespace"].as_str() {
+            Some(ns) if namespaced => ::kube::Api::namespaced_with(self.client.clone(), ns, &ar),
+            _ => ::kube::Api::all_with(self.client.clone(), &ar),
+        }
+    }
+
+    /// Creates one object, then writes its `status` (if it has one) through
+    /// the status subresource, as a kubelet would for a pod. Transient
+    /// failures are retried (a create that did land answers 409 the second
+    /// time: that is success). Returns (requests, retries).
+    async fn create_one(&self, object: &Value) -> Result<(usize, usize), String> {
+        use ::kube::api::{Patch, PatchParams, PostParams};
+        let api = self.api(object).await;
+        let mut body = object.clone();
+        let status = body.as_object_mut().unwrap().remove("status");
+        let name = object["metadata"]["name"].as_str().unwrap().to_string();
+        let dynamic: ::kube::api::DynamicObject = serde_json::from_value(body).map_err(|e| format!("{name}: {e}"))?;
+        let (mut requests, mut retries) = (0, 0);
+        let mut delay = Duration::from_millis(100);
+        loop {
+            requests += 1;
+            match api.create(&PostParams::default(), &dynamic).await {
+                Ok(_) => break,
+                Err(::kube::Error::Api(s)) if s.code == 409 && retries > 0 => break,
+                Err(e) if transient(&e) && retries < 8 => {
+                    retries += 1;
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => return Err(format!("create {name}: {e}")),
+            }
+        }
+        if let Some(status) = status {
+            let patch = Patch::Merge(json!({"status": status}));
+            loop {
+                requests += 1;
+                match api.patch_status(&name, &PatchParams::default(), &patch).await {
+                    Ok(_) => break,
+                    Err(e) if transient(&e) && retries < 16 => {
+                        retries += 1;
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(2));
+                    }
+                    Err(e) => return Err(format!("status of {name}: {e}")),
+                }
+            }
+        }
+        Ok((requests, retries))
+    }
+
+    /// Creates `objects` with up to `in_flight` requests at a time:
+    /// Namespaces first, then ServiceAccounts and Tiers (what pods and
+    /// policies refer to), then the rest.
+    pub fn create_all(&self, objects: &[Value], in_flight: usize) -> Created {
+        use futures::StreamExt;
+        let t = Instant::now();
+        let phase = |o: &Value| match o["kind"].as_str() {
+            Some("Namespace") => 0,
+            Some("ServiceAccount" | "Tier") => 1,
+            _ => 2,
+        };
+        let (mut requests, mut retries) = (0, 0);
+        for p in 0..3 {
+            let batch: Vec<&Value> = objects.iter().filter(|o| phase(o) == p).collect();
+            let results: Vec<Result<(usize, usize), String>> = self
+                .runtime
+                .block_on(futures::stream::iter(batch).map(|o| self.create_one(o)).buffer_unordered(in_flight.max(1)).collect());
+            let failed: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+            assert!(failed.is_empty(), "{} of {} objects not created; first: {}", failed.len(), results.len(), failed[0]);
+            for (r, n) in results.into_iter().flatten() {
+                requests += r;
+                retries += n;
+            }
+        }
+        Created { objects: objects.len(), requests, retries, took: t.elapsed() }
+    }
+
+    /// Creates one object (and its status); returns when the API server has answered.
+    pub fn create(&self, object: &Value) {
+        self.runtime.block_on(self.create_one(object)).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// A JSON merge patch of `object`'s (apiVersion, kind, namespace, name).
+    pub fn merge_patch(&self, object: &Value, patch: &Value) {
+        let name = object["metadata"]["name"].as_str().unwrap();
+        self.runtime.block_on(async {
+            let api = self.api(object).await;
+            api.patch(name, &::kube::api::PatchParams::default(), &::kube::api::Patch::Merge(patch)).await
+        })
+        .unwrap_or_else(|e| panic!("patch {name}: {e}"));
+    }
+
+    /// Deletes `object` (no grace period: nothing runs it).
+    pub fn delete(&self, object: &Value) {
+        let name = object["metadata"]["name"].as_str().unwrap();
+        self.runtime.block_on(async {
+            let api = self.api(object).await;
+            api.delete(name, &::kube::api::DeleteParams::default().grace_period(0)).await
+        })
+        .unwrap_or_else(|e| panic!("delete {name}: {e}"));
     }
 }

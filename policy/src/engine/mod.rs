@@ -8,8 +8,16 @@
 //! identity clause) admits are walked, in order.
 
 mod decision;
+mod egress;
+#[cfg(test)]
+mod egress_tests;
 mod facts;
 mod index;
+mod staged;
+#[cfg(test)]
+mod staged_tests;
+#[cfg(test)]
+mod network_set_tests;
 #[cfg(test)]
 mod tests;
 
@@ -19,10 +27,12 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 pub use decision::{Decision, IdentityCheck, Reason, Verdict};
+pub use egress::{Destination, EgressConnectionVerdict, EgressDecision, EgressFacts, EgressPolicy, Resolved, Target};
 pub use facts::{Peer, RequestFacts};
+pub use staged::{StagedDifference, StagedWorkload};
 
 use crate::config::{Action, TierDefaultAction};
-use crate::model::{Group, PolicySet, Rule, SourceView, Universe};
+use crate::model::{Group, Policy, PolicySet, Rule, SourceView, Universe};
 use fixedbitset::FixedBitSet;
 use index::{position, Class, ClassLists, ClassListsBuilder, FreeIndex, Merge, Reading};
 use index::{ADDRESS_ALLOW, ADDRESS_PASS, ADDRESS_RESTRICT, CERTIFICATE_PASS, CERTIFICATE_RESTRICT, FREE};
@@ -60,6 +70,11 @@ pub struct WorkloadPolicy {
     /// Destination port sets of rules that name ports, resolved against this
     /// workload's container ports: (position, ports, notPorts), by position.
     resolved_ports: Vec<(u32, Option<PortSet>, Option<PortSet>)>,
+    /// Rules whose destination clauses network sets take part in, by
+    /// position: (position, the destination address must be in a set the
+    /// clauses match, as this workload's labels do not). A set `notSelector`
+    /// matches excludes its addresses either way.
+    destination_sets: Vec<(u32, bool)>,
     /// Positions (into `rules`) of rules without source identity clauses,
     /// narrowed by source address.
     free: FreeIndex,
@@ -81,7 +96,9 @@ pub struct WorkloadPolicy {
     /// Some Deny/Log/Pass rule has source identity clauses: a certificate from
     /// an unknown address then needs the two-reading walk (such rules take either factor).
     deny_by_identity: bool,
-    policies_selecting: usize,
+    /// Positions (into `set.policies`) of the policies that select the
+    /// workload, in evaluation order.
+    selecting: Vec<u32>,
     needs: Needs,
 }
 
@@ -102,13 +119,14 @@ impl WorkloadPolicy {
 
         let mut tiers: Vec<TierSlice> = Vec::new();
         let mut rules: Vec<u32> = Vec::new();
-        let mut policies_selecting = 0;
-        for policy in &set.policies {
+        let mut selecting = Vec::new();
+        let mut destination_sets = Vec::new();
+        for (index, policy) in set.policies.iter().enumerate() {
             let selects = policy.selects(&workload.namespace, &workload.service_account, &local.labels, universe);
             if !selects {
                 continue;
             }
-            policies_selecting += 1;
+            selecting.push(position(index));
             let Some(tier) = set.tiers.get(policy.tier) else { continue };
             if tiers.last().is_none_or(|t| t.name != tier.name) {
                 let at = position(rules.len());
@@ -116,8 +134,21 @@ impl WorkloadPolicy {
             }
             for index in policy.rules.clone() {
                 let Some(rule) = set.rules.get(index) else { continue };
-                // Settled now: protocol, and the destination identity (this workload).
-                if rule.matches_tcp && rule.destination.identity.matches(SourceView::Pod(&local), universe) {
+                // Settled now: protocol, and the destination identity (this
+                // workload), except where a network set may hold its address.
+                if !rule.matches_tcp {
+                    continue;
+                }
+                let destination = &rule.destination.identity;
+                if destination.matches(SourceView::Pod(&local), universe) {
+                    if destination.not_set_nets.is_some() {
+                        destination_sets.push((position(rules.len()), false));
+                    }
+                    rules.push(position(index));
+                } else if destination.set_nets.is_some()
+                    && !destination.not_selector.as_ref().is_some_and(|s| s.matches(&local.labels))
+                {
+                    destination_sets.push((position(rules.len()), true));
                     rules.push(position(index));
                 }
             }
@@ -139,7 +170,9 @@ impl WorkloadPolicy {
         let mut needs = Needs::default();
         for rule in rules.iter().filter_map(|&i| set.rules.get(i as usize)) {
             needs.source_port |= rule.source.ports.is_some() || rule.source.not_ports.is_some();
-            needs.destination_ip |= rule.destination.nets.is_some() || rule.destination.not_nets.is_some();
+            needs.destination_ip |= rule.destination.nets.is_some()
+                || rule.destination.not_nets.is_some()
+                || rule.destination.identity.depends_on_sets();
             needs.destination_port |= rule.destination.ports.is_some() || rule.destination.not_ports.is_some();
             needs.http |= rule.http.is_some();
         }
@@ -155,7 +188,10 @@ impl WorkloadPolicy {
         for (pos, &index) in (0u32..).zip(&rules) {
             let Some(rule) = set.rules.get(index as usize) else { continue };
             let identity = &rule.source.identity;
-            if identity.is_empty() {
+            // A rule that network sets take part in is listed with the free
+            // ones (narrowed by its own nets alike) and its clauses are
+            // evaluated for the address: no reading of the owner settles it.
+            if identity.is_empty() || identity.depends_on_sets() {
                 free.push((pos, rule.source.nets.as_ref()));
                 continue;
             }
@@ -180,12 +216,13 @@ impl WorkloadPolicy {
             tiers,
             rules,
             resolved_ports,
+            destination_sets,
             by_address: by_address.build(),
             unknown_reading,
             by_certificate: by_certificate.build(),
             restricting,
             deny_by_identity,
-            policies_selecting,
+            selecting,
             needs,
         }
     }
@@ -201,7 +238,19 @@ impl WorkloadPolicy {
 
     /// How many policies select this workload.
     pub fn policies_selecting(&self) -> usize {
-        self.policies_selecting
+        self.selecting.len()
+    }
+
+    /// The policies that select this workload, with their positions in
+    /// [`PolicySet::policies`] (what [`Rule::policy`] holds), in evaluation order.
+    pub fn selecting_policies(&self) -> impl Iterator<Item = (usize, &Policy)> + '_ {
+        self.selecting.iter().filter_map(|&i| self.set.policies.get(i as usize).map(|p| (i as usize, p)))
+    }
+
+    /// Names of the tiers whose policies select this workload, in evaluation
+    /// order: the only tiers a [`Decision::tier`] can name.
+    pub fn tier_names(&self) -> impl Iterator<Item = &str> + '_ {
+        self.tiers.iter().map(|t| t.name.as_str())
     }
 
     /// How many rules could decide a request to this workload.
@@ -297,6 +346,25 @@ impl WorkloadPolicy {
         }
     }
 
+    /// The destination clauses' network-set part for the rule at `pos` (the
+    /// rest was settled for this workload in `new`). An unknown destination
+    /// address fails a rule that grants and passes one that restricts.
+    fn destination_in_sets(&self, pos: u32, rule: &Rule, facts: &RequestFacts<'_>) -> bool {
+        let clause = &rule.destination.identity;
+        if !clause.depends_on_sets() {
+            return true;
+        }
+        let Ok(i) = self.destination_sets.binary_search_by_key(&pos, |&(p, _)| p) else {
+            return true;
+        };
+        let requires_set = self.destination_sets.get(i).is_some_and(|&(_, r)| r);
+        let Some(ip) = facts.destination_ip else {
+            return matches!(rule.action, Action::Deny | Action::Log);
+        };
+        let holds = |nets: &Option<crate::ranges::NetSet>| nets.as_ref().is_some_and(|n| n.contains(ip));
+        !holds(&clause.not_set_nets) && (!requires_set || holds(&clause.set_nets))
+    }
+
     /// Restricting and Pass rules the certificate's identity satisfies, judged
     /// by membership; for an identity the config does not know, every
     /// restricting and Pass identity rule, judged by evaluating its clauses.
@@ -340,14 +408,18 @@ impl WorkloadPolicy {
     /// id reads as an unknown source): passing can loosen (skip a later Deny
     /// of its tier) or tighten (skip a later Allow), so the walk takes the
     /// stricter outcome. A disagreement never loosens policy.
-    fn source_identity_matches(&self, rule: &Rule, identity: &IdentityCheck<'_, '_>) -> SourceMatch {
+    /// The address's reading includes the network sets that hold it; the
+    /// certificate's names a pod identity only, never a set.
+    fn source_identity_matches(&self, rule: &Rule, identity: &IdentityCheck<'_, '_>, facts: &RequestFacts<'_>) -> SourceMatch {
         let clause = &rule.source.identity;
         if clause.is_empty() {
             return SourceMatch::Yes;
         }
         let universe = &self.set.universe;
         let restricts = matches!(rule.action, Action::Deny | Action::Log);
-        let by_owner = |owner: Option<&Group>| clause.matches(owner.map_or(SourceView::Unknown, SourceView::Pod), universe);
+        let by_owner = |owner: Option<&Group>| {
+            clause.matches_at(owner.map_or(SourceView::Unknown, SourceView::Pod), facts.source_ip, universe)
+        };
         let by_cert = |id: &SpiffeId<'_>| {
             clause.matches(SourceView::Certified { namespace: id.namespace, service_account: id.service_account }, universe)
         };
@@ -412,8 +484,16 @@ impl WorkloadPolicy {
                 let Some(rule) = self.rules.get(pos as usize).and_then(|&i| self.set.rules.get(i as usize)) else {
                     continue;
                 };
-                let source = judged.unwrap_or_else(|| self.source_identity_matches(rule, &identity));
-                if source == SourceMatch::No || !rest_matches(rule, self.resolved_ports(pos, rule), facts, &mut path, http) {
+                let source = match judged {
+                    // Listed as free for the address to decide (see `new`).
+                    Some(_) if rule.source.identity.depends_on_sets() => self.source_identity_matches(rule, &identity, facts),
+                    Some(judged) => judged,
+                    None => self.source_identity_matches(rule, &identity, facts),
+                };
+                if source == SourceMatch::No
+                    || !rest_matches(rule, self.resolved_ports(pos, rule), facts, &mut path, http)
+                    || !self.destination_in_sets(pos, rule, facts)
+                {
                     continue;
                 }
                 match rule.action {

@@ -8,10 +8,11 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use super::identity::{IdentityMatch, NamespaceClause, ServiceAccountClause};
-use super::universe::{Group, Universe};
-use super::{EntityMatch, HttpMatch, PathMatch, Policy, PolicySet, Rule, Tier};
+use super::services::{Service, ServiceEndpoint, ServicePort, Services};
+use super::universe::{network_set_labels, Group, NetworkSet, Universe};
+use super::{EntityMatch, HttpMatch, PathMatch, Policy, PolicySet, Rule, ServiceMatch, StagedChange, Tier};
 use crate::config::{
-    Action, Digest, EntityRuleSpec, HttpMatchSpec, PluginConfig, PolicySpec, PolicyType, PortSpec, ProtocolSpec, RuleSpec,
+    Action, Digest, StagedAction, EntityRuleSpec, HttpMatchSpec, PluginConfig, PolicySpec, PolicyType, PortSpec, ProtocolSpec, RuleSpec,
     TierDefaultAction, CONFIG_VERSION,
 };
 use crate::json::{ErrorKind, ReadError};
@@ -119,58 +120,116 @@ impl PolicySet {
             }
         }
         let tiers = b.tiers(config);
-        let mut policies = Vec::new();
-        let mut rules = Vec::new();
-        let mut seen = BTreeSet::new();
-        for (i, spec) in config.policies.iter().enumerate() {
-            let object = if spec.name.is_empty() { format!("policies[{i}]") } else { policy_object(spec) };
-            if !spec.name.is_empty() && !seen.insert((spec.namespace.clone(), spec.name.clone())) {
-                b.error(&object, "metadata.name", "duplicate policy");
-                continue;
-            }
-            if let Some((policy, policy_rules)) = b.policy(spec, &object, &tiers) {
-                policies.push((policy, policy_rules));
-            }
-        }
+        let mut policies = b.policies(&config.policies, &tiers, false);
+        let mut staged = b.policies(&config.staged_policies, &tiers, true);
         let universe = b.universe(config);
+        let services = Arc::new(b.services(config, &universe));
         if !b.errors.is_empty() {
             return Err(ConfigErrors(b.errors));
         }
-
-        // Evaluation order: tier order, then policy order, then name, then namespace.
-        policies.sort_by(|(a, _), (b, _)| {
-            let ta = tiers.get(a.tier).map(|t| order_key(t.order)).unwrap_or(f64::INFINITY);
-            let tb = tiers.get(b.tier).map(|t| order_key(t.order)).unwrap_or(f64::INFINITY);
-            ta.total_cmp(&tb)
-                .then_with(|| tiers.get(a.tier).map(|t| &t.name).cmp(&tiers.get(b.tier).map(|t| &t.name)))
-                .then_with(|| order_key(a.order).total_cmp(&order_key(b.order)))
-                .then_with(|| a.name.cmp(&b.name))
-                .then_with(|| a.namespace.cmp(&b.namespace))
-        });
-        let mut sorted = Vec::with_capacity(policies.len());
-        for (index, (mut policy, policy_rules)) in policies.into_iter().enumerate() {
-            let start = rules.len();
-            for mut rule in policy_rules {
-                rule.policy = index;
-                rules.push(rule);
+        // Selectors match network sets by address: settled once the sets are known.
+        if !universe.network_sets().is_empty() {
+            for rule in policies.iter_mut().chain(staged.iter_mut()).flat_map(|(_, rules)| rules.iter_mut()) {
+                rule.source.identity.resolve_sets(&universe);
+                rule.destination.identity.resolve_sets(&universe);
             }
-            policy.rules = start..rules.len();
-            sorted.push(policy);
         }
-        Ok(PolicySet {
-            tiers,
-            policies: sorted,
-            rules,
-            universe: Arc::new(universe),
-            revision: Digest::revision(config),
-            producer_revision: config.revision.clone(),
-            scope: config.scope.clone(),
-        })
+        // `services` matches read the Services' endpoints.
+        for rule in policies.iter_mut().chain(staged.iter_mut()).flat_map(|(_, rules)| rules.iter_mut()) {
+            for entity in [&mut rule.source, &mut rule.destination] {
+                let Some(m) = entity.service.as_mut() else { continue };
+                if let Some(s) = services.by_name(&m.namespace, &m.name) {
+                    let mut endpoints: Vec<ServiceEndpoint> = s.ports.iter().flat_map(|p| p.endpoints.iter().copied()).collect();
+                    endpoints.sort_unstable();
+                    endpoints.dedup();
+                    m.endpoints = endpoints;
+                }
+            }
+            if let Some(m) = &rule.source.service {
+                let ips: Vec<String> = m.endpoints.iter().map(|e| e.ip.to_string()).collect();
+                // Addresses the Service validated; an empty Service matches nothing.
+                rule.source.identity.service_nets = NetSet::parse(ips.iter().map(String::as_str)).ok().filter(|_| !ips.is_empty());
+            }
+        }
+        let universe = Arc::new(universe);
+        let revision = Digest::revision(config);
+        let assemble = |policies: Vec<(Policy, Vec<Rule>)>, staged_view: Option<Arc<PolicySet>>, changes: Vec<StagedChange>| {
+            let (policies, rules) = in_evaluation_order(policies, &tiers);
+            PolicySet {
+                tiers: tiers.clone(),
+                policies,
+                rules,
+                universe: Arc::clone(&universe),
+                services: Arc::clone(&services),
+                revision: revision.clone(),
+                producer_revision: config.revision.clone(),
+                scope: config.scope.clone(),
+                staged_view,
+                staged_changes: changes,
+            }
+        };
+        let staged_view = (!staged.is_empty()).then(|| {
+            // The policies as they would be: each staged one replaces (Set)
+            // or removes (Delete) the policy of its name.
+            let changes: Vec<StagedChange> = staged
+                .iter()
+                .map(|(p, _)| StagedChange {
+                    id: p.id.clone(),
+                    name: p.name.clone(),
+                    namespace: p.namespace.clone(),
+                    kind: p.kind.clone(),
+                    action: p.staged.unwrap_or(StagedAction::Set),
+                })
+                .collect();
+            let named: BTreeSet<(Option<&str>, &str)> = changes.iter().map(|c| (c.namespace.as_deref(), c.name.as_str())).collect();
+            let mut view: Vec<(Policy, Vec<Rule>)> = policies
+                .iter()
+                .filter(|(p, _)| !named.contains(&(p.namespace.as_deref(), p.name.as_str())))
+                .cloned()
+                .collect();
+            view.extend(staged.into_iter().filter(|(p, _)| p.staged == Some(StagedAction::Set)));
+            Arc::new(assemble(view, None, changes))
+        });
+        Ok(assemble(policies, staged_view, Vec::new()))
     }
 }
 
-fn policy_object(spec: &PolicySpec) -> String {
-    let kind = spec.kind.as_deref().unwrap_or(if spec.namespace.is_some() { "NetworkPolicy" } else { "GlobalNetworkPolicy" });
+/// Sorts policies into evaluation order (tier order, then policy order,
+/// then name, then namespace) and lays their rules out in one list.
+fn in_evaluation_order(mut policies: Vec<(Policy, Vec<Rule>)>, tiers: &[Tier]) -> (Vec<Policy>, Vec<Rule>) {
+    policies.sort_by(|(a, _), (b, _)| {
+        let ta = tiers.get(a.tier).map(|t| order_key(t.order)).unwrap_or(f64::INFINITY);
+        let tb = tiers.get(b.tier).map(|t| order_key(t.order)).unwrap_or(f64::INFINITY);
+        ta.total_cmp(&tb)
+            .then_with(|| tiers.get(a.tier).map(|t| &t.name).cmp(&tiers.get(b.tier).map(|t| &t.name)))
+            .then_with(|| order_key(a.order).total_cmp(&order_key(b.order)))
+            .then_with(|| a.name.cmp(&b.name))
+            .then_with(|| a.namespace.cmp(&b.namespace))
+    });
+    let mut rules = Vec::new();
+    let mut sorted = Vec::with_capacity(policies.len());
+    for (index, (mut policy, policy_rules)) in policies.into_iter().enumerate() {
+        let start = rules.len();
+        let ingress = policy.rules.len();
+        for mut rule in policy_rules {
+            rule.policy = index;
+            rules.push(rule);
+        }
+        // `policy()` lists the ingress rules first, then the egress ones.
+        policy.rules = start..start + ingress;
+        policy.egress_rules = start + ingress..rules.len();
+        sorted.push(policy);
+    }
+    (sorted, rules)
+}
+
+fn policy_object(spec: &PolicySpec, staged: bool) -> String {
+    let kind = spec.kind.as_deref().unwrap_or(match (staged, spec.namespace.is_some()) {
+        (false, true) => "NetworkPolicy",
+        (false, false) => "GlobalNetworkPolicy",
+        (true, true) => "StagedNetworkPolicy",
+        (true, false) => "StagedGlobalNetworkPolicy",
+    });
     match &spec.namespace {
         Some(ns) => format!("{kind}/{ns}/{}", spec.name),
         None => format!("{kind}/{}", spec.name),
@@ -238,7 +297,7 @@ impl Builder {
             tiers.push(Tier { name: spec.name.clone(), order, default_action });
         }
         // Built-in tiers that policies use without declaring them.
-        for spec in &config.policies {
+        for spec in config.policies.iter().chain(&config.staged_policies) {
             let name = spec.tier.as_deref().unwrap_or("default");
             if !tiers.iter().any(|t| t.name == name) {
                 if let Some(t) = builtin_tier(name) {
@@ -247,6 +306,30 @@ impl Builder {
             }
         }
         tiers
+    }
+
+    /// The policies of one list (`staged`: the staged policies), each with
+    /// its rules; a policy with errors is left out (and reported).
+    fn policies(&mut self, specs: &[PolicySpec], tiers: &[Tier], staged: bool) -> Vec<(Policy, Vec<Rule>)> {
+        let mut policies = Vec::with_capacity(specs.len());
+        let mut seen = BTreeSet::new();
+        let list = if staged { "stagedPolicies" } else { "policies" };
+        for (i, spec) in specs.iter().enumerate() {
+            let object = if spec.name.is_empty() { format!("{list}[{i}]") } else { policy_object(spec, staged) };
+            if !spec.name.is_empty() && !seen.insert((spec.namespace.clone(), spec.name.clone())) {
+                self.error(&object, "metadata.name", if staged { "duplicate staged policy" } else { "duplicate policy" });
+                continue;
+            }
+            match (staged, spec.staged_action) {
+                (false, Some(_)) => self.error(&object, "spec.stagedAction", "only a staged policy has one"),
+                (true, None) => self.error(&object, "spec.stagedAction", "required for a staged policy (Set or Delete)"),
+                _ => {}
+            }
+            if let Some(policy) = self.policy(spec, &object, tiers) {
+                policies.push(policy);
+            }
+        }
+        policies
     }
 
     fn policy(&mut self, spec: &PolicySpec, object: &str, tiers: &[Tier]) -> Option<(Policy, Vec<Rule>)> {
@@ -275,20 +358,33 @@ impl Builder {
                 self.error(object, "spec.types", "duplicate policy type");
             }
         }
-        // An empty list is the same as an absent one (the config carries only ingress rules).
-        let applies_to_ingress =
-            spec.types.as_ref().is_none_or(|t| t.is_empty() || t.contains(&PolicyType::Ingress));
-        if spec.ingress.len() > MAX_RULES {
-            self.error(object, "spec.ingress", format!("at most {MAX_RULES} rules per policy"));
+        // Calico's defaulting when types is absent (or empty): Ingress, and
+        // Egress if there are egress rules; only Egress if there are only those.
+        let (applies_to_ingress, applies_to_egress) = match spec.types.as_deref() {
+            Some(types) if !types.is_empty() => (types.contains(&PolicyType::Ingress), types.contains(&PolicyType::Egress)),
+            _ => (!spec.ingress.is_empty() || spec.egress.is_empty(), !spec.egress.is_empty()),
+        };
+        for (name, list) in [("spec.ingress", &spec.ingress), ("spec.egress", &spec.egress)] {
+            if list.len() > MAX_RULES {
+                self.error(object, name, format!("at most {MAX_RULES} rules per policy"));
+            }
         }
 
         let id = match &spec.namespace {
             Some(ns) => format!("{tier_name}/{ns}/{}", spec.name),
             None => format!("{tier_name}/{}", spec.name),
         };
-        let mut rules = Vec::with_capacity(spec.ingress.len());
+        let mut rules = Vec::with_capacity(spec.ingress.len() + spec.egress.len());
         for (i, rule) in spec.ingress.iter().enumerate() {
             if let Some(r) = self.rule(rule, object, &format!("spec.ingress[{i}]"), &id, spec.namespace.as_deref()) {
+                rules.push(r);
+            }
+        }
+        let ingress = rules.len();
+        for (i, rule) in spec.egress.iter().enumerate() {
+            let field = format!("spec.egress[{i}]");
+            self.no_named_ports_in_egress(rule, object, &field);
+            if let Some(r) = self.rule(rule, object, &field, &id, spec.namespace.as_deref()) {
                 rules.push(r);
             }
         }
@@ -306,7 +402,11 @@ impl Builder {
             namespace_selector,
             service_account_selector,
             applies_to_ingress,
-            rules: 0..0,
+            applies_to_egress,
+            staged: spec.staged_action,
+            // Placeholders until the set is sorted: only the ingress count matters here.
+            rules: 0..ingress,
+            egress_rules: 0..0,
         };
         Some((policy, rules))
     }
@@ -352,6 +452,29 @@ impl Builder {
             destination: destination?,
             http,
         })
+    }
+
+    /// A named port resolves against a pod's container ports. On egress the
+    /// destination is a remote pod, whose ports the config does not carry,
+    /// and the source is this workload's own ephemeral port: rejected rather
+    /// than read as matching nothing (in `notPorts` that would match more).
+    fn no_named_ports_in_egress(&mut self, rule: &RuleSpec, object: &str, field: &str) {
+        for (side, entity) in [("source", &rule.source), ("destination", &rule.destination)] {
+            let Some(entity) = entity else { continue };
+            for (name, ports) in [("ports", &entity.ports), ("notPorts", &entity.not_ports)] {
+                for (i, p) in ports.iter().enumerate() {
+                    if let PortSpec::Text(t) = p {
+                        if is_port_name(t) {
+                            self.error(
+                                object,
+                                format!("{field}.{side}.{name}[{i}]"),
+                                format!("named port {t:?}: egress rules need port numbers (Krites does not know remote pods' container ports)"),
+                            );
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// Calico: ICMP fields need protocol ICMP/ICMPv6, a code needs a type, and
@@ -434,9 +557,7 @@ impl Builder {
             return Some(EntityMatch::any());
         };
         let before = self.errors.len();
-        if spec.services.is_some() {
-            self.error(object, format!("{field}.services"), "service matches are not supported by Krites; use selector or serviceAccounts");
-        }
+        let service = spec.services.as_ref().and_then(|s| self.service_match(s, spec, object, field, policy_ns));
         let nets = self.nets(&spec.nets, object, &format!("{field}.nets"));
         let not_nets = self.nets(&spec.not_nets, object, &format!("{field}.notNets"));
         let source = field.ends_with(".source");
@@ -468,6 +589,7 @@ impl Builder {
         }
         let has_identity = selector.is_some() || not_selector.is_some() || service_accounts.is_some();
         let namespace = match (namespace_selector, policy_ns) {
+            (Some(Selector::Global), _) => NamespaceClause::Global,
             (Some(s), _) => NamespaceClause::Selector(never_global(s)),
             // A namespaced policy's identity clauses stay in its namespace.
             (None, Some(ns)) if has_identity => NamespaceClause::Equals(ns.to_string()),
@@ -480,8 +602,79 @@ impl Builder {
             not_ports,
             port_names,
             not_port_names,
-            identity: IdentityMatch { selector, not_selector, namespace, service_accounts },
+            identity: IdentityMatch {
+                // A source Service is matched by its endpoints' addresses only.
+                selector: if service.is_some() && source { Some(Selector::Not(Box::new(Selector::All))) } else { selector },
+                not_selector,
+                namespace,
+                service_accounts,
+                set_nets: None,
+                not_set_nets: None,
+                service_nets: None,
+            },
+            service,
         })
+    }
+
+    /// `services: {name, namespace}`, as Calico validates it: a destination
+    /// of an egress rule, alone in its entity rule; the namespace defaults
+    /// to a namespaced policy's own.
+    fn service_match(
+        &mut self,
+        value: &crate::json::Json,
+        spec: &EntityRuleSpec,
+        object: &str,
+        field: &str,
+        policy_ns: Option<&str>,
+    ) -> Option<ServiceMatch> {
+        let f = format!("{field}.services");
+        if field.starts_with("spec.ingress") && field.ends_with(".destination") {
+            self.error(object, f, "a destination Service match is only valid on egress rules");
+            return None;
+        }
+        let others = [
+            ("selector", spec.selector.is_some()),
+            ("notSelector", spec.not_selector.is_some()),
+            ("namespaceSelector", spec.namespace_selector.is_some()),
+            ("nets", !spec.nets.is_empty()),
+            ("notNets", !spec.not_nets.is_empty()),
+            ("serviceAccounts", spec.service_accounts.is_some()),
+            ("ports", !spec.ports.is_empty()),
+            ("notPorts", !spec.not_ports.is_empty()),
+        ];
+        for (name, present) in others {
+            if present {
+                self.error(object, format!("{field}.{name}"), "cannot be combined with services (the Service's endpoints and ports decide)");
+            }
+        }
+        let text = |key: &str| match value.get(key) {
+            None => Ok(None),
+            Some(crate::json::Json::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(()),
+        };
+        let (Ok(name), Ok(namespace)) = (text("name"), text("namespace")) else {
+            self.error(object, f, "must be an object with string fields name and namespace");
+            return None;
+        };
+        if let crate::json::Json::Object(members) = value {
+            for (key, _) in members {
+                if key != "name" && key != "namespace" {
+                    self.error(object, format!("{f}.{key}"), "unknown field (expected name, namespace)");
+                }
+            }
+        } else {
+            self.error(object, f, "must be an object with string fields name and namespace");
+            return None;
+        }
+        let Some(name) = name.filter(|n| !n.is_empty()) else {
+            self.error(object, format!("{f}.name"), "required");
+            return None;
+        };
+        let Some(namespace) = namespace.filter(|n| !n.is_empty()).or(policy_ns.map(str::to_string)) else {
+            self.error(object, format!("{f}.namespace"), "required in a global policy");
+            return None;
+        };
+        Some(ServiceMatch { namespace, name, endpoints: Vec::new() })
     }
 
     fn nets(&mut self, nets: &[String], object: &str, field: &str) -> Option<NetSet> {
@@ -626,12 +819,125 @@ impl Builder {
                 }
             }
         }
-        Universe::new(groups, by_ip, namespaces, service_accounts)
+        let network_sets = self.network_sets(config);
+        Universe::new(groups, by_ip, namespaces, service_accounts, network_sets)
+    }
+
+    fn services(&mut self, config: &PluginConfig, universe: &Universe) -> Services {
+        let mut list = Vec::new();
+        let mut seen = BTreeSet::new();
+        let mut cluster_ips: HashMap<IpAddr, String> = HashMap::new();
+        for (i, spec) in config.services.iter().enumerate() {
+            let object = match (spec.namespace.is_empty(), spec.name.is_empty()) {
+                (false, false) => format!("Service/{}/{}", spec.namespace, spec.name),
+                _ => format!("services[{i}]"),
+            };
+            let before = self.errors.len();
+            if spec.namespace.is_empty() {
+                self.error(&object, "metadata.namespace", "must not be empty");
+            }
+            if spec.name.is_empty() {
+                self.error(&object, "metadata.name", "must not be empty");
+            }
+            if !spec.name.is_empty() && !seen.insert((spec.namespace.clone(), spec.name.clone())) {
+                self.error(&object, "metadata.name", "duplicate service");
+            }
+            let mut ips = Vec::with_capacity(spec.cluster_ips.len());
+            for (j, text) in spec.cluster_ips.iter().enumerate() {
+                let Ok(ip) = text.parse::<IpAddr>().map(|ip| ip.to_canonical()) else {
+                    self.error(&object, format!("spec.clusterIPs[{j}]"), format!("{text:?} is not an IP address"));
+                    continue;
+                };
+                match cluster_ips.insert(ip, object.clone()) {
+                    Some(other) if other != object => {
+                        self.error(&object, format!("spec.clusterIPs[{j}]"), format!("{ip} is already the ClusterIP of {other}"))
+                    }
+                    _ => ips.push(ip),
+                }
+            }
+            let mut ports: Vec<ServicePort> = Vec::with_capacity(spec.ports.len());
+            for (j, port) in spec.ports.iter().enumerate() {
+                let field = format!("spec.ports[{j}]");
+                if port.port == 0 {
+                    self.error(&object, format!("{field}.port"), "0 is not a port number (1-65535)");
+                }
+                if ports.iter().any(|p| p.port == port.port) {
+                    self.error(&object, format!("{field}.port"), format!("duplicate port {}", port.port));
+                }
+                let mut endpoints = Vec::new();
+                for (k, group) in port.endpoints.iter().enumerate() {
+                    if group.port == 0 {
+                        self.error(&object, format!("{field}.endpoints[{k}].port"), "0 is not a port number (1-65535)");
+                    }
+                    for (l, text) in group.ips.iter().enumerate() {
+                        match text.parse::<IpAddr>() {
+                            Ok(ip) => endpoints.push(ServiceEndpoint { ip: ip.to_canonical(), port: group.port }),
+                            Err(_) => self.error(
+                                &object,
+                                format!("{field}.endpoints[{k}].ips[{l}]"),
+                                format!("{text:?} is not an IP address"),
+                            ),
+                        }
+                    }
+                }
+                endpoints.sort_unstable();
+                endpoints.dedup();
+                let mut seen = BTreeSet::new();
+                let representatives =
+                    endpoints.iter().filter(|e| seen.insert((universe.owner_of(e.ip), e.port))).copied().collect();
+                ports.push(ServicePort { port: port.port, endpoints, representatives });
+            }
+            if self.errors.len() == before {
+                list.push(Service { namespace: spec.namespace.clone(), name: spec.name.clone(), cluster_ips: ips, ports });
+            }
+        }
+        Services::new(list)
+    }
+
+    fn network_sets(&mut self, config: &PluginConfig) -> Vec<NetworkSet> {
+        let mut sets = Vec::new();
+        let mut seen = BTreeSet::new();
+        for (i, spec) in config.network_sets.iter().enumerate() {
+            let object = match &spec.namespace {
+                _ if spec.name.is_empty() => format!("networkSets[{i}]"),
+                Some(ns) => format!("NetworkSet/{ns}/{}", spec.name),
+                None => format!("GlobalNetworkSet/{}", spec.name),
+            };
+            let before = self.errors.len();
+            if spec.name.is_empty() {
+                self.error(&object, "metadata.name", "must not be empty");
+            }
+            if spec.namespace.as_deref() == Some("") {
+                self.error(&object, "metadata.namespace", "must not be empty (omit it for a GlobalNetworkSet)");
+            }
+            if !spec.name.is_empty() && !seen.insert((spec.namespace.clone(), spec.name.clone())) {
+                self.error(&object, "metadata.name", "duplicate network set");
+            }
+            let nets = match NetSet::parse(spec.nets.iter().map(String::as_str)) {
+                Ok(nets) => nets,
+                Err((j, problem)) => {
+                    self.error(&object, format!("spec.nets[{j}]"), problem);
+                    continue;
+                }
+            };
+            if self.errors.len() > before {
+                continue;
+            }
+            sets.push(NetworkSet {
+                name: spec.name.clone(),
+                namespace: spec.namespace.clone(),
+                labels: network_set_labels(spec.namespace.as_deref(), &spec.labels),
+                cidrs: spec.nets.clone(),
+                nets,
+            });
+        }
+        sets
     }
 }
 
-/// In a namespaceSelector, `global()` names non-namespaced entities; Krites
-/// knows only pods, so it can never match (`!all()`).
+/// In a namespaceSelector, `global()` names non-namespaced entities, never a
+/// pod's namespace. Alone it becomes [`NamespaceClause::Global`] and combined
+/// it is rejected; this keeps any other use from matching a pod (`!all()`).
 fn never_global(sel: Selector) -> Selector {
     match sel {
         Selector::Global => Selector::Not(Box::new(Selector::All)),

@@ -2,10 +2,12 @@
 //! namespaceSelector and serviceAccounts, and who it is evaluated against.
 
 use std::collections::BTreeSet;
+use std::net::IpAddr;
 
 use fixedbitset::FixedBitSet;
 
-use super::universe::{CertifiedLabels, Group, Universe};
+use super::universe::{CertifiedLabels, Group, NetworkSet, Universe};
+use crate::ranges::NetSet;
 use crate::selector::{Labels, Selector};
 
 /// Which namespaces an entity rule admits.
@@ -13,10 +15,11 @@ use crate::selector::{Labels, Selector};
 pub enum NamespaceClause {
     /// GlobalNetworkPolicy without namespaceSelector: any namespace.
     Any,
-    /// An explicit namespaceSelector over namespace labels. `global()` inside it
-    /// was rewritten to "never": it names non-namespaced entities, and every
-    /// entity Krites knows is a pod.
+    /// An explicit namespaceSelector over namespace labels.
     Selector(Selector),
+    /// `namespaceSelector: global()`: non-namespaced entities only, which
+    /// among those Krites knows are the GlobalNetworkSets (never a pod).
+    Global,
     /// NetworkPolicy without namespaceSelector: the policy's own namespace.
     Equals(String),
 }
@@ -34,6 +37,20 @@ pub struct IdentityMatch {
     pub not_selector: Option<Selector>,
     pub namespace: NamespaceClause,
     pub service_accounts: Option<ServiceAccountClause>,
+    /// The nets of the network sets the positive clauses (selector,
+    /// namespace) match: Calico compiles a selector to the IP set of the
+    /// matching pods *and* network sets, so an address in here satisfies
+    /// them whoever owns it. `None`: no network set matches (or the clauses
+    /// are absent). Filled when the policy set is built.
+    pub set_nets: Option<NetSet>,
+    /// The nets of the network sets `notSelector` matches: an address in
+    /// here fails the clause, whoever owns it.
+    pub not_set_nets: Option<NetSet>,
+    /// A source `services` match: the addresses of the Service's endpoints
+    /// (Calico's IP set of them). The clause's selector then matches no
+    /// labels, so only the address satisfies it, and a certificate alone
+    /// never does. Filled when the policy set is built.
+    pub service_nets: Option<NetSet>,
 }
 
 /// Who the source is, as one factor sees it.
@@ -49,7 +66,92 @@ pub enum SourceView<'a> {
 
 impl IdentityMatch {
     pub fn any() -> IdentityMatch {
-        IdentityMatch { selector: None, not_selector: None, namespace: NamespaceClause::Any, service_accounts: None }
+        IdentityMatch {
+            selector: None,
+            not_selector: None,
+            namespace: NamespaceClause::Any,
+            service_accounts: None,
+            set_nets: None,
+            not_set_nets: None,
+            service_nets: None,
+        }
+    }
+
+    /// Some network set's nets take part: whether the clauses hold depends on
+    /// the address itself, not only on who owns it.
+    pub fn depends_on_sets(&self) -> bool {
+        self.set_nets.is_some() || self.not_set_nets.is_some() || self.service_nets.is_some()
+    }
+
+    /// Are there positive clauses (which an address must satisfy by its owner
+    /// or by a network set)? Without them only `notSelector` constrains.
+    pub fn has_positive_clauses(&self) -> bool {
+        self.selector.is_some() || self.namespace != NamespaceClause::Any || self.service_accounts.is_some()
+    }
+
+    /// Do the positive clauses match `set`? As in Calico: the selector sees the
+    /// set's labels (a NetworkSet's include `projectcalico.org/namespace`), the
+    /// namespace clause its namespace (`global()` only a GlobalNetworkSet), and
+    /// `serviceAccounts` never matches a set, which has no service account.
+    pub fn positive_matches_set(&self, set: &NetworkSet, universe: &Universe) -> bool {
+        self.has_positive_clauses()
+            && self.service_accounts.is_none()
+            && self.selector.as_ref().is_none_or(|s| s.matches(&set.labels))
+            && match (&self.namespace, set.namespace.as_deref()) {
+                (NamespaceClause::Any, _) => true,
+                (NamespaceClause::Global, ns) => ns.is_none(),
+                (NamespaceClause::Equals(want), ns) => ns == Some(want.as_str()),
+                (NamespaceClause::Selector(s), Some(ns)) => s.matches(&universe.namespace_labels(ns)),
+                (NamespaceClause::Selector(_), None) => false,
+            }
+    }
+
+    /// Does `notSelector` match `set`? Calico does not namespace it.
+    pub fn negative_matches_set(&self, set: &NetworkSet) -> bool {
+        self.not_selector.as_ref().is_some_and(|s| s.matches(&set.labels))
+    }
+
+    /// Fills [`Self::set_nets`] and [`Self::not_set_nets`] from the universe's network sets.
+    pub(crate) fn resolve_sets(&mut self, universe: &Universe) {
+        let sets = universe.network_sets();
+        if sets.is_empty() {
+            return;
+        }
+        let union = |keep: &dyn Fn(&NetworkSet) -> bool| {
+            let matching: Vec<&NetworkSet> = sets.iter().filter(|s| keep(s)).collect();
+            if matching.is_empty() {
+                return None;
+            }
+            // Validated when the universe was built.
+            NetSet::parse(matching.iter().flat_map(|s| s.cidrs.iter().map(String::as_str))).ok()
+        };
+        self.set_nets = union(&|s| self.positive_matches_set(s, universe));
+        self.not_set_nets = union(&|s| self.negative_matches_set(s));
+    }
+
+    /// [`Self::matches`] for the reading of a source *address* `ip` (owned
+    /// by the pod of `view`, or by no pod): the clauses hold if the owner
+    /// satisfies them or a matching network set holds the address, and fail
+    /// if a set `notSelector` matches holds it (Calico's IP sets are the
+    /// union of both). A certificate's reading has no address: pass `None`.
+    pub fn matches_at(&self, view: SourceView<'_>, ip: Option<IpAddr>, universe: &Universe) -> bool {
+        if !self.depends_on_sets() {
+            return self.matches(view, universe);
+        }
+        let holds = |nets: &Option<NetSet>| ip.is_some_and(|ip| nets.as_ref().is_some_and(|n| n.contains(ip)));
+        if holds(&self.not_set_nets) {
+            return false;
+        }
+        if !holds(&self.set_nets) && !holds(&self.service_nets) {
+            return self.matches(view, universe);
+        }
+        // In a matching set: only the owner's own labels can still exclude it.
+        let excluded = |labels: &dyn Labels| self.not_selector.as_ref().is_some_and(|s| s.matches(labels));
+        match view {
+            SourceView::Unknown => true,
+            SourceView::Pod(g) => !excluded(&g.labels),
+            SourceView::Certified { namespace, service_account } => !excluded(&CertifiedLabels { namespace, service_account }),
+        }
     }
 
     /// No identity constraint at all: the rule matches any source identity.
@@ -61,7 +163,8 @@ impl IdentityMatch {
     }
 
     /// Calico's selectors compile to IP sets of known endpoints, so an unknown
-    /// address satisfies no positive clause and every negative one.
+    /// address satisfies no positive clause and every negative one (network
+    /// sets aside: [`Self::matches_at`] reads the address itself).
     pub fn matches_unknown(&self) -> bool {
         self.selector.is_none() && self.namespace == NamespaceClause::Any && self.service_accounts.is_none()
     }
@@ -90,6 +193,7 @@ impl IdentityMatch {
             NamespaceClause::Any => true,
             NamespaceClause::Equals(ns) => ns == namespace,
             NamespaceClause::Selector(s) => s.matches(&universe.namespace_labels(namespace)),
+            NamespaceClause::Global => false,
         }
     }
 

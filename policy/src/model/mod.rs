@@ -6,6 +6,7 @@
 mod build;
 mod referenced;
 pub mod identity;
+pub mod services;
 pub mod universe;
 
 use std::ops::Range;
@@ -13,9 +14,10 @@ use std::sync::Arc;
 
 pub use build::{ConfigError, ConfigErrors};
 pub use identity::{IdentityMatch, NamespaceClause, ServiceAccountClause, SourceView};
-pub use universe::{Group, Universe};
+pub use services::{Service, ServiceEndpoint, ServicePort, Services};
+pub use universe::{Group, NetworkSet, Universe};
 
-use crate::config::{Action, TierDefaultAction};
+use crate::config::{Action, StagedAction, TierDefaultAction};
 use crate::ranges::{NetSet, PortSet};
 use crate::selector::Selector;
 
@@ -27,9 +29,27 @@ pub struct PolicySet {
     pub(crate) policies: Vec<Policy>,
     pub(crate) rules: Vec<Rule>,
     pub(crate) universe: Arc<Universe>,
+    pub(crate) services: Arc<Services>,
     pub(crate) revision: String,
     pub(crate) producer_revision: Option<String>,
     pub(crate) scope: Option<Vec<String>>,
+    /// The policies with every staged change applied (`None`: nothing is
+    /// staged). Shares the endpoint table and the Services.
+    pub(crate) staged_view: Option<Arc<PolicySet>>,
+    /// In a staged view: the staged policies, in config order.
+    pub(crate) staged_changes: Vec<StagedChange>,
+}
+
+/// One staged policy: what it would do to the policy of its name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StagedChange {
+    /// The policy id it sets or deletes (`tier/[namespace/]name`).
+    pub id: String,
+    pub name: String,
+    pub namespace: Option<String>,
+    /// e.g. `StagedNetworkPolicy`, `StagedKubernetesNetworkPolicy`.
+    pub kind: Option<String>,
+    pub action: StagedAction,
 }
 
 impl PolicySet {
@@ -63,6 +83,20 @@ impl PolicySet {
     pub fn universe(&self) -> &Universe {
         &self.universe
     }
+
+    pub fn services(&self) -> &Services {
+        &self.services
+    }
+
+    /// The policy set as it would be with the staged policies applied.
+    pub fn staged_view(&self) -> Option<&Arc<PolicySet>> {
+        self.staged_view.as_ref()
+    }
+
+    /// In a staged view, the staged policies (empty elsewhere).
+    pub fn staged_changes(&self) -> &[StagedChange] {
+        &self.staged_changes
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -85,16 +119,30 @@ pub struct Policy {
     pub namespace_selector: Option<Selector>,
     pub service_account_selector: Option<Selector>,
     pub applies_to_ingress: bool,
-    /// Indexes into [`PolicySet::rules`].
+    pub applies_to_egress: bool,
+    /// A staged policy of a staged view (what it would do), else `None`.
+    pub staged: Option<StagedAction>,
+    /// Ingress rules: indexes into [`PolicySet::rules`].
     pub rules: Range<usize>,
+    /// Egress rules, likewise.
+    pub egress_rules: Range<usize>,
 }
 
 impl Policy {
     /// Does this policy apply to the ingress of a workload with these
     /// (namespace, service account, pod labels incl. Calico's special ones)?
     pub fn selects(&self, namespace: &str, service_account: &str, pod_labels: &dyn crate::selector::Labels, universe: &Universe) -> bool {
-        self.applies_to_ingress
-            && self.namespace.as_deref().is_none_or(|ns| ns == namespace)
+        self.applies_to_ingress && self.selects_workload(namespace, service_account, pod_labels, universe)
+    }
+
+    /// Does this policy apply to the egress of such a workload?
+    pub fn selects_egress(&self, namespace: &str, service_account: &str, pod_labels: &dyn crate::selector::Labels, universe: &Universe) -> bool {
+        self.applies_to_egress && self.selects_workload(namespace, service_account, pod_labels, universe)
+    }
+
+    /// Does the policy's selection (either direction) include such a workload?
+    pub fn selects_workload(&self, namespace: &str, service_account: &str, pod_labels: &dyn crate::selector::Labels, universe: &Universe) -> bool {
+        self.namespace.as_deref().is_none_or(|ns| ns == namespace)
             && self.selector.matches(pod_labels)
             && self.namespace_selector.as_ref().is_none_or(|s| s.matches(&universe.namespace_labels(namespace)))
             && self
@@ -106,7 +154,8 @@ impl Policy {
 
 #[derive(Debug, Clone)]
 pub struct Rule {
-    /// `<policy id>/ingress[<n>]`: what decisions, logs and stats name.
+    /// `<policy id>/ingress[<n>]` or `<policy id>/egress[<n>]`: what
+    /// decisions, logs and stats name.
     pub id: String,
     pub policy: usize,
     pub action: Action,
@@ -132,6 +181,27 @@ pub struct EntityMatch {
     pub port_names: Vec<String>,
     pub not_port_names: Vec<String>,
     pub identity: IdentityMatch,
+    /// Calico's `services` (egress destinations): the Service's endpoints.
+    pub service: Option<ServiceMatch>,
+}
+
+/// A rule's `services: {name, namespace}`: traffic to the Service's
+/// endpoints, each on the port it serves (Calico's IP-and-port set; the
+/// ClusterIP itself never reaches Calico's policy, nor an egress rule here,
+/// which reads every endpoint behind it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceMatch {
+    pub namespace: String,
+    pub name: String,
+    /// Filled when the policy set is built; sorted. Empty: the config has no
+    /// such Service (or it has no endpoints), so nothing matches.
+    pub endpoints: Vec<ServiceEndpoint>,
+}
+
+impl ServiceMatch {
+    pub fn holds(&self, ip: std::net::IpAddr, port: u16) -> bool {
+        self.endpoints.binary_search(&ServiceEndpoint { ip: ip.to_canonical(), port }).is_ok()
+    }
 }
 
 impl EntityMatch {
@@ -144,6 +214,7 @@ impl EntityMatch {
             port_names: Vec::new(),
             not_port_names: Vec::new(),
             identity: IdentityMatch::any(),
+            service: None,
         }
     }
 

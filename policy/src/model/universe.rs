@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use fixedbitset::FixedBitSet;
 
+use crate::ranges::NetSet;
 use crate::selector::{Labels, Selector};
 
 /// Labels Calico adds to every workload endpoint, namespace and service account.
@@ -46,6 +47,40 @@ pub fn pod_labels(namespace: &str, service_account: &str, labels: &BTreeMap<Stri
     all.insert(special::NAMESPACE.to_string(), namespace.to_string());
     all.insert(special::SERVICE_ACCOUNT.to_string(), service_account.to_string());
     all.entry(special::ORCHESTRATOR.to_string()).or_insert_with(|| special::K8S.to_string());
+    all
+}
+
+/// A Calico GlobalNetworkSet (no namespace) or NetworkSet: addresses that
+/// rule selectors match by these labels. Not a pod: no service account, and
+/// no certificate ever names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkSet {
+    pub name: String,
+    pub namespace: Option<String>,
+    /// The set's labels as selectors see them: a NetworkSet's carry
+    /// `projectcalico.org/namespace`, as a pod's do.
+    pub labels: BTreeMap<String, String>,
+    /// As configured (validated), for unions with other sets.
+    pub cidrs: Vec<String>,
+    pub nets: NetSet,
+}
+
+impl NetworkSet {
+    /// `GlobalNetworkSet/name` or `NetworkSet/namespace/name`.
+    pub fn object(&self) -> String {
+        match &self.namespace {
+            Some(ns) => format!("NetworkSet/{ns}/{}", self.name),
+            None => format!("GlobalNetworkSet/{}", self.name),
+        }
+    }
+}
+
+/// A network set's labels as Calico's selectors see them.
+pub fn network_set_labels(namespace: Option<&str>, labels: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    let mut all = labels.clone();
+    if let Some(ns) = namespace {
+        all.insert(special::NAMESPACE.to_string(), ns.to_string());
+    }
     all
 }
 
@@ -105,6 +140,8 @@ pub struct Universe {
     certified: Option<Box<Universe>>,
     /// namespace -> service account -> pseudo-group in `certified`.
     certified_ids: HashMap<String, HashMap<String, u32>>,
+    /// GlobalNetworkSets and NetworkSets, in config order.
+    network_sets: Vec<NetworkSet>,
 }
 
 impl Universe {
@@ -113,6 +150,7 @@ impl Universe {
         by_ip: HashMap<IpAddr, u32>,
         namespaces: HashMap<String, BTreeMap<String, String>>,
         service_accounts: HashMap<String, HashMap<String, BTreeMap<String, String>>>,
+        network_sets: Vec<NetworkSet>,
     ) -> Universe {
         // Every (namespace, service account) a pod runs as or the config names.
         let mut identities: Vec<(String, String)> =
@@ -135,6 +173,7 @@ impl Universe {
         let mut universe = Universe::without_certified(groups, by_ip, namespaces, service_accounts);
         universe.certified = Some(Box::new(certified));
         universe.certified_ids = certified_ids;
+        universe.network_sets = network_sets;
         universe
     }
 
@@ -161,6 +200,7 @@ impl Universe {
             groups_by_service_account,
             certified: None,
             certified_ids: HashMap::new(),
+            network_sets: Vec::new(),
         }
     }
 
@@ -176,6 +216,15 @@ impl Universe {
 
     pub fn group(&self, id: u32) -> Option<&Group> {
         self.groups.get(id as usize)
+    }
+
+    pub fn network_sets(&self) -> &[NetworkSet] {
+        &self.network_sets
+    }
+
+    /// The network sets whose nets hold `ip`.
+    pub fn network_sets_holding(&self, ip: IpAddr) -> impl Iterator<Item = &NetworkSet> {
+        self.network_sets.iter().filter(move |s| s.nets.contains(ip))
     }
 
     pub fn group_count(&self) -> usize {

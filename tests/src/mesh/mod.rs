@@ -16,12 +16,12 @@
 //! to nothing else, and Envoy's admin listens on the pod's 127.0.0.1.
 
 pub mod iptables;
-pub mod istiod;
+pub use crate::istiod;
 pub mod netns;
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::thread::sleep;
@@ -148,6 +148,10 @@ res["reply"] = buf.decode("latin-1")
 print(json.dumps(res))
 "#;
 
+/// The Services' ClusterIP range (kube-apiserver's `--service-cluster-ip-range`). The
+/// addresses exist only as routes inside the pods, on their own bridge.
+pub const SERVICE_CIDR: &str = "10.96.0.0/16";
+
 /// A PKI, a bridge and a working directory: the cluster the pods join.
 pub struct Mesh {
     pki: Pki,
@@ -182,6 +186,9 @@ pub struct PodSpec {
     pub sidecar: bool,
     /// The WasmPlugin's `pluginConfig`, as written (istiod's transform is applied).
     pub plugin_config: String,
+    /// Krites' NETWORK filter also on `virtualOutbound`'s catch-all chain (PassthroughCluster),
+    /// where Istio puts no WasmPlugin (see [`istiod::Authorization::krites_passthrough`]).
+    pub krites_passthrough: bool,
 }
 
 impl PodSpec {
@@ -203,6 +210,7 @@ impl PodSpec {
             outbound: Vec::new(),
             sidecar: true,
             plugin_config: String::new(),
+            krites_passthrough: false,
         }
     }
 }
@@ -250,6 +258,9 @@ impl Mesh {
     /// for the policy's endpoints before any sidecar starts). [`Mesh::start`] finishes it.
     pub fn add_pod(&self, spec: PodSpec) -> Result<MeshPod> {
         let pod = self.net.add_pod(&spec.name)?;
+        // Service ClusterIPs: connect() needs a route before the nat OUTPUT chain can
+        // redirect to the sidecar; on-link via eth0, so nothing leaves the bridge.
+        pod.run(&["ip", "route", "add", SERVICE_CIDR, "dev", "eth0"])?;
         let dir = self.dir.path().join(&spec.name);
         fs::create_dir_all(dir.join("ecds"))?;
         let identity = self
@@ -272,11 +283,7 @@ impl Mesh {
             return Ok(());
         }
         iptables::Capture::default().apply(&p.pod)?;
-        let files = istiod::ProxyFiles {
-            ecds: p.dir.join("ecds").join("krites.json"),
-            ecds_dir: p.dir.join("ecds"),
-            access_log: p.dir.join("access.log"),
-        };
+        let files = istiod::ProxyFiles::under(&p.dir);
         let proxy = istiod::Proxy {
             pod_name: p.spec.name.clone(),
             namespace: p.spec.namespace.clone(),
@@ -285,14 +292,22 @@ impl Mesh {
             ip: p.pod.ip(),
             ports: p.spec.ports.clone(),
             mtls: p.spec.mtls,
+            port_mtls: BTreeMap::new(),
             path_normalization: p.spec.path_normalization,
             trust_domain: self.pki.trust_domain().to_string(),
             identity: p.identity.clone(),
             ca: self.pki.ca_cert().to_path_buf(),
-            wasm: Some(self.wasm.clone()),
+            capture: istiod::CaptureMode::Iptables,
+            authz: istiod::Authorization {
+                krites_passthrough: p.spec.krites_passthrough,
+                ..istiod::Authorization::krites()
+            },
             outbound: p.spec.outbound.clone(),
+            admin: SocketAddr::from((Ipv4Addr::LOCALHOST, istiod::ADMIN_PORT)),
+            extra_stat_tags: Vec::new(),
             files: files.clone(),
         };
+        fs::create_dir_all(&files.network_ecds_dir)?;
         fs::write(
             &files.ecds,
             serde_json::to_string_pretty(&istiod::build_ecds(
@@ -300,6 +315,10 @@ impl Mesh {
                 &self.wasm,
                 &p.spec.plugin_config,
             )?)?,
+        )?;
+        fs::write(
+            &files.network_ecds,
+            serde_json::to_string_pretty(&istiod::build_network_ecds(1, &self.wasm))?,
         )?;
         let bootstrap = p.dir.join("envoy.json");
         fs::write(
@@ -313,9 +332,9 @@ impl Mesh {
             // pilot-agent's flags for a sidecar (`--concurrency` follows the CPU limit).
             .args([
                 "--concurrency",
-                "2",
+                &istiod::SIDECAR_CONCURRENCY.to_string(),
                 "-l",
-                "warning",
+                istiod::SIDECAR_LOG_LEVEL,
                 "--drain-time-s",
                 "1",
                 "--drain-strategy",
@@ -338,6 +357,31 @@ impl Mesh {
         )?;
         p.envoy = Some(guard);
         p.wait_ready(Duration::from_secs(60))
+    }
+
+    /// A new `pluginConfig` for `p`'s sidecar (ECDS resource `version`), written as Envoy's
+    /// watched directory wants it (renamed into place, readable by the proxy's uid); returns
+    /// once the HTTP role has loaded it (`krites_config_loads_total` grew).
+    pub fn reconfigure(&self, p: &mut MeshPod, plugin_config: &str, version: u64) -> Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::PermissionsExt;
+        let loads = |p: &MeshPod| p.stats().ok().and_then(|s| s.get("wasmcustom.krites_config_loads_total").copied()).unwrap_or(0);
+        let before = loads(p);
+        let files = istiod::ProxyFiles::under(&p.dir);
+        let doc = istiod::build_ecds(version, &self.wasm, plugin_config)?;
+        let mut tmp = tempfile::Builder::new().prefix(".ecds-").suffix(".json").tempfile_in(&files.ecds_dir)?;
+        tmp.write_all(serde_json::to_string_pretty(&doc)?.as_bytes())?;
+        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o644))?;
+        tmp.persist(&files.ecds).with_context(|| format!("renaming into {}", files.ecds.display()))?;
+        p.spec.plugin_config = plugin_config.to_string();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while loads(p) <= before {
+            if Instant::now() > deadline {
+                bail!("the sidecar of pod {} did not load config version {version}:\n{}", p.spec.name, tail(&p.envoy_log()));
+            }
+            sleep(Duration::from_millis(50));
+        }
+        Ok(())
     }
 
     /// Start the test applications in `p` (see `APP_PY`): `("http", 8080)`, `("tcp", 5432)`.
@@ -628,4 +672,36 @@ fn real_envoy(launcher: &Path) -> PathBuf {
         }
     }
     launcher.to_path_buf()
+}
+
+/// Whether a namespace-mesh test can run on this machine. Outside CI, a machine that
+/// cannot (no root, no `ip netns`, ...) skips the test and says why; in CI (`CI=true`) the
+/// mesh must run, so the test fails instead. The Krites module must be built.
+pub fn runnable(test: &str) -> bool {
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    if let Err(why) = preflight() {
+        assert!(!ci, "{test}: the namespace mesh must run in CI: {why}");
+        eprintln!("SKIPPED {test}: {why}");
+        return false;
+    }
+    assert!(crate::module_path().is_file(), "no Krites module at {}: run `make build`", crate::module_path().display());
+    true
+}
+
+/// A table of end-to-end checks: each row prints `ok` or `FAIL` as it runs, and the
+/// failures are kept, so that one run reports every broken row.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub failures: Vec<String>,
+    pub rows: usize,
+}
+
+impl Report {
+    pub fn check(&mut self, ok: bool, row: &str, detail: impl FnOnce() -> String) {
+        self.rows += 1;
+        eprintln!("{} {row}", if ok { "ok  " } else { "FAIL" });
+        if !ok {
+            self.failures.push(format!("{row}\n    {}", detail()));
+        }
+    }
 }

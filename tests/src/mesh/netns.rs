@@ -141,6 +141,8 @@ impl Network {
     /// (The addresses exist only inside the namespaces, so even a collision stays harmless.)
     pub fn new() -> Result<Network> {
         static NEXT: AtomicU32 = AtomicU32::new(0);
+        static SWEPT: std::sync::Once = std::sync::Once::new();
+        SWEPT.call_once(sweep_dead_runs);
         // One digit: `kr<7-digit pid>n<n>v<3-digit pod>` is 15 bytes, the limit for a link.
         let n = NEXT.fetch_add(1, Ordering::SeqCst) % 10;
         let pid = std::process::id();
@@ -331,6 +333,37 @@ impl Drop for Network {
 }
 
 /// SIGKILL every process in namespace `ns` (all of them were started by this rig).
+/// The pid in a name this harness gives (`kr<pid>n…` or `kr<pid>b…`).
+fn owner_pid(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix("kr")?;
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    let after = rest.get(digits.len()..)?;
+    (after.starts_with('n') || after.starts_with('b')).then(|| digits.parse().ok()).flatten()
+}
+
+/// Removes namespaces, veths and bridges a run left behind when it was
+/// killed with its watchdog (a session or CI job ending): names this harness
+/// gives, whose process no longer exists. Nothing else is touched.
+fn sweep_dead_runs() {
+    let dead = |name: &str| owner_pid(name).is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists());
+    if let Ok(o) = Command::new("ip").args(["netns", "list"]).output() {
+        for ns in String::from_utf8_lossy(&o.stdout).lines().filter_map(|l| l.split_whitespace().next()) {
+            if dead(ns) {
+                kill_all_in(ns);
+                run_quiet(&["ip", "netns", "del", ns]);
+            }
+        }
+    }
+    if let Ok(o) = Command::new("ip").args(["-o", "link", "show"]).output() {
+        for line in String::from_utf8_lossy(&o.stdout).lines() {
+            let Some(link) = line.split(": ").nth(1).and_then(|l| l.split('@').next()) else { continue };
+            if dead(link) {
+                run_quiet(&["ip", "link", "del", link]);
+            }
+        }
+    }
+}
+
 fn kill_all_in(ns: &str) {
     if let Ok(o) = Command::new("ip")
         .args(["netns", "pids", ns])
@@ -450,4 +483,20 @@ pub(crate) fn run_with_input(cmd: &mut Command, input: Option<&[u8]>) -> Result<
         let _ = stdin.write_all(bytes);
     }
     Ok(child.wait_with_output()?)
+}
+
+#[cfg(test)]
+mod sweep_tests {
+    use super::owner_pid;
+
+    #[test]
+    fn only_the_harness_names_carry_a_pid() {
+        assert_eq!(owner_pid("kr11594n0-summary"), Some(11594));
+        assert_eq!(owner_pid("kr11594n0v3"), Some(11594));
+        assert_eq!(owner_pid("kr11594b0"), Some(11594));
+        assert_eq!(owner_pid("kr11594x0"), None);
+        assert_eq!(owner_pid("krites-demo"), None);
+        assert_eq!(owner_pid("eth0"), None);
+        assert_eq!(owner_pid("kr"), None);
+    }
 }

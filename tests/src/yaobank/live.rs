@@ -158,6 +158,9 @@ impl LiveBank {
                     ("version".to_string(), "v1".to_string()),
                 ]
                 .into();
+                // The tutorial explains denials from the module's log: its pods carry
+                // `sidecar.istio.io/componentLogLevel: wasm:info`.
+                let mesh = Mesh { component_log_level: Some("wasm:info".into()), ..mesh };
                 Sidecar::start_with(
                     SidecarSpec {
                         name: name.to_string(),

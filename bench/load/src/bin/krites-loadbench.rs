@@ -67,6 +67,10 @@ struct Args {
     /// Milliseconds of unmeasured load before each run.
     #[arg(long)]
     warm_up_ms: Option<u64>,
+    /// Server Envoys' worker threads, one series each (Istio's sidecars run 2).
+    /// Default: 2 and 1; with --quick, 2.
+    #[arg(long, value_delimiter = ',')]
+    concurrency: Option<Vec<u32>>,
     /// h2load connections (keep-alive, one request in flight each).
     #[arg(long, default_value_t = 16)]
     connections: u32,
@@ -126,6 +130,12 @@ fn run(args: Args) -> Result<bool> {
         scales: Vec::new(),
         targets: Vec::new(),
     };
+    let series = match &args.concurrency {
+        Some(c) if c.iter().all(|&n| n >= 1) => c.clone(),
+        Some(_) => bail!("--concurrency: worker counts are 1 or more"),
+        None if args.quick => vec![2],
+        None => vec![2, 1],
+    };
     let mut ok = true;
     for bench in scales {
         eprintln!("[bench] {}: generating and compiling", bench.name);
@@ -134,34 +144,39 @@ fn run(args: Args) -> Result<bool> {
             report.mix = scenario.mix.iter().map(|r| format!("{} GET {}", scenario.sources[r.source].name, r.path)).collect();
         }
         let engine = engine_figures(&scenario)?;
-        eprintln!("[bench] {}: decide {:.0} ns, compile {:.1} ms; starting Envoys", bench.name, engine.decide_ns, engine.compile_ms);
-        let topo = Topology::start(&scenario, &configs, &work.join(bench.name), &ext_authz_bin)?;
-        let mut sr = ScaleReport {
-            name: bench.name.to_string(),
-            shape: scenario.shape().into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
-            allowed_share: scenario.allowed_share(),
-            engine,
-            ..ScaleReport::default()
-        };
-        for (a, why) in &topo.skipped {
-            eprintln!("[bench] {}: {a} not run: {why}", bench.name);
-            sr.skipped.insert(a.to_string(), why.clone());
-        }
-        if let Some(k) = topo.server(Authz::Krites) {
-            sr.on_configure_ms = k.stats()?.get("wasmcustom.krites_config_compile_micros").map(|&us| us as f64 / 1000.0);
-        }
-        // Every configuration decides the mix as the engine does (rbac: where it can).
-        for (a, _) in &topo.servers {
-            let bad = verify(&scenario, &topo, *a)?;
-            let exact = matches!(a, Authz::Krites | Authz::ExtAuthz) || (*a == Authz::Rbac && bench.name == "tutorial");
-            if !bad.is_empty() && exact {
-                eprintln!("[bench] {}: {a} decided {} request(s) unlike the engine: {}", bench.name, bad.len(), bad.join(", "));
-                ok = false;
+        eprintln!("[bench] {}: decide {:.0} ns, compile {:.1} ms", bench.name, engine.decide_ns, engine.compile_ms);
+        for &concurrency in &series {
+            eprintln!("[bench] {}: starting Envoys at --concurrency {concurrency}", bench.name);
+            let dir = work.join(format!("{}-c{concurrency}", bench.name));
+            let topo = Topology::start(&scenario, &configs, &dir, &ext_authz_bin, concurrency)?;
+            let mut sr = ScaleReport {
+                name: bench.name.to_string(),
+                concurrency,
+                shape: scenario.shape().into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+                allowed_share: scenario.allowed_share(),
+                engine: engine.clone(),
+                ..ScaleReport::default()
+            };
+            for (a, why) in &topo.skipped {
+                eprintln!("[bench] {}: {a} not run: {why}", bench.name);
+                sr.skipped.insert(a.to_string(), why.clone());
             }
-            sr.verdict_mismatches.insert(a.to_string(), bad);
+            if let Some(k) = topo.server(Authz::Krites) {
+                sr.on_configure_ms = k.stats()?.get("wasmcustom.krites_config_compile_micros").map(|&us| us as f64 / 1000.0);
+            }
+            // Every configuration decides the mix as the engine does (rbac: where it can).
+            for (a, _) in &topo.servers {
+                let bad = verify(&scenario, &topo, *a)?;
+                let exact = matches!(a, Authz::Krites | Authz::ExtAuthz) || (*a == Authz::Rbac && bench.name == "tutorial");
+                if !bad.is_empty() && exact {
+                    eprintln!("[bench] {}: {a} decided {} request(s) unlike the engine: {}", bench.name, bad.len(), bad.join(", "));
+                    ok = false;
+                }
+                sr.verdict_mismatches.insert(a.to_string(), bad);
+            }
+            sr.measurements = measure(&scenario, &topo, rounds, (load, latency), &dir)?;
+            report.scales.push(sr);
         }
-        sr.measurements = measure(&scenario, &topo, rounds, (load, latency), &work.join(bench.name))?;
-        report.scales.push(sr);
     }
     report.evaluate_targets();
     let table = report.table();
@@ -201,10 +216,9 @@ fn verify(scenario: &Scenario, topo: &Topology, a: Authz) -> Result<Vec<String>>
 /// Requests the server Envoy has served so far.
 fn served(topo: &Topology, a: Authz) -> Result<u64> {
     let stats = topo.server(a).context("server")?.stats()?;
-    Ok(["http.inbound_mtls.downstream_rq_total", "http.inbound_plain.downstream_rq_total"]
-        .iter()
-        .filter_map(|k| stats.get(*k))
-        .sum())
+    // The port's connection manager, shared by its mTLS and plaintext chains.
+    let prefix = krites_testbed::istiod::inbound_http_stat_prefix(krites_bench::TARGET_PORT);
+    Ok(stats.get(&format!("http.{prefix}.downstream_rq_total")).copied().unwrap_or(0))
 }
 
 /// CPU seconds the configuration's processes used so far.

@@ -1,4 +1,4 @@
-//! `make demo`: Calico's YAO Bank tutorial, played with real parts on 127.0.0.0/8.
+//! `make demo`: Calico's YAO Bank tutorial, played with real parts.
 //!
 //! etcd (v2 API) is the database; `summary` reads the balance from it and `customer` renders
 //! the bank page from `summary` (crate `krites-demo`, run as `krites-demo service <kind>`:
@@ -9,6 +9,12 @@
 //! the attack pod with summary's stolen keys changes the balance. Act 2 compiles the tutorial's
 //! policies with `control`, pushes them to every sidecar through ECDS (no Envoy restart) and
 //! replays: the attacks are denied, the page keeps working.
+//!
+//! Where it runs: with root, when network namespaces can be made, on the namespace mesh
+//! (`mesh.rs`: each pod a network namespace with Istio's iptables interception and an
+//! istiod-shaped sidecar as uid 1337, etcd serving the database's `http` and `tcp` ports);
+//! otherwise on loopback (each pod an Envoy on its own 127.0.0.x address). The first lines
+//! say which and why; `--mesh` / `--loopback` force one.
 //!
 //! `--once` exits after the story (status 0 only if every step went as the tutorial says);
 //! otherwise the bank keeps running until Ctrl-C. Every process it started is stopped either
@@ -28,12 +34,15 @@ use krites_control::manifests;
 use krites_demo::{balance_in_page, Kind, BALANCE_KEY};
 use krites_testbed::yaobank::live::LiveBank;
 use krites_testbed::yaobank::{ATTACK_IP, CUSTOMER_IP, OPEN_CONFIG};
+use krites_testbed::yaobank::mesh::MeshBank;
 use krites_testbed::{module_path, process, Response, Sidecar};
 
+mod mesh;
+
 const POLICY_FILE: &str = "tests/fixtures/yaobank/policy.yaml";
-const POLICY_YAML: &str = include_str!("../../fixtures/yaobank/policy.yaml");
+const POLICY_YAML: &str = include_str!("../../../fixtures/yaobank/policy.yaml");
 const CLUSTER_FILE: &str = "tests/fixtures/yaobank/cluster.yaml";
-const CLUSTER_YAML: &str = include_str!("../../fixtures/yaobank/cluster.yaml");
+const CLUSTER_YAML: &str = include_str!("../../../fixtures/yaobank/cluster.yaml");
 
 const BALANCE: &str = "1500.00";
 const STOLEN: &str = "1000000000.00";
@@ -55,11 +64,14 @@ fn main() -> ExitCode {
         };
     }
     let mut once = false;
+    let mut forced = None;
     for a in &args {
         match a.as_str() {
             "--once" => once = true,
+            "--mesh" => forced = Some(Mode::Mesh),
+            "--loopback" => forced = Some(Mode::Loopback),
             "-h" | "--help" => {
-                println!("usage: krites-demo [--once]\n\nPlays Calico's YAO Bank tutorial in local Envoys running Krites.\n--once  exit after the story (status 0 only if every step behaved as the tutorial says)");
+                println!("usage: krites-demo [--once] [--mesh | --loopback]\n\nPlays Calico's YAO Bank tutorial in Envoy sidecars running Krites.\n--once      exit after the story (status 0 only if every step behaved as the tutorial says)\n--mesh      on the namespace mesh (needs root): each pod a network namespace with Istio's\n            iptables interception and an istiod-shaped sidecar; the default when possible\n--loopback  each pod an Envoy on its own 127.0.0.x address; the default without root");
                 return ExitCode::SUCCESS;
             }
             other => {
@@ -68,12 +80,46 @@ fn main() -> ExitCode {
             }
         }
     }
-    let outcome = run(once);
+    let (stop_tx, stop_rx) = mpsc::channel();
+    if let Err(e) = ctrlc::set_handler(move || {
+        INTERRUPTED.store(true, Ordering::SeqCst);
+        // The handler cannot drop the story's guards; it ends the children so that nothing
+        // waits on them, and the guards reap them (and the pods' namespaces go) as the story
+        // unwinds.
+        process::terminate_all();
+        let _ = stop_tx.send(());
+    }) {
+        eprintln!("demo failed: installing the Ctrl-C handler: {e}");
+        return ExitCode::from(2);
+    }
+    let mut on_mesh = false;
+    let outcome = match choose_mode(forced) {
+        Ok(Chosen::Mesh(bank, why)) => {
+            on_mesh = true;
+            println!("mode: namespace mesh: {why}");
+            println!("      each pod is a network namespace with Istio's iptables interception and an istiod-shaped sidecar (uid 1337); --loopback for the 127.0.0.x demo");
+            mesh::run(bank, once, &stop_rx)
+        }
+        Ok(Chosen::Loopback(why)) => {
+            println!("mode: loopback: {why}");
+            println!("      each pod is an Envoy on its own 127.0.0.x address, no interception; --mesh for the namespace mesh (needs root)");
+            run(once, &stop_rx)
+        }
+        Err(e) => Err(e),
+    };
     // Every guard has been dropped by now: nothing the demo started is left.
     let left = process::live_children();
+    let namespaces = if on_mesh {
+        format!(", network namespaces left: {}", mesh::namespaces_left())
+    } else {
+        String::new()
+    };
     if INTERRUPTED.load(Ordering::SeqCst) {
-        println!("\ninterrupted: stopped every process the demo started ({left} left)");
+        println!("\ninterrupted: stopped every process the demo started ({left} left){namespaces}");
         return ExitCode::from(130);
+    }
+    if on_mesh {
+        println!("stopped every process the demo started ({left} left){namespaces}");
     }
     match outcome {
         Ok(true) => ExitCode::SUCCESS,
@@ -85,6 +131,45 @@ fn main() -> ExitCode {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Mesh,
+    Loopback,
+}
+
+/// Where the story runs, and why there.
+enum Chosen {
+    /// The pods' namespaces exist (created to prove that they can be).
+    Mesh(Box<MeshBank>, String),
+    Loopback(String),
+}
+
+/// The namespace mesh when it can be made (root, `ip netns`, the mesh's tools, etcd), else
+/// loopback; `forced` insists on one (`--mesh` fails when the mesh cannot be made).
+fn choose_mode(forced: Option<Mode>) -> Result<Chosen> {
+    if forced == Some(Mode::Loopback) {
+        return Ok(Chosen::Loopback("asked for with --loopback".into()));
+    }
+    let why_not = match krites_testbed::yaobank::mesh::preflight() {
+        Ok(()) => match MeshBank::create() {
+            Ok(bank) => {
+                let why = if forced == Some(Mode::Mesh) {
+                    "asked for with --mesh, and network namespaces can be created here".to_string()
+                } else {
+                    "running as root and network namespaces can be created here".to_string()
+                };
+                return Ok(Chosen::Mesh(Box::new(bank), why));
+            }
+            Err(e) => format!("creating the pods' network namespaces failed: {e:#}"),
+        },
+        Err(why) => why,
+    };
+    if forced == Some(Mode::Mesh) {
+        bail!("--mesh: the namespace mesh cannot run here: {why_not}");
+    }
+    Ok(Chosen::Loopback(why_not))
+}
+
 /// Bails out once Ctrl-C was pressed; called between steps.
 fn checkpoint() -> Result<()> {
     if INTERRUPTED.load(Ordering::SeqCst) {
@@ -93,17 +178,9 @@ fn checkpoint() -> Result<()> {
     Ok(())
 }
 
-fn run(once: bool) -> Result<bool> {
+/// The story on loopback: each pod an Envoy on its own 127.0.0.x address.
+fn run(once: bool, stop_rx: &mpsc::Receiver<()>) -> Result<bool> {
     let started = Instant::now();
-    let (stop_tx, stop_rx) = mpsc::channel();
-    ctrlc::set_handler(move || {
-        INTERRUPTED.store(true, Ordering::SeqCst);
-        // The handler cannot drop the story's guards; it ends the children so that nothing
-        // waits on them, and the guards reap them as the story unwinds.
-        process::terminate_all();
-        let _ = stop_tx.send(());
-    })
-    .context("installing the Ctrl-C handler")?;
 
     let module = module_path();
     ensure!(
@@ -233,31 +310,9 @@ fn run(once: bool) -> Result<bool> {
     );
     story.page(&bank, "the browser loads the bank page again", BALANCE)?;
 
-    let gone = bank.exited();
-    story.check(
-        gone.is_empty(),
-        &format!(
-            "every process is still running{}",
-            if gone.is_empty() {
-                String::new()
-            } else {
-                format!(" (exited: {})", gone.join(", "))
-            }
-        ),
-    );
-
+    story.all_running(&bank.exited());
     print_stats(&bank);
-
-    println!(
-        "\nRESULT: {} ({} steps, {:.1} s)",
-        if story.ok {
-            "every step as the tutorial says"
-        } else {
-            "SOME STEPS DIFFER (marked x)"
-        },
-        story.steps,
-        started.elapsed().as_secs_f64()
-    );
+    story.result(started);
 
     if !once {
         print_usage(&bank);
@@ -343,6 +398,27 @@ impl Story {
             resp.status
         );
         Ok(())
+    }
+
+    /// A step with a verdict word (`allowed`, `DENIED `, `CLOSED `, ...) and what answered
+    /// (a status, or `tcp`).
+    fn verdict(&mut self, ok: bool, verdict: &str, code: &str, title: &str, detail: &str) {
+        let Some(mark) = self.record(ok) else {
+            return;
+        };
+        println!("  {mark} {verdict} {code:<3}  {title}{detail}");
+    }
+
+    /// The last check of either mode: no process of the bank has exited.
+    fn all_running(&mut self, gone: &[String]) {
+        let exited = if gone.is_empty() { String::new() } else { format!(" (exited: {})", gone.join(", ")) };
+        self.check(gone.is_empty(), &format!("every process is still running{exited}"));
+    }
+
+    /// The closing line of either mode.
+    fn result(&self, started: Instant) {
+        let verdict = if self.ok { "every step as the tutorial says" } else { "SOME STEPS DIFFER (marked x)" };
+        println!("\nRESULT: {verdict} ({} steps, {:.1} s)", self.steps, started.elapsed().as_secs_f64());
     }
 
     fn check(&mut self, ok: bool, what: &str) {
