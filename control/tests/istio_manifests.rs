@@ -53,7 +53,7 @@ fn cel_rules(plugin: &Value) -> Vec<String> {
 #[test]
 fn every_manifest_parses_and_every_kustomization_resource_exists() {
     let mut kustomizations = 0;
-    for dir in ["istio-manifests", "istio-manifests/yaobank", "istio-manifests/calico-crds"] {
+    for dir in ["istio-manifests", "istio-manifests/yaobank", "istio-manifests/calico-crds", "istio-manifests/egress-passthrough"] {
         let k: Value = serde_yaml::from_str(&std::fs::read_to_string(root().join(dir).join("kustomization.yaml")).unwrap()).unwrap();
         assert_eq!(k["kind"], "Kustomization", "{dir}");
         for r in k["resources"].as_array().unwrap() {
@@ -68,7 +68,7 @@ fn every_manifest_parses_and_every_kustomization_resource_exists() {
         }
         kustomizations += 1;
     }
-    assert_eq!(kustomizations, 3);
+    assert_eq!(kustomizations, 4);
 }
 
 #[test]

@@ -106,8 +106,8 @@ pub fn proxy(spec: &SidecarSpec, mesh: &Mesh, ports: &Ports, files: &ProxyFiles)
         None => PathNormalization::None,
     };
     let authz = match &spec.wasm {
-        Some(_) => Authorization { krites_network: spec.peer_address_filter, http: HttpAuthz::Krites, krites_passthrough: false },
-        None => Authorization { krites_network: false, http: HttpAuthz::None, krites_passthrough: false },
+        Some(_) => Authorization { krites_network: spec.peer_address_filter, http: HttpAuthz::Krites },
+        None => Authorization { krites_network: false, http: HttpAuthz::None },
     };
     istiod::Proxy {
         pod_name: spec.name.clone(),
@@ -131,6 +131,7 @@ pub fn proxy(spec: &SidecarSpec, mesh: &Mesh, ports: &Ports, files: &ProxyFiles)
         outbound,
         admin: (spec.ip, ports.admin).into(),
         extra_stat_tags: mesh.extra_stat_tags.clone(),
+        envoy_filters: Vec::new(),
         files: files.clone(),
     }
 }

@@ -19,6 +19,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use krites_testbed::istiod::envoyfilter::EnvoyFilter;
 use krites_testbed::mesh::{self, ContainerPort, Mesh, MeshPod, PodSpec, Protocol, Report, Upstream};
 use serde_json::json;
 
@@ -39,9 +40,9 @@ fn bookinfo_pod(name: &str) -> PodSpec {
     spec.namespace = NS.into();
     spec.labels.insert("version".into(), "v1".into());
     spec.ports = vec![ContainerPort::new("http", PORT, Some(Protocol::Http))];
-    // Istio puts no WasmPlugin on the catch-all chain; Krites' EnvoyFilter does (see
-    // `istiod::Authorization::krites_passthrough`).
-    spec.krites_passthrough = true;
+    // Istio puts no WasmPlugin on the catch-all chain; the shipped EnvoyFilter
+    // (istio-manifests/egress-passthrough/) does.
+    spec.envoy_filters = vec![EnvoyFilter::egress_passthrough().unwrap()];
     spec
 }
 
@@ -144,6 +145,15 @@ fn wait_for_log(pod: &MeshPod, marker: &str) -> Vec<String> {
 fn plugin_config_without_egress(config: &str) -> String {
     let mut v: serde_json::Value = serde_json::from_str(config).unwrap();
     v["policies"].as_array_mut().unwrap().retain(|p| p["name"] != "reviews-egress");
+    serde_json::to_string_pretty(&v).unwrap()
+}
+
+/// The same config with the egress rule's destination selector made invalid.
+fn plugin_config_with_broken_egress_selector(config: &str) -> String {
+    let mut v: serde_json::Value = serde_json::from_str(config).unwrap();
+    let policies = v["policies"].as_array_mut().unwrap();
+    let egress = policies.iter_mut().find(|p| p["name"] == "reviews-egress").unwrap();
+    egress["egress"][0]["destination"]["selector"] = json!("app == ");
     serde_json::to_string_pretty(&v).unwrap()
 }
 
@@ -422,6 +432,45 @@ fn bookinfo_egress_is_refused_by_the_callers_own_sidecar() {
             && staged_lines.iter().any(|l| l.contains("STAGED egress connection would be DENY (enforced: ALLOW)")),
         "staged: productpage's would-deny counter of bookinfo/productpage-egress = 2 (HTTP + TCP), each logged",
         || format!("would_deny {would_deny}; lines {staged_lines:?}"),
+    );
+
+    // 14. Never fail open (issue 14, item 6): reviews gets its egress policy back, then an
+    // update the module rejects (an invalid selector in that policy). Envoy keeps the last good
+    // config: reviews -> details is still refused by reviews' own sidecar, ratings still served.
+    mesh.reconfigure(&mut reviews, &config, 3).unwrap();
+    let broken = plugin_config_with_broken_egress_selector(&config);
+    mesh.push_plugin_config(&mut reviews, &broken, 4, "krites_config_errors_total").unwrap();
+    let (cmd, body, code) = curl(&reviews, &[&url(DETAILS_VIP, "/details/e14")]);
+    let log = wait_for_log(&reviews, "/details/e14");
+    r.check(
+        code == 403 && !log.is_empty() && received(&details, "/details/e14") == 0,
+        "rejected update (invalid selector): the last good egress policy still refuses reviews -> details",
+        || format!("{cmd}: {code} {body}; log {log:?}"),
+    );
+    let (cmd, body, code) = curl(&reviews, &[&url(RATINGS_VIP, "/ratings/e14")]);
+    r.check(code == 200 && received(&ratings, "/ratings/e14") == 1, "rejected update: reviews -> ratings GET still 200", || {
+        format!("{cmd}: {code} {body}")
+    });
+    let rejected = reviews.envoy_log().lines().filter(|l| l.contains("krites: config rejected")).count();
+    r.check(rejected > 0, "rejected update: the sidecar says so in its log", || "no 'config rejected' line".into());
+
+    // 15. An empty pluginConfig (istiod sends no configuration at all): the egress role fails
+    // closed, on HTTP and on the catch-all chain's raw TCP.
+    let fail_closed_before = reviews.stats().unwrap().get("wasmcustom.krites_egress_fail_closed_total").copied().unwrap_or(0);
+    mesh.push_plugin_config(&mut reviews, "", 5, "krites_config_errors_total").unwrap();
+    let (cmd, body, code) = curl(&reviews, &[&url(RATINGS_VIP, "/ratings/e15")]);
+    r.check(
+        code == 403 && received(&ratings, "/ratings/e15") == 0,
+        "no configuration: reviews -> ratings GET -> 403 from reviews' sidecar (fail closed), ratings' app got nothing",
+        || format!("{cmd}: {code} {body}"),
+    );
+    let got = mesh.client(&reviews, (outside.ip(), OUTSIDE_TCP), "exfil-e15", None).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let fail_closed = reviews.stats().unwrap().get("wasmcustom.krites_egress_fail_closed_total").copied().unwrap_or(0);
+    r.check(
+        !got.reply.contains("echo:") && got.closed && received(&outside, "exfil-e15") == 0 && fail_closed == fail_closed_before + 2,
+        "no configuration: reviews -> outside:5000 raw TCP -> closed (fail closed); krites_egress_fail_closed_total +2 (the request and the connection)",
+        || format!("{}: {got:?}; krites_egress_fail_closed_total {fail_closed_before} -> {fail_closed}", got.command),
     );
 
     eprintln!("{} rows in {:?}", r.rows, started.elapsed());

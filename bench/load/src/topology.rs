@@ -365,10 +365,11 @@ pub fn workload_sidecar(
                 .collect(),
             egress: Vec::new(),
         },
-        authz: Authorization { krites_network: false, http: HttpAuthz::None, krites_passthrough: false },
+        authz: Authorization { krites_network: false, http: HttpAuthz::None },
         outbound: Vec::new(),
         admin,
         extra_stat_tags: Vec::new(),
+        envoy_filters: Vec::new(),
         // No access log (`meshConfig.accessLogFile` unset, Istio's default): what is measured
         // is authorization, not logging.
         files: ProxyFiles { access_log: None, ..ProxyFiles::under(dir) },

@@ -25,11 +25,9 @@ pub fn build_outbound_listeners(p: &Proxy) -> Vec<Value> {
     let capture = p.capture == CaptureMode::Iptables;
     let local_ports: Vec<Option<u16>> = match &p.capture {
         CaptureMode::Iptables => {
-            let mut catch_all = Vec::new();
-            if p.authz.krites_network && p.authz.krites_passthrough {
-                catch_all.push(krites_network_filter(p));
-            }
-            catch_all.push(tcp_proxy(PASSTHROUGH_CLUSTER, PASSTHROUGH_CLUSTER));
+            // `buildOutboundCatchAllNetworkFiltersOnly`: no WasmPlugin here (an EnvoyFilter
+            // may add one: `Proxy::envoy_filters`).
+            let catch_all = vec![tcp_proxy(PASSTHROUGH_CLUSTER, PASSTHROUGH_CLUSTER)];
             listeners.push(json!({
                 "name": "virtualOutbound",
                 "address": socket("0.0.0.0", OUTBOUND_PORT),

@@ -15,7 +15,8 @@
 //! - [`client_sidecars`]: the load benchmark's calling pods, many sidecars' outbound clusters
 //!   in one Envoy;
 //! - [`extensions`]: `pkg/wasm` / `pilot/pkg/model/extensions.go`: WasmPlugin -> ECDS, the
-//!   `pluginConfig` transform.
+//!   `pluginConfig` transform;
+//! - [`envoyfilter`]: `envoyfilter/listener_patch.go`, EnvoyFilters patched into the listeners.
 //!
 //! The Istio facts (ALPN lists, HCM settings, runtime layer, TLS contexts, node metadata,
 //! ECDS names, filter order) live only here. The namespace mesh ([`crate::mesh`]), the
@@ -42,9 +43,9 @@
 //!   first on every outbound chain, as `buildCompleteNetworkFilters` / `buildHTTPConnectionManager`
 //!   insert CLIENT-mode plugins. Istio puts no WasmPlugin on `virtualOutbound`'s catch-all
 //!   chain (`buildOutboundCatchAllNetworkFiltersOnly`: metrics and `tcp_proxy` only), so raw
-//!   TCP to an address outside the mesh bypasses a NETWORK WasmPlugin there; with
-//!   [`Authorization::krites_passthrough`] the NETWORK filter is put there too, as an EnvoyFilter
-//!   (`SIDECAR_OUTBOUND`, filter chain `virtualOutbound-catchall-tcp`, `INSERT_FIRST`) would.
+//!   TCP to an address outside the mesh bypasses a NETWORK WasmPlugin there; the shipped
+//!   EnvoyFilter (`istio-manifests/egress-passthrough/`, in [`Proxy::envoy_filters`]) puts
+//!   the NETWORK filter there too, applied by [`envoyfilter`] as istiod applies it.
 //! - [`CaptureMode::None`] (Istio's `interceptionMode: NONE` with a `Sidecar` resource's
 //!   ingress/egress listeners bound on the pod IP) is how the loopback rig and the benchmark
 //!   run: every pod shares the host's network, so nothing can be intercepted. Each inbound
@@ -58,6 +59,7 @@
 pub mod bootstrap;
 pub mod client_sidecars;
 pub mod cluster;
+pub mod envoyfilter;
 pub mod extensions;
 pub mod filterchain_options;
 pub mod gateway;
@@ -336,9 +338,6 @@ pub struct Authorization {
     /// WasmPlugin `krites-peer-address` (`type: NETWORK`) by ECDS, first on every chain.
     pub krites_network: bool,
     pub http: HttpAuthz,
-    /// The NETWORK filter also on `virtualOutbound`'s catch-all (PassthroughCluster) chain,
-    /// where Istio puts no WasmPlugin: what an EnvoyFilter adds (see the module docs).
-    pub krites_passthrough: bool,
 }
 
 impl Authorization {
@@ -347,7 +346,6 @@ impl Authorization {
         Authorization {
             krites_network: true,
             http: HttpAuthz::Krites,
-            krites_passthrough: false,
         }
     }
 
@@ -384,6 +382,8 @@ pub struct Proxy {
     /// tags Envoy extracts from stat names written `<tag>=.=<value>;.;`, which Prometheus then
     /// shows as labels (Krites: `krites_tier`, `krites_policy`). Empty: none.
     pub extra_stat_tags: Vec<String>,
+    /// The EnvoyFilters that apply to this proxy, patched into its listeners in order.
+    pub envoy_filters: Vec<envoyfilter::EnvoyFilter>,
     pub files: ProxyFiles,
 }
 
@@ -421,6 +421,7 @@ impl Proxy {
 pub fn build_sidecar_bootstrap(p: &Proxy) -> Value {
     let mut listeners = listener_inbound::build_inbound_listeners(p);
     listeners.extend(listener_outbound::build_outbound_listeners(p));
+    envoyfilter::apply_listener_patches(p, &p.envoy_filters, &mut listeners);
     let mut bootstrap = json!({
         "node": build_node(p),
         "admin": { "address": socket_addr(p.admin) },

@@ -46,6 +46,7 @@ fn proxy(mtls: MtlsMode) -> Proxy {
         outbound: vec![],
         admin: "127.0.0.1:15000".parse().unwrap(),
         extra_stat_tags: Vec::new(),
+        envoy_filters: Vec::new(),
         files: ProxyFiles::under(std::path::Path::new("/e")),
     }
 }
@@ -305,7 +306,7 @@ fn outbound_listeners_carry_krites_as_istio_inserts_client_mode_plugins() {
     let catch_all = |p: &Proxy| named(&listeners(p), "virtualOutbound")["filter_chains"][0]["filters"].as_array().unwrap().clone();
     assert_eq!(catch_all(&p).len(), 1);
     assert_eq!(catch_all(&p)[0]["typed_config"]["cluster"], PASSTHROUGH_CLUSTER);
-    p.authz.krites_passthrough = true;
+    p.envoy_filters = vec![envoyfilter::EnvoyFilter::egress_passthrough().unwrap()];
     assert_eq!(catch_all(&p)[0]["name"], network_name.as_str());
     assert_eq!(catch_all(&p)[1]["typed_config"]["cluster"], PASSTHROUGH_CLUSTER);
 
@@ -323,4 +324,70 @@ fn outbound_listeners_carry_krites_as_istio_inserts_client_mode_plugins() {
     let http_filters = filters[0]["typed_config"]["http_filters"].as_array().unwrap();
     assert_eq!(http_filters.len(), 1);
     assert_eq!(http_filters[0]["name"], "envoy.filters.http.router");
+}
+
+#[test]
+fn the_shipped_egress_passthrough_envoyfilter_is_what_the_mesh_applies() {
+    use envoyfilter::{EnvoyFilter, PatchContext};
+    let f = EnvoyFilter::egress_passthrough().unwrap();
+    assert_eq!((f.name.as_str(), f.namespace.as_str()), ("krites-egress-passthrough", PLUGIN_NAMESPACE));
+    assert_eq!(f.patches.len(), 1);
+    let patch = &f.patches[0];
+    assert_eq!(patch.context, PatchContext::SidecarOutbound);
+    assert_eq!(patch.listener.as_deref(), Some("virtualOutbound"));
+    assert_eq!(patch.filter_chain.as_deref(), Some(listener_outbound::VIRTUAL_OUTBOUND_CATCHALL_CHAIN));
+    // The filter is the NETWORK WasmPlugin's ECDS resource, by the type URLs Istio uses.
+    let inline = networkfilter::krites_network_filter(&proxy(MtlsMode::Strict));
+    assert_eq!(patch.value["name"], inline["name"]);
+    assert_eq!(patch.value["config_discovery"]["type_urls"], inline["config_discovery"]["type_urls"]);
+    assert_eq!(patch.value["config_discovery"]["config_source"]["initial_fetch_timeout"], "0s");
+
+    // Applied: first on the catch-all chain, delivered from the proxy's ECDS file; nowhere else.
+    let mut p = proxy(MtlsMode::Strict);
+    p.outbound = vec![Upstream {
+        host: "mysql.bookinfo.svc.cluster.local".into(),
+        ip: Ipv4Addr::new(10, 96, 0, 13),
+        port: 3306,
+        protocol: Protocol::Tcp,
+        identity: "spiffe://cluster.local/ns/bookinfo/sa/mysql".into(),
+        endpoints: vec!["10.1.2.9:3306".parse().unwrap()],
+    }];
+    let before = build_sidecar_bootstrap(&p);
+    p.envoy_filters = vec![f.clone()];
+    let after = build_sidecar_bootstrap(&p);
+    let listeners = |b: &Value| b["static_resources"]["listeners"].as_array().unwrap().clone();
+    let named = |all: &[Value], name: &str| all.iter().find(|l| l["name"] == name).cloned().unwrap();
+    for (b, a) in listeners(&before).iter().zip(listeners(&after).iter()) {
+        if a["name"] != "virtualOutbound" {
+            assert_eq!(a, b, "{} unchanged", a["name"]);
+        }
+    }
+    let catch_all = named(&listeners(&after), "virtualOutbound")["filter_chains"][0]["filters"].as_array().unwrap().clone();
+    assert_eq!(catch_all.len(), 2);
+    assert_eq!(catch_all[0], inline, "the same filter as Istio's own NETWORK plugin placement");
+    assert_eq!(catch_all[1]["typed_config"]["cluster"], PASSTHROUGH_CLUSTER);
+
+    // A name no WasmPlugin delivers keeps its ADS source (Envoy then refuses the bootstrap).
+    let mut wrong = f.clone();
+    wrong.patches[0].value["name"] = json!("extensions.istio.io/wasmplugin/istio-system.other");
+    p.envoy_filters = vec![wrong];
+    let catch_all = named(&listeners(&build_sidecar_bootstrap(&p)), "virtualOutbound")["filter_chains"][0]["filters"].as_array().unwrap().clone();
+    assert!(catch_all[0]["config_discovery"]["config_source"]["ads"].is_object());
+}
+
+#[test]
+fn envoyfilters_the_mesh_cannot_apply_are_errors_naming_the_field() {
+    use envoyfilter::EnvoyFilter;
+    let shipped = envoyfilter::EGRESS_PASSTHROUGH_MANIFEST;
+    for (edit, field) in [
+        (("operation: INSERT_FIRST", "operation: MERGE"), "patch.operation"),
+        (("applyTo: NETWORK_FILTER", "applyTo: HTTP_FILTER"), "applyTo"),
+        (("context: SIDECAR_OUTBOUND", "context: GATEWAY"), "match.context"),
+        (("        name: virtualOutbound-catchall-tcp", "        transportProtocol: tls"), "match.listener.filterChain.transportProtocol"),
+        (("kind: EnvoyFilter", "kind: Sidecar"), "apiVersion/kind"),
+    ] {
+        assert!(shipped.contains(edit.0), "{edit:?}");
+        let err = format!("{:#}", EnvoyFilter::parse(&shipped.replace(edit.0, edit.1)).unwrap_err());
+        assert!(err.contains(field), "{field}: {err}");
+    }
 }

@@ -186,9 +186,10 @@ pub struct PodSpec {
     pub sidecar: bool,
     /// The WasmPlugin's `pluginConfig`, as written (istiod's transform is applied).
     pub plugin_config: String,
-    /// Krites' NETWORK filter also on `virtualOutbound`'s catch-all chain (PassthroughCluster),
-    /// where Istio puts no WasmPlugin (see [`istiod::Authorization::krites_passthrough`]).
-    pub krites_passthrough: bool,
+    /// The EnvoyFilters that apply to the pod's sidecar, e.g. the shipped
+    /// [`istiod::envoyfilter::EnvoyFilter::egress_passthrough`], which puts Krites' NETWORK
+    /// filter on `virtualOutbound`'s catch-all chain (PassthroughCluster).
+    pub envoy_filters: Vec<istiod::envoyfilter::EnvoyFilter>,
 }
 
 impl PodSpec {
@@ -210,7 +211,7 @@ impl PodSpec {
             outbound: Vec::new(),
             sidecar: true,
             plugin_config: String::new(),
-            krites_passthrough: false,
+            envoy_filters: Vec::new(),
         }
     }
 }
@@ -298,13 +299,11 @@ impl Mesh {
             identity: p.identity.clone(),
             ca: self.pki.ca_cert().to_path_buf(),
             capture: istiod::CaptureMode::Iptables,
-            authz: istiod::Authorization {
-                krites_passthrough: p.spec.krites_passthrough,
-                ..istiod::Authorization::krites()
-            },
+            authz: istiod::Authorization::krites(),
             outbound: p.spec.outbound.clone(),
             admin: SocketAddr::from((Ipv4Addr::LOCALHOST, istiod::ADMIN_PORT)),
             extra_stat_tags: Vec::new(),
+            envoy_filters: p.spec.envoy_filters.clone(),
             files: files.clone(),
         };
         fs::create_dir_all(&files.network_ecds_dir)?;
@@ -363,10 +362,18 @@ impl Mesh {
     /// watched directory wants it (renamed into place, readable by the proxy's uid); returns
     /// once the HTTP role has loaded it (`krites_config_loads_total` grew).
     pub fn reconfigure(&self, p: &mut MeshPod, plugin_config: &str, version: u64) -> Result<()> {
+        self.push_plugin_config(p, plugin_config, version, "krites_config_loads_total")
+    }
+
+    /// A new `pluginConfig` for `p`'s sidecar, as [`Mesh::reconfigure`] writes it, that is
+    /// expected to bump the module's counter `counter` instead (e.g. `krites_config_errors_total`
+    /// for a config the module rejects or an empty one it fails closed on); returns once it grew.
+    pub fn push_plugin_config(&self, p: &mut MeshPod, plugin_config: &str, version: u64, counter: &str) -> Result<()> {
         use std::io::Write;
         use std::os::unix::fs::PermissionsExt;
-        let loads = |p: &MeshPod| p.stats().ok().and_then(|s| s.get("wasmcustom.krites_config_loads_total").copied()).unwrap_or(0);
-        let before = loads(p);
+        let key = format!("wasmcustom.{counter}");
+        let count = |p: &MeshPod| p.stats().ok().and_then(|s| s.get(&key).copied()).unwrap_or(0);
+        let before = count(p);
         let files = istiod::ProxyFiles::under(&p.dir);
         let doc = istiod::build_ecds(version, &self.wasm, plugin_config)?;
         let mut tmp = tempfile::Builder::new().prefix(".ecds-").suffix(".json").tempfile_in(&files.ecds_dir)?;
@@ -375,9 +382,9 @@ impl Mesh {
         tmp.persist(&files.ecds).with_context(|| format!("renaming into {}", files.ecds.display()))?;
         p.spec.plugin_config = plugin_config.to_string();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while loads(p) <= before {
+        while count(p) <= before {
             if Instant::now() > deadline {
-                bail!("the sidecar of pod {} did not load config version {version}:\n{}", p.spec.name, tail(&p.envoy_log()));
+                bail!("the sidecar of pod {} did not take config version {version} ({counter} did not grow):\n{}", p.spec.name, tail(&p.envoy_log()));
             }
             sleep(Duration::from_millis(50));
         }
