@@ -33,14 +33,23 @@ help:
 setup:
 	@scripts/setup.sh
 
+# The module keeps only the exports in filter/exports.txt (see there why):
+# wasm-metadce drops the others, then wasm-opt the code they alone reached.
+WASM_EXPORTS_GRAPH := target/krites-exports.json
+
 build:
 	$(CARGO) build -p krites-filter --target $(WASM_TARGET) --profile $(WASM_PROFILE)
 	@mkdir -p wasm-out
-	@if command -v wasm-opt >/dev/null; then \
-	  wasm-opt -O3 $(WASM_OPT_FEATURES) --strip-debug --strip-producers $(WASM_BUILT) -o $(WASM_OUT); \
-	else \
-	  echo "wasm-opt not found (Debian: binaryen); shipping the unoptimised module"; cp $(WASM_BUILT) $(WASM_OUT); \
-	fi
+	@command -v wasm-opt >/dev/null && command -v wasm-metadce >/dev/null || \
+	  { echo "wasm-opt and wasm-metadce are needed (Debian: binaryen; make setup installs it)"; exit 1; }
+	@awk '!/^#/ && NF { n++; e[n] = $$1 } END { \
+	  printf "[{\"name\":\"root\",\"root\":true,\"reaches\":["; \
+	  for (i = 1; i <= n; i++) printf "%s\"e%d\"", (i > 1 ? "," : ""), i; printf "]}"; \
+	  for (i = 1; i <= n; i++) printf ",{\"name\":\"e%d\",\"export\":\"%s\"}", i, e[i]; print "]" }' \
+	  filter/exports.txt > $(WASM_EXPORTS_GRAPH)
+	@wasm-metadce $(WASM_OPT_FEATURES) $(WASM_BUILT) --graph-file $(WASM_EXPORTS_GRAPH) -o $(WASM_OUT).trimmed >/dev/null
+	wasm-opt -O3 $(WASM_OPT_FEATURES) --strip-debug --strip-producers $(WASM_OUT).trimmed -o $(WASM_OUT)
+	@rm -f $(WASM_OUT).trimmed
 	@cd wasm-out && sha256sum krites.wasm > krites.wasm.sha256
 	@echo "built $(WASM_OUT): $$(stat -c %s $(WASM_OUT)) bytes, sha256 $$(cut -d' ' -f1 wasm-out/krites.wasm.sha256)"
 

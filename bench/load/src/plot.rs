@@ -10,7 +10,7 @@ use crate::report::Report;
 
 const COLOURS: [RGBColor; 5] =
     [RGBColor(90, 90, 90), RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44), RGBColor(188, 189, 34)];
-const CONFIGS: [&str; 5] = ["baseline", "rbac", "ext_authz", "krites", "wasm-floor"];
+const CONFIGS: [&str; 6] = ["baseline", "rbac", "ext_authz", "krites", "wasm-floor", "wasm-min"];
 
 /// Writes the two-panel chart to `path`.
 pub fn write_svg(report: &Report, path: &Path) -> Result<()> {

@@ -171,9 +171,9 @@ impl Report {
             });
         };
         over_target(
-            format!("c{primary} tutorial: krites RSS over baseline / wasm-floor's"),
+            format!("c{primary} tutorial: krites RSS over baseline / wasm-min's"),
             over_baseline("tutorial", "krites", &rss),
-            over_baseline("tutorial", "wasm-floor", &rss),
+            over_baseline("tutorial", "wasm-min", &rss),
             1.5,
             "MiB",
         );
@@ -292,7 +292,7 @@ impl Report {
             if let Some(k) = s.get("krites") {
                 let r = |c: &str| s.get(c).map(|m| (ratio(k.rps, m.rps), ratio(k.cpu_us_per_request, m.cpu_us_per_request)));
                 let mut parts = Vec::new();
-                for c in ["baseline", "rbac", "ext_authz", "wasm-floor"] {
+                for c in ["baseline", "rbac", "ext_authz", "wasm-floor", "wasm-min"] {
                     if let Some((rps, cpu)) = r(c) {
                         parts.push(format!("krites/{c}: RPS {} cpu/req {}", fmt_ratio(rps), fmt_ratio(cpu)));
                     }

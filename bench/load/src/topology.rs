@@ -45,10 +45,13 @@ pub enum Authz {
     /// being a Wasm filter costs at all (VM entries, context per stream),
     /// so `krites - wasm-floor` is what deciding costs.
     WasmFloor,
+    /// A hand-written module (`bench/load/wasm/minimal.wat`) that Envoy enters twice per
+    /// request and that makes no host call: what any Wasm filter costs, in memory and CPU.
+    WasmMin,
 }
 
 impl Authz {
-    pub const ALL: [Authz; 5] = [Authz::Baseline, Authz::Rbac, Authz::ExtAuthz, Authz::Krites, Authz::WasmFloor];
+    pub const ALL: [Authz; 6] = [Authz::Baseline, Authz::Rbac, Authz::ExtAuthz, Authz::Krites, Authz::WasmFloor, Authz::WasmMin];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -57,6 +60,7 @@ impl Authz {
             Authz::ExtAuthz => "ext_authz",
             Authz::Krites => "krites",
             Authz::WasmFloor => "wasm-floor",
+            Authz::WasmMin => "wasm-min",
         }
     }
 
@@ -196,6 +200,14 @@ impl Topology {
                 }
                 Authz::Krites => Some(scenario.config_json.clone()),
                 Authz::WasmFloor => Some(out_of_scope(scenario)?),
+                Authz::WasmMin => {
+                    proxy.authz = Authorization { krites_network: false, http: HttpAuthz::Krites };
+                    let module = write_minimal_module(&files)?;
+                    let doc = istiod::build_http_ecds(1, &module, None);
+                    std::fs::create_dir_all(&proxy.files.ecds_dir)?;
+                    std::fs::write(&proxy.files.ecds, serde_json::to_vec(&doc)?)?;
+                    None
+                }
             };
             if let Some(plugin_config) = plugin_config {
                 proxy.authz = Authorization::krites();
@@ -303,6 +315,14 @@ fn start_envoy(name: &str, config: &Path, files: &Files, admin: SocketAddr, conc
         std::thread::sleep(Duration::from_millis(100));
     }
     Ok(Proc { name: name.to_string(), guard, admin: Some(admin), log })
+}
+
+/// The `wasm-min` module, assembled from its text.
+fn write_minimal_module(files: &Files) -> Result<PathBuf> {
+    let binary = wat::parse_str(include_str!("../wasm/minimal.wat")).context("bench/load/wasm/minimal.wat")?;
+    let path = files.path("minimal.wasm");
+    std::fs::write(&path, binary).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
 }
 
 /// The scenario's config, scoped to a namespace the workload is not in.

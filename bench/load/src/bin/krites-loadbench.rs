@@ -55,7 +55,7 @@ struct Args {
     /// Scales to run (tutorial, p100-e1k, p1000-e10k, calico-20k).
     #[arg(long, value_delimiter = ',')]
     scales: Option<Vec<String>>,
-    /// Configurations to run (baseline, rbac, ext_authz, krites, wasm-floor).
+    /// Configurations to run (baseline, rbac, ext_authz, krites, wasm-floor, wasm-min).
     #[arg(long, value_delimiter = ',')]
     configs: Option<Vec<String>>,
     /// Rounds; each runs every configuration once, in a rotated order.
@@ -205,7 +205,7 @@ fn verify(scenario: &Scenario, topo: &Topology, a: Authz) -> Result<Vec<String>>
     for r in &scenario.mix {
         let source = &scenario.sources[r.source];
         let resp = Request::new().to(topo.client_listener).path(&Topology::target(a, source, r.path)).send()?;
-        let expected = if matches!(a, Authz::Baseline | Authz::WasmFloor) || r.allowed { 200 } else { 403 };
+        let expected = if matches!(a, Authz::Baseline | Authz::WasmFloor | Authz::WasmMin) || r.allowed { 200 } else { 403 };
         if resp.status != expected {
             bad.push(format!("{} GET {} -> {} (engine: {} by {})", source.name, r.path, resp.status, expected, r.decided_by));
         }
