@@ -139,7 +139,7 @@ impl Report {
         ratio_target("tutorial: krites/rbac RPS", rps("tutorial", "krites"), rps("tutorial", "rbac"), 0.95);
         ratio_target("tutorial: krites/baseline RPS", rps("tutorial", "krites"), rps("tutorial", "baseline"), 0.90);
         ratio_target("krites RPS calico-20k/tutorial", rps("calico-20k", "krites"), rps("tutorial", "krites"), 0.90);
-        for s in &self.scales {
+        for s in self.scales.iter().filter(|s| s.concurrency == primary) {
             ratio_target(&format!("{}: krites/ext_authz RPS", s.name), rps(&s.name, "krites"), rps(&s.name, "ext_authz"), 3.0);
         }
         let added = |c: &str| p99("tutorial", c).zip(p99("tutorial", "baseline")).map(|(x, b)| x - b);
