@@ -570,7 +570,10 @@ fn ten_thousand_pods_and_a_thousand_policies() {
         created.retries,
         created.requests as f64 / created.took.as_secs_f64()
     );
-    assert!(created.took < Duration::from_secs(180), "creating took {:?}", created.took);
+    // Loading the cluster is the test's own cost, not control's: 65 s alone
+    // on 2 cores, 202 s in CI beside the two other lanes. The bound only
+    // catches a harness that stopped making progress.
+    assert!(created.took < Duration::from_secs(480), "creating took {:?}", created.took);
 
     // Converge after start: control starts with everything in place.
     let watch = PluginWatch::start(&kube);
