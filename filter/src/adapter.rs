@@ -310,13 +310,20 @@ impl ConnectionData {
         let uri_san: Option<Rc<str>> = host.property(&["connection", "uri_san_peer_certificate"]).and_then(utf8).map(Rc::from);
         let mtls = uri_san.is_some()
             || host.property(&["connection", "mtls"]).is_some_and(|b| b.first().is_some_and(|&v| v != 0));
-        let destination_port =
-            if needs.destination_port { host.property(&["destination", "port"]).as_deref().and_then(parse_port) } else { None };
-        let destination_ip = if needs.destination_ip {
-            host.property(&["destination", "address"]).as_deref().and_then(parse_address).map(|(ip, _)| ip)
+        // `destination.address` is the local address with its port: one host
+        // call (each costs microseconds) gives both; `destination.port` only
+        // when the address came without one.
+        let destination = if needs.destination_ip || needs.destination_port {
+            host.property(&["destination", "address"]).as_deref().and_then(parse_address)
         } else {
             None
         };
+        let destination_port = match destination {
+            _ if !needs.destination_port => None,
+            Some((_, Some(port))) => Some(port),
+            _ => host.property(&["destination", "port"]).as_deref().and_then(parse_port),
+        };
+        let destination_ip = destination.filter(|_| needs.destination_ip).map(|(ip, _)| ip);
         let conn = ConnectionData { source, unverified_source, destination_ip, destination_port, mtls, uri_san, direction };
         (conn, recorded.is_some())
     }

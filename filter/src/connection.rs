@@ -270,12 +270,31 @@ pub struct ConnectionGuard {
     tls: bool,
     /// Its listener's direction (read once, at `on_new_connection`): ingress or egress.
     direction: ListenerDirection,
+    /// The TCP peer as `on_new_connection` read and recorded it, so that the
+    /// decision need not read it back (each host call that returns data costs
+    /// microseconds, `network_role_cost_per_connection`).
+    peer: Option<Vec<u8>>,
     metrics: Rc<Metrics>,
+}
+
+/// Envoy, with the recorded peer (if it was) answered from the guard's memory.
+struct RecordedPeer<'a>(Option<&'a [u8]>);
+
+impl adapter::Host for RecordedPeer<'_> {
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+        match self.0 {
+            Some(peer) if path == [adapter::PEER_ADDRESS_KEY] => Some(peer.to_vec()),
+            _ => EnvoyHost.property(path),
+        }
+    }
+    fn request_headers(&self) -> Option<Vec<u8>> {
+        EnvoyHost.request_headers()
+    }
 }
 
 impl ConnectionGuard {
     pub fn new(metrics: Rc<Metrics>) -> ConnectionGuard {
-        ConnectionGuard { state: State::Undecided, tls: false, direction: ListenerDirection::Unspecified, metrics }
+        ConnectionGuard { state: State::Undecided, tls: false, direction: ListenerDirection::Unspecified, peer: None, metrics }
     }
 
     /// Decides at the first data in either direction.
@@ -290,7 +309,7 @@ impl ConnectionGuard {
                 return Action::Continue;
             }
         };
-        let data = RequestData::gather(&EnvoyHost, CONNECTION_NEEDS);
+        let data = RequestData::gather(&RecordedPeer(self.peer.as_deref()), CONNECTION_NEEDS);
         let roles = self.direction.roles();
         let mut allowed = true;
         if roles.ingress {
@@ -376,6 +395,7 @@ impl StreamContext for ConnectionGuard {
                 if host::set_property(&[adapter::PEER_ADDRESS_KEY], &peer).is_err() {
                     host::log(Level::Warn, "krites: could not record the connection's peer address");
                 }
+                self.peer = Some(peer);
             }
             _ => host::log(Level::Warn, "krites: connection has no source address to record"),
         }

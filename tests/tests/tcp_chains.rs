@@ -227,22 +227,48 @@ fn no_config_closes_tcp_connections() {
     assert!(rig.sidecar.log().unwrap().contains("krites: DENY no_config: fail closed"));
 }
 
-/// Envoy's user + system CPU time so far, in microseconds (`/proc/<pid>/stat`, 100 ticks/s).
+/// Envoy's CPU time so far, in microseconds: the sum over its threads of
+/// the scheduler's run time (`/proc/<pid>/task/*/schedstat`, nanoseconds;
+/// `/proc/<pid>/stat` counts 10 ms ticks, too coarse for a round).
 fn cpu_micros(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let rest = stat.rsplit_once(')').unwrap().1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    (fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()) * 10_000
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    let nanos: u64 = tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    nanos / 1000
 }
 
-/// What the NETWORK role costs per connection: the same plaintext TCP chain with and without
-/// the module, N allowed connections each (connect, 4 bytes, echo, close), sequential. Prints
+/// The smallest module Envoy runs as a network filter: it exports no
+/// connection callback, so Envoy enters it once per connection (to create
+/// the context), and it makes no host call. The floor of any Wasm NETWORK
+/// filter, as `bench/load/wasm/minimal.wat` is for HTTP.
+const MINIMAL_NETWORK_MODULE: &str = r#"(module
+  (memory (export "memory") 1)
+  (global $next (mut i32) (i32.const 1024))
+  (func (export "malloc") (param $size i32) (result i32)
+    (local $at i32)
+    (local.set $at (global.get $next))
+    (if (i32.gt_u (i32.add (local.get $at) (local.get $size)) (i32.const 65536))
+      (then (return (i32.const 0))))
+    (global.set $next (i32.add (local.get $at) (local.get $size)))
+    (local.get $at))
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_context_create") (param i32 i32)))"#;
+
+/// What the NETWORK role costs per connection: the same plaintext TCP chain
+/// with no module, with the minimal module above, and with Krites; rounds of
+/// N allowed connections each (connect, 4 bytes, echo, close), sequential,
+/// the three sidecars in turn so that drift hits all alike. Prints medians of
 /// wall time and Envoy CPU per connection; run with `--ignored --nocapture`.
 #[test]
 #[ignore = "a measurement: cargo test -p krites-testbed --test tcp_chains -- --ignored --nocapture"]
 fn network_role_cost_per_connection() {
-    const N: usize = 2000;
-    let measure = |rig: &Rig| {
+    const N: usize = 300;
+    const ROUNDS: usize = 7;
+    let measure = |rig: &Rig, n: usize| {
         let to = rig.sidecar.tcp_plain_addr().unwrap();
         // Connect from summary's address, send, read exactly the echo, close.
         let once = || {
@@ -257,27 +283,66 @@ fn network_role_cost_per_connection() {
             stream.read_exact(&mut echo).unwrap();
             assert_eq!(&echo, b"echo:PING");
         };
-        for _ in 0..50 {
-            once();
-        }
         let (cpu, started) = (cpu_micros(rig.sidecar.pid()), std::time::Instant::now());
-        for _ in 0..N {
+        for _ in 0..n {
             once();
         }
-        let wall = started.elapsed().as_micros() as f64 / N as f64;
-        let cpu = (cpu_micros(rig.sidecar.pid()) - cpu) as f64 / N as f64;
+        let wall = started.elapsed().as_micros() as f64 / n as f64;
+        let cpu = (cpu_micros(rig.sidecar.pid()) - cpu) as f64 / n as f64;
         (wall, cpu)
     };
-    let with = rig("database", Ipv4Addr::new(127, 0, 12, 43), &config().replace("127.0.12.13", "127.0.12.43"), None);
-    let mut without = rig("database", Ipv4Addr::new(127, 0, 12, 53), &config(), None);
-    // The same sidecar without the module: restart it with no Wasm.
-    let spec = SidecarSpec { wasm: None, ..without.sidecar.spec().clone() };
-    let mesh = without.sidecar.mesh().clone();
-    without.sidecar = Sidecar::start_with(spec, mesh).unwrap();
-    let (w_wall, w_cpu) = measure(&with);
-    let (b_wall, b_cpu) = measure(&without);
-    println!("NETWORK role, {N} plaintext TCP connections each:");
-    println!("  no module:   {b_wall:7.1} us wall, {b_cpu:6.1} us Envoy CPU per connection");
-    println!("  with Krites: {w_wall:7.1} us wall, {w_cpu:6.1} us Envoy CPU per connection");
-    println!("  added:       {:7.1} us wall, {:6.1} us Envoy CPU per connection", w_wall - b_wall, w_cpu - b_cpu);
+    let restart = |rig: &mut Rig, wasm: Option<std::path::PathBuf>| {
+        let spec = SidecarSpec { wasm, ..rig.sidecar.spec().clone() };
+        let mesh = rig.sidecar.mesh().clone();
+        rig.sidecar = Sidecar::start_with(spec, mesh).unwrap();
+    };
+    let krites = rig("database", Ipv4Addr::new(127, 0, 12, 43), &config().replace("127.0.12.13", "127.0.12.43"), None);
+    let mut none = rig("database", Ipv4Addr::new(127, 0, 12, 53), &config(), None);
+    restart(&mut none, None);
+    let mut minimal = rig("database", Ipv4Addr::new(127, 0, 12, 63), &config().replace("127.0.12.13", "127.0.12.63"), None);
+    let module = minimal._dir.path().join("minimal-network.wasm");
+    std::fs::write(&module, wat::parse_str(MINIMAL_NETWORK_MODULE).unwrap()).unwrap();
+    restart(&mut minimal, Some(module));
+    // Other modules to compare (`KRITES_COST_MODULES=a.wasm,b.wat`): Krites
+    // built with a step disabled, or a probe that makes N host calls.
+    let extra: Vec<(String, Rig)> = std::env::var("KRITES_COST_MODULES")
+        .unwrap_or_default()
+        .split(',')
+        .filter(|p| !p.is_empty())
+        .enumerate()
+        .map(|(i, path)| {
+            let ip = Ipv4Addr::new(127, 0, 12, 73 + 10 * i as u8);
+            let mut rig = rig("database", ip, &config().replace("127.0.12.13", &ip.to_string()), None);
+            // A .wat file or a .wasm one; either is written out as a binary module.
+            let module = rig._dir.path().join(format!("extra-{i}.wasm"));
+            std::fs::write(&module, wat::parse_file(path).unwrap()).unwrap();
+            restart(&mut rig, Some(module));
+            (path.rsplit('/').next().unwrap_or(path).to_string(), rig)
+        })
+        .collect();
+    let mut rigs = vec![("no module", &none), ("minimal module", &minimal), ("Krites", &krites)];
+    rigs.extend(extra.iter().map(|(name, rig)| (name.as_str(), rig)));
+    for (_, rig) in &rigs {
+        measure(rig, 50); // warm up
+    }
+    let mut samples: Vec<Vec<(f64, f64)>> = vec![Vec::new(); rigs.len()];
+    for round in 0..ROUNDS {
+        for k in 0..rigs.len() {
+            let i = (round + k) % rigs.len();
+            samples[i].push(measure(rigs[i].1, N));
+        }
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!("NETWORK role, {ROUNDS} rounds of {N} plaintext TCP connections per sidecar (medians per connection):");
+    let base_cpu = median(samples[0].iter().map(|s| s.1).collect());
+    for (i, (name, _)) in rigs.iter().enumerate() {
+        let wall = median(samples[i].iter().map(|s| s.0).collect());
+        let cpu = median(samples[i].iter().map(|s| s.1).collect());
+        // The paired delta: each round's figure minus the same round's no-module figure.
+        let delta = median(samples[i].iter().zip(&samples[0]).map(|(s, b)| s.1 - b.1).collect());
+        println!("  {name:<18} {wall:8.1} us wall, {cpu:7.1} us Envoy CPU ({:+6.1} us over no module; paired {delta:+6.1})", cpu - base_cpu);
+    }
 }
