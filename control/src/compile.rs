@@ -13,6 +13,8 @@ use krites_policy::{ConfigErrors, PolicySet};
 
 use crate::inventory::{Inventory, Labels};
 
+mod projection;
+
 /// Kubernetes stores objects up to ~1.5 MiB, etcd's default request limit;
 /// keep a WasmPlugin's config well under 1 MiB.
 pub const MAX_CONFIG_BYTES: usize = 900 * 1024;
@@ -218,6 +220,9 @@ pub fn compile(inv: &Inventory, opts: &Options) -> Result<Compiled, CompileError
     };
     if config.policies.iter().chain(&config.staged_policies).all(|p| p.egress.is_empty() && !names_a_service(p)) {
         config.services.clear();
+    }
+    if let Some(keys) = projection::keys_read(&config) {
+        projection::project(&mut config, &keys);
     }
     let addresses_emitted = config.endpoints.iter().map(|e| e.ips.len()).sum();
 
@@ -512,5 +517,183 @@ spec: {stagedAction: Delete}
         assert_eq!(staged_names(&b), ["db"]);
         let apps: Vec<&str> = b.config.endpoints.iter().filter_map(|e| e.labels.get("app").map(String::as_str)).collect();
         assert_eq!(apps, ["probe", "web"]);
+    }
+}
+
+#[cfg(test)]
+mod unread_labels {
+    #![allow(clippy::unwrap_used)] // test code
+
+    use std::sync::Arc;
+
+    use krites_policy::{Peer, RequestFacts, Workload, WorkloadPolicy};
+
+    use super::*;
+    use crate::manifests;
+
+    const CLUSTER: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {team: a, owner: alice}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: ops, labels: {owner: bob}}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: fe, namespace: shop, labels: {cost-center: "42"}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: fe-1, namespace: shop, labels: {role: fe, version: v1, app.kubernetes.io/managed-by: Helm}}
+spec: {serviceAccountName: fe, containers: [{name: fe, image: fe}]}
+status: {phase: Running, podIP: 10.0.0.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: fe-2, namespace: shop, labels: {role: fe, version: v2, app.kubernetes.io/managed-by: Helm}}
+spec: {serviceAccountName: fe, containers: [{name: fe, image: fe}]}
+status: {phase: Running, podIP: 10.0.0.2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: fe-3, namespace: shop, labels: {role: fe, version: v2, quarantine: "yes"}}
+spec: {serviceAccountName: fe, containers: [{name: fe, image: fe}]}
+status: {phase: Running, podIP: 10.0.0.3}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: tool-1, namespace: ops, labels: {role: fe, version: v1}}
+spec: {serviceAccountName: tool, containers: [{name: tool, image: tool}]}
+status: {phase: Running, podIP: 10.0.1.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: db-1, namespace: shop, labels: {app: db, version: v9}}
+spec: {serviceAccountName: db, containers: [{name: db, image: db}]}
+status: {phase: Running, podIP: 10.0.2.1}
+---
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: db}
+spec:
+  selector: app == 'db'
+  ingress:
+  - action: Deny
+    source: {selector: has(quarantine)}
+  - action: Allow
+    source: {selector: role == 'fe', namespaceSelector: team == 'a'}
+---
+apiVersion: projectcalico.org/v3
+kind: StagedGlobalNetworkPolicy
+metadata: {name: db-tools}
+spec:
+  stagedAction: Set
+  selector: app == 'db'
+  ingress:
+  - action: Allow
+    source: {serviceAccounts: {selector: "tool-kind == 'ci'"}}
+"#;
+
+    fn inventory() -> Inventory {
+        let mut parsed = Vec::new();
+        manifests::parse_text("cluster.yaml", CLUSTER, &mut parsed).unwrap();
+        let mut inv = Inventory::from_manifests(&parsed);
+        inv.validate();
+        assert!(inv.errors.is_empty(), "{:?}", inv.errors);
+        inv
+    }
+
+    /// The config as compiled, with every label of the inventory put back.
+    fn with_all_labels(compiled: &PluginConfig, inv: &Inventory) -> PluginConfig {
+        let mut full = compiled.clone();
+        let mut groups: BTreeMap<(String, String, Labels), Vec<String>> = BTreeMap::new();
+        for pod in &inv.pods {
+            let ips = pod.ips.iter().map(ToString::to_string);
+            groups.entry((pod.namespace.clone(), pod.service_account.clone(), pod.labels.clone())).or_default().extend(ips);
+        }
+        full.endpoints = groups.into_iter().map(|((namespace, service_account, labels), ips)| EndpointSpec { namespace, service_account, labels, ips }).collect();
+        full.namespaces = inv.namespaces.iter().map(|(name, labels)| NamespaceSpec { name: name.clone(), labels: labels.clone() }).collect();
+        full.service_accounts = inv
+            .service_accounts
+            .iter()
+            .map(|((namespace, name), labels)| ServiceAccountSpec { namespace: namespace.clone(), name: name.clone(), labels: labels.clone() })
+            .collect();
+        full
+    }
+
+    #[test]
+    fn only_labels_a_selector_reads_are_emitted_and_groups_they_alone_told_apart_merge() {
+        let inv = inventory();
+        let compiled = compile(&inv, &Options::default()).unwrap().config;
+        let keys: Vec<(&str, &str, Vec<&str>, usize)> = compiled
+            .endpoints
+            .iter()
+            .map(|e| (e.namespace.as_str(), e.service_account.as_str(), e.labels.keys().map(String::as_str).collect(), e.ips.len()))
+            .collect();
+        // fe-1 and fe-2 differed only in `version` and Helm's label: one group now.
+        assert!(keys.contains(&("shop", "fe", vec!["role"], 2)), "{keys:?}");
+        assert!(keys.contains(&("shop", "fe", vec!["quarantine", "role"], 1)), "{keys:?}");
+        assert!(keys.iter().all(|(_, _, k, _)| !k.contains(&"version") && !k.contains(&"app.kubernetes.io/managed-by")), "{keys:?}");
+        // Namespaces keep `team` (read by a namespaceSelector); `owner` goes, and with it ops' entry.
+        let namespaces: Vec<(&str, Vec<&str>)> =
+            compiled.namespaces.iter().map(|n| (n.name.as_str(), n.labels.keys().map(String::as_str).collect())).collect();
+        assert_eq!(namespaces, [("shop", vec!["team"])]);
+        // `cost-center` is read by nothing; `tool-kind` (read by the staged policy) is on no account.
+        assert!(compiled.service_accounts.is_empty(), "{:?}", compiled.service_accounts);
+    }
+
+    #[test]
+    fn leaving_unread_labels_out_changes_no_decision() {
+        let inv = inventory();
+        let compiled = compile(&inv, &Options::default()).unwrap().config;
+        let full = with_all_labels(&compiled, &inv);
+        assert_ne!(compiled, full);
+        let db = Workload {
+            namespace: "shop".into(),
+            service_account: "db".into(),
+            labels: BTreeMap::from([("app".to_string(), "db".to_string())]),
+            ports: BTreeMap::new(),
+        };
+        let projected = WorkloadPolicy::new(Arc::new(PolicySet::from_config(&compiled).unwrap()), &db);
+        let everything = WorkloadPolicy::new(Arc::new(PolicySet::from_config(&full).unwrap()), &db);
+        let identities = ["shop/fe", "shop/db", "ops/tool", "shop/nobody"].map(|i| {
+            let (ns, sa) = i.split_once('/').unwrap();
+            format!("spiffe://cluster.local/ns/{ns}/sa/{sa}")
+        });
+        let mut rows = 0;
+        for source in ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.1.1", "10.0.2.1", "10.9.9.9"] {
+            let mut peers = vec![Peer::Plaintext, Peer::Mtls { uri_san: None }];
+            peers.extend(identities.iter().map(|san| Peer::Mtls { uri_san: Some(san) }));
+            for peer in peers {
+                let facts = RequestFacts {
+                    source_ip: Some(source.parse().unwrap()),
+                    source_port: Some(40000),
+                    destination_ip: Some("10.0.2.1".parse().unwrap()),
+                    destination_port: Some(5432),
+                    peer,
+                    method: Some("GET"),
+                    path: Some("/"),
+                };
+                let (a, b) = (projected.decide(&facts), everything.decide(&facts));
+                assert_eq!((a.verdict, a.reason), (b.verdict, b.reason), "{source} {peer:?}");
+                rows += 1;
+            }
+        }
+        assert_eq!(rows, 36);
+        // The fixture decides both ways, so the comparison means something.
+        let allowed = RequestFacts {
+            source_ip: Some("10.0.0.2".parse().unwrap()),
+            source_port: Some(40000),
+            destination_ip: None,
+            destination_port: None,
+            peer: Peer::Mtls { uri_san: Some(&identities[0]) },
+            method: None,
+            path: None,
+        };
+        assert_eq!(projected.decide(&allowed).verdict, krites_policy::Verdict::Allow);
+        let quarantined = RequestFacts { source_ip: Some("10.0.0.3".parse().unwrap()), ..allowed };
+        assert_eq!(projected.decide(&quarantined).verdict, krites_policy::Verdict::Deny);
     }
 }

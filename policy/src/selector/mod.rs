@@ -93,6 +93,26 @@ impl Selector {
     pub fn is_all(&self) -> bool {
         matches!(self, Selector::All)
     }
+
+    /// Adds every label key this selector reads to `keys`. A label whose key
+    /// no selector of a config reads changes none of its decisions.
+    pub fn label_keys<'a>(&'a self, keys: &mut BTreeSet<&'a str>) {
+        match self {
+            Selector::All | Selector::Global => {}
+            Selector::Has(k)
+            | Selector::Eq(k, _)
+            | Selector::Ne(k, _)
+            | Selector::In(k, _)
+            | Selector::NotIn(k, _)
+            | Selector::Contains(k, _)
+            | Selector::StartsWith(k, _)
+            | Selector::EndsWith(k, _) => {
+                keys.insert(k);
+            }
+            Selector::Not(inner) => inner.label_keys(keys),
+            Selector::And(parts) | Selector::Or(parts) => parts.iter().for_each(|p| p.label_keys(keys)),
+        }
+    }
 }
 
 /// Canonical text: re-parses to an equal selector. Parentheses only where the

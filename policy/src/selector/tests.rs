@@ -1,6 +1,6 @@
 //! Selector grammar and semantics, table-driven. Each row: selector, labels, expected.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 #[cfg(target_arch = "wasm32")]
 use wasm_bindgen_test::wasm_bindgen_test as test;
@@ -199,4 +199,23 @@ fn canonical_form_stays_within_the_depth_limit() {
     let again = Selector::parse(&canonical).unwrap_or_else(|e| panic!("canonical form should parse: {e}"));
     assert_eq!(again, sel);
     assert_eq!(again.to_string(), canonical);
+}
+
+#[test]
+fn label_keys_are_every_key_a_selector_reads() {
+    let rows: &[(&str, &[&str])] = &[
+        ("all()", &[]),
+        ("global()", &[]),
+        ("app == 'web'", &["app"]),
+        ("has(tier) && !has(quarantine)", &["quarantine", "tier"]),
+        ("env in {'a', 'b'} || team not in {'x'}", &["env", "team"]),
+        ("!(a contains 'x' && b starts with 'y') || c ends with 'z' && d != 'w'", &["a", "b", "c", "d"]),
+        ("projectcalico.org/name == 'default'", &["projectcalico.org/name"]),
+    ];
+    for (text, want) in rows {
+        let selector = Selector::parse(text).unwrap();
+        let mut keys = BTreeSet::new();
+        selector.label_keys(&mut keys);
+        assert_eq!(keys.into_iter().collect::<Vec<_>>(), *want, "{text}");
+    }
 }
