@@ -266,8 +266,6 @@ enum State {
 /// One connection of the NETWORK role.
 pub struct ConnectionGuard {
     state: State,
-    /// The connection is TLS (known at `on_new_connection`, before the handshake ends).
-    tls: bool,
     /// Its listener's direction (read once, at `on_new_connection`): ingress or egress.
     direction: ListenerDirection,
     /// The TCP peer as `on_new_connection` read and recorded it, so that the
@@ -294,7 +292,7 @@ impl adapter::Host for RecordedPeer<'_> {
 
 impl ConnectionGuard {
     pub fn new(metrics: Rc<Metrics>) -> ConnectionGuard {
-        ConnectionGuard { state: State::Undecided, tls: false, direction: ListenerDirection::Unspecified, peer: None, metrics }
+        ConnectionGuard { state: State::Undecided, direction: ListenerDirection::Unspecified, peer: None, metrics }
     }
 
     /// Decides at the first data in either direction.
@@ -378,8 +376,13 @@ impl ConnectionGuard {
     }
 
     /// The TLS handshake is done: the client certificate, if any, is known.
+    /// Asked only when the server speaks before the client, so a connection
+    /// whose client speaks first never pays these host calls. A TLS
+    /// connection has its TLS version from its start, before the handshake
+    /// ends (Envoy reads it from the socket's SSL object).
     fn handshake_done(&self) -> bool {
-        !self.tls || host::property(&["connection", "mtls"]).ok().flatten().is_some_and(|b| b.first().is_some_and(|&v| v != 0))
+        let tls = host::property(&["connection", "tls_version"]).ok().flatten().is_some_and(|v| !v.is_empty());
+        !tls || host::property(&["connection", "mtls"]).ok().flatten().is_some_and(|b| b.first().is_some_and(|&v| v != 0))
     }
 }
 
@@ -399,7 +402,6 @@ impl StreamContext for ConnectionGuard {
             }
             _ => host::log(Level::Warn, "krites: connection has no source address to record"),
         }
-        self.tls = host::property(&["connection", "tls_version"]).ok().flatten().is_some_and(|v| !v.is_empty());
         self.direction = ListenerDirection::read(&EnvoyHost);
         Action::Continue
     }
