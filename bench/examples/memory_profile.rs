@@ -1,7 +1,9 @@
 //! Where a compiled config's memory goes, stage by stage, counted by a global
 //! allocator (requested bytes, native 64-bit; the Wasm VM's are smaller per
 //! pointer but follow the same shape):
-//! `cargo run --release -p krites-bench --example memory_profile -- calico`.
+//! `cargo run --release -p krites-bench --example memory_profile -- calico [table]`.
+//! Times are native wall time, one run each: a rough guide to where
+//! configure time goes, not the filter's figure.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::error::Error;
@@ -54,31 +56,41 @@ fn kept<T>(build: impl FnOnce() -> T) -> (T, usize) {
 fn main() -> Result<(), Box<dyn Error>> {
     let name = std::env::args().nth(1).unwrap_or_else(|| "calico".into());
     let scale = Scale::preset(&name).ok_or_else(|| format!("unknown scale {name}"))?;
-    let json = to_json(&generate(&scale));
+    // `table`: the endpoint groups in the compact table, as control writes
+    // a config of that many addresses.
+    let table = std::env::args().nth(2).is_some_and(|a| a == "table");
+    let generated = generate(&scale);
+    let generated = if table { generated.with_endpoint_table()? } else { generated };
+    let json = to_json(&generated);
+    drop(generated);
     let workload = target_workload(&scale);
 
     let base = live();
     PEAK.store(base, Ordering::Relaxed);
+    let t = std::time::Instant::now();
     let (config, read) = kept(|| PluginConfig::from_json(json.as_bytes()));
+    let read_time = t.elapsed();
     let config = config?;
-    let endpoint_ips: usize = config.endpoints.iter().map(|e| e.ips.len()).sum();
+    let endpoint_ips: usize = config.endpoint_specs().iter().map(|e| e.ips.len()).sum();
     let rules: usize = config.policies.iter().map(|p| p.ingress.len()).sum();
     println!(
-        "{name}: {} of JSON; {} policies, {rules} rules, {} endpoint groups, {endpoint_ips} endpoint IPs",
+        "{name}: {} of JSON{}; {} policies, {rules} rules, {} endpoint groups, {endpoint_ips} endpoint IPs",
         mb(json.len()),
+        if table { " (endpoint table)" } else { "" },
         config.policies.len(),
-        config.endpoints.len()
+        config.endpoint_group_count()
     );
-    println!("  PluginConfig (read)            {}", mb(read));
+    println!("  PluginConfig (read)            {} in {:.0} ms", mb(read), read_time.as_secs_f64() * 1e3);
 
     // The two halves of a PolicySet, each compiled without the other.
     let identity_only = PluginConfig { policies: Vec::new(), tiers: Vec::new(), ..config.clone() };
+    let no_endpoints = |c: &PluginConfig| PluginConfig { endpoints: Vec::new(), endpoint_table: None, ..c.clone() };
     let (set, universe) = kept(|| PolicySet::from_config(&identity_only));
     drop((set?, identity_only));
-    let names_only = PluginConfig { policies: Vec::new(), tiers: Vec::new(), endpoints: Vec::new(), ..config.clone() };
+    let names_only = PluginConfig { policies: Vec::new(), tiers: Vec::new(), ..no_endpoints(&config) };
     let (set, names) = kept(|| PolicySet::from_config(&names_only));
     drop((set?, names_only));
-    let policies_only = PluginConfig { endpoints: Vec::new(), ..config.clone() };
+    let policies_only = no_endpoints(&config);
     let (set, policies) = kept(|| PolicySet::from_config(&policies_only));
     drop((set?, policies_only));
     println!("    endpoints/namespaces/SAs only  {}", mb(universe));
@@ -91,12 +103,15 @@ fn main() -> Result<(), Box<dyn Error>> {
     );
 
     PEAK.store(live(), Ordering::Relaxed);
+    let t = std::time::Instant::now();
     let (set, whole) = kept(|| PolicySet::from_config(&config));
+    let compile_time = t.elapsed();
     let set = Arc::new(set?);
-    println!("  PolicySet                      {}", mb(whole));
+    println!("  PolicySet                      {} in {:.0} ms", mb(whole), compile_time.as_secs_f64() * 1e3);
     drop(config);
+    let t = std::time::Instant::now();
     let (policy, specialised) = kept(|| WorkloadPolicy::new(Arc::clone(&set), &workload));
-    println!("  WorkloadPolicy (index)         {}", mb(specialised));
+    println!("  WorkloadPolicy (index)         {} in {:.0} ms", mb(specialised), t.elapsed().as_secs_f64() * 1e3);
     println!("  kept in all                    {}", mb(live().saturating_sub(base)));
     println!("  peak while compiling           {}", mb(PEAK.load(Ordering::Relaxed).saturating_sub(base)));
     std::hint::black_box(policy);

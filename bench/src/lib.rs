@@ -630,6 +630,7 @@ pub fn generate(scale: &Scale) -> PluginConfig {
         tiers,
         policies,
         endpoints: world.endpoints(),
+        endpoint_table: None,
         namespaces: world.namespace_specs(),
         service_accounts: world.service_accounts(),
         network_sets: Vec::new(),
@@ -938,6 +939,39 @@ mod tests {
             assert!(read == config, "{name}: read back differs from what was written");
             let pretty = serde_json::to_string_pretty(&config).unwrap();
             assert!(PluginConfig::from_json(pretty.as_bytes()).unwrap() == config, "{name}: pretty");
+        }
+    }
+
+    /// The compact endpoint table decides every request of the mix as the
+    /// JSON endpoints do, and is far smaller.
+    #[test]
+    fn endpoint_table_decides_as_json_endpoints() {
+        for scale in [Scale::tutorial(), Scale::rules(1000), calico_reduced()] {
+            let json = generate(&scale);
+            let table = json.clone().with_endpoint_table().unwrap();
+            let (json_text, table_text) = (to_json(&json), to_json(&table));
+            let read = PluginConfig::from_json(table_text.as_bytes()).unwrap();
+            assert!(read == table, "{scale:?}: the table reads back as written");
+            eprintln!(
+                "{scale:?}: {} bytes of config with JSON endpoints, {} with the table",
+                json_text.len(),
+                table_text.len()
+            );
+            let workload = target_workload(&scale);
+            let policy = |c: &PluginConfig| WorkloadPolicy::new(Arc::new(PolicySet::from_config(c).unwrap()), &workload);
+            let (a, b) = (policy(&json), policy(&read));
+            assert_eq!(a.policies_selecting(), b.policies_selecting());
+            for r in request_mix(&scale, 400) {
+                let f = r.facts();
+                let (x, y) = (a.decide(&f), b.decide(&f));
+                assert_eq!((x.verdict, x.reason, x.decided_by().to_string()), (y.verdict, y.reason, y.decided_by().to_string()), "{r:?}");
+            }
+            if scale.endpoints > 1000 {
+                let without = to_json(&PluginConfig { endpoints: Vec::new(), ..json.clone() }).len();
+                let (as_json, as_table) = (json_text.len() - without, table_text.len() - without);
+                eprintln!("  endpoints: {as_json} bytes as JSON, {as_table} as the table");
+                assert!(as_table * 4 < as_json, "{scale:?}: the table is under a quarter of the JSON endpoints");
+            }
         }
     }
 

@@ -183,6 +183,7 @@ impl Canonical for PluginConfig {
             tiers,
             policies,
             endpoints,
+            endpoint_table,
             namespaces,
             service_accounts,
             network_sets,
@@ -203,14 +204,21 @@ impl Canonical for PluginConfig {
         // Services and staged policies likewise, each written when it or
         // a later part is present: every part's encoding is self-delimiting,
         // so no two configs collide.
-        if !network_sets.is_empty() || !services.is_empty() || !staged_policies.is_empty() {
+        let table = endpoint_table.is_some();
+        if !network_sets.is_empty() || !services.is_empty() || !staged_policies.is_empty() || table {
             network_sets.feed(d);
         }
-        if !services.is_empty() || !staged_policies.is_empty() {
+        if !services.is_empty() || !staged_policies.is_empty() || table {
             services.feed(d);
         }
-        if !staged_policies.is_empty() {
+        if !staged_policies.is_empty() || table {
             staged_policies.feed(d);
+        }
+        if let Some(t) = endpoint_table {
+            // Its encoding is deterministic and self-delimiting.
+            let bytes = t.to_bytes();
+            d.number(bytes.len() as u64);
+            d.0.update(&bytes);
         }
     }
 }

@@ -15,11 +15,13 @@ use serde::{Deserialize, Serialize};
 
 pub mod json;
 mod digest;
+pub mod endpoint_table;
 mod read;
 
 use crate::json::Json;
 
 pub use digest::Digest;
+pub use endpoint_table::{EndpointTable, TableError};
 
 /// The only config format version this build understands.
 pub const CONFIG_VERSION: u32 = 1;
@@ -47,6 +49,10 @@ pub struct PluginConfig {
     /// Groups of pods that share namespace, service account and labels.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub endpoints: Vec<EndpointSpec>,
+    /// More groups of pods, as one compact base64 string (see
+    /// [`endpoint_table`]); read as if listed in `endpoints` after them.
+    #[serde(default, skip_serializing_if = "Option::is_none", serialize_with = "endpoint_table::serialize")]
+    pub endpoint_table: Option<EndpointTable>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub namespaces: Vec<NamespaceSpec>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -68,6 +74,33 @@ pub struct PluginConfig {
     /// policies with these changes applied too, and reports differences.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub staged_policies: Vec<PolicySpec>,
+}
+
+impl PluginConfig {
+    /// The same config with every endpoint group in the compact table
+    /// (`endpoints` first, then what the table held): what `control`
+    /// writes when a config carries many addresses.
+    pub fn with_endpoint_table(mut self) -> Result<PluginConfig, TableError> {
+        let mut specs = std::mem::take(&mut self.endpoints);
+        if let Some(table) = self.endpoint_table.take() {
+            specs.extend(table.to_specs());
+        }
+        self.endpoint_table = Some(EndpointTable::from_specs(&specs)?);
+        Ok(self)
+    }
+
+    /// Every endpoint group as JSON `endpoints` lists them, in order:
+    /// `endpoints`, then the table's.
+    pub fn endpoint_specs(&self) -> Vec<EndpointSpec> {
+        let mut specs = self.endpoints.clone();
+        specs.extend(self.endpoint_table.iter().flat_map(EndpointTable::to_specs));
+        specs
+    }
+
+    /// Endpoint groups, in either form.
+    pub fn endpoint_group_count(&self) -> usize {
+        self.endpoints.len() + self.endpoint_table.as_ref().map_or(0, |t| t.groups().len())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -25,7 +25,7 @@ impl PluginConfig {
 }
 
 fn plugin_config(r: &mut Reader) -> Result<PluginConfig> {
-    const FIELDS: &[&str] = &["version", "revision", "scope", "tiers", "policies", "endpoints", "namespaces", "serviceAccounts", "networkSets", "services", "stagedPolicies"];
+    const FIELDS: &[&str] = &["version", "revision", "scope", "tiers", "policies", "endpoints", "endpointTable", "namespaces", "serviceAccounts", "networkSets", "services", "stagedPolicies"];
     let mut c = PluginConfig::default();
     r.object(FIELDS, 1, Unknown::Reject, &mut |r, field| {
         match field {
@@ -35,6 +35,7 @@ fn plugin_config(r: &mut Reader) -> Result<PluginConfig> {
             "tiers" => c.tiers = r.list(tier)?,
             "policies" => c.policies = r.list(policy)?,
             "endpoints" => c.endpoints = r.list(endpoint)?,
+            "endpointTable" => c.endpoint_table = r.optional(endpoint_table)?,
             "namespaces" => c.namespaces = r.list(namespace)?,
             "serviceAccounts" => c.service_accounts = r.list(service_account)?,
             "networkSets" => c.network_sets = r.list(network_set)?,
@@ -267,6 +268,11 @@ fn endpoint(r: &mut Reader) -> Result<EndpointSpec> {
         Ok(())
     })?;
     Ok(e)
+}
+
+fn endpoint_table(r: &mut Reader) -> Result<EndpointTable> {
+    let text = r.string()?;
+    EndpointTable::decode(&text).map_err(|e| r.invalid(e.to_string()))
 }
 
 fn namespace(r: &mut Reader) -> Result<NamespaceSpec> {

@@ -219,7 +219,7 @@ pub fn check(inv: &Inventory, req: &Request) -> Result<Outcome, CheckError> {
 
 /// The client's sidecar: its own egress rules, against what it dials.
 fn egress(inv: &Inventory, req: &Request, client: &PodInfo, dialled: Option<IpAddr>, port: u16) -> Result<Side, CheckError> {
-    let compiled = compile(inv, &Options { namespace: Some(client.namespace.clone()) })?;
+    let compiled = compile(inv, &Options { namespace: Some(client.namespace.clone()), ..Options::default() })?;
     let set = Arc::new(PolicySet::from_config(&compiled.config)?);
     let policy = EgressPolicy::new(set.clone(), &workload(client));
     let cluster;
@@ -275,7 +275,7 @@ fn egress(inv: &Inventory, req: &Request, client: &PodInfo, dialled: Option<IpAd
 
 /// The destination pod's sidecar: its ingress rules, against the client.
 fn ingress(inv: &Inventory, req: &Request, from_pod: Option<&PodInfo>, target: &PodInfo, port: u16) -> Result<Side, CheckError> {
-    let compiled = compile(inv, &Options { namespace: Some(target.namespace.clone()) })?;
+    let compiled = compile(inv, &Options { namespace: Some(target.namespace.clone()), ..Options::default() })?;
     let set = Arc::new(PolicySet::from_config(&compiled.config)?);
     let policy = WorkloadPolicy::new(set.clone(), &workload(target));
     let source_ip = match (&req.from, from_pod) {

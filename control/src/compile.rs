@@ -23,6 +23,33 @@ pub const MAX_CONFIG_BYTES: usize = 900 * 1024;
 pub struct Options {
     /// Only what workloads of this namespace need.
     pub namespace: Option<String>,
+    pub endpoint_table: EndpointTableUse,
+}
+
+/// When the config lists its endpoint groups in the compact table
+/// (`endpointTable`) rather than as JSON `endpoints`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum EndpointTableUse {
+    /// From [`TABLE_FROM_ADDRESSES`] addresses: below that, JSON is small
+    /// and a reader can see who owns which address.
+    #[default]
+    Auto,
+    Always,
+    Never,
+}
+
+/// Where JSON endpoints (~16 bytes and a parse per address) give way to the
+/// table (a few bytes per group, a walk over bytes to load).
+pub const TABLE_FROM_ADDRESSES: usize = 1024;
+
+impl EndpointTableUse {
+    fn wanted(self, addresses: usize) -> bool {
+        match self {
+            EndpointTableUse::Auto => addresses >= TABLE_FROM_ADDRESSES,
+            EndpointTableUse::Always => true,
+            EndpointTableUse::Never => false,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -39,6 +66,8 @@ pub struct Compiled {
 pub enum CompileError {
     #[error("the compiled config is invalid (a bug: control validated every object): {0}")]
     Invalid(#[from] ConfigErrors),
+    #[error("the endpoint table could not be written (a bug: control parsed every address): {0}")]
+    Table(#[from] krites_policy::config::TableError),
     #[error("two running pods claim {ip}: {first} and {second}")]
     AddressClash { ip: String, first: String, second: String },
 }
@@ -149,6 +178,7 @@ pub fn compile(inv: &Inventory, opts: &Options) -> Result<Compiled, CompileError
         tiers,
         policies,
         endpoints,
+        endpoint_table: None,
         namespaces,
         service_accounts,
         network_sets: network_sets(inv),
@@ -225,6 +255,9 @@ pub fn compile(inv: &Inventory, opts: &Options) -> Result<Compiled, CompileError
         projection::project(&mut config, &keys);
     }
     let addresses_emitted = config.endpoints.iter().map(|e| e.ips.len()).sum();
+    if opts.endpoint_table.wanted(addresses_emitted) {
+        config = config.with_endpoint_table()?;
+    }
 
     let set = PolicySet::from_config(&config)?;
     let bytes = serde_json::to_vec(&config).map(|v| v.len()).unwrap_or(0);
@@ -329,7 +362,7 @@ pub enum PlanError {
 /// config scoped to its namespace so that the root namespace's shard, which
 /// Istio spreads mesh-wide, decides only for its own workloads.
 pub fn plan(inv: &Inventory, opts: &PlanOptions<'_>, module: &crate::wasmplugin::Module) -> Result<Plan, PlanError> {
-    let whole = compile(inv, &Options { namespace: opts.namespace.map(str::to_string) })?;
+    let whole = compile(inv, &Options { namespace: opts.namespace.map(str::to_string), ..Options::default() })?;
     if opts.namespace.is_some() || (!opts.per_namespace && whole.bytes <= opts.limit) {
         let ns = opts.namespace.unwrap_or(opts.mesh_namespace);
         if whole.bytes > opts.limit {
@@ -340,7 +373,7 @@ pub fn plan(inv: &Inventory, opts: &PlanOptions<'_>, module: &crate::wasmplugin:
     }
     let mut plan = Plan { objects: Vec::new(), sharded: true, max_bytes: 0, revisions: BTreeMap::new() };
     for ns in namespaces(inv) {
-        let shard = compile(inv, &Options { namespace: Some(ns.clone()) })?;
+        let shard = compile(inv, &Options { namespace: Some(ns.clone()), ..Options::default() })?;
         if shard.bytes > opts.limit {
             return Err(PlanError::TooBig { namespace: ns, bytes: shard.bytes, limit: opts.limit });
         }
@@ -510,10 +543,10 @@ spec: {stagedAction: Delete}
         assert_eq!(apps, ["probe", "web"], "{:?}", whole.config.endpoints);
 
         // Namespace a: the staged changes to its own pods' policies.
-        let a = compile(&inv, &Options { namespace: Some("a".into()) }).unwrap();
+        let a = compile(&inv, &Options { namespace: Some("a".into()), ..Options::default() }).unwrap();
         assert_eq!(staged_names(&a), ["old-web", "web-lock"]);
         // Namespace b: the staged db policy only (web-lock and the Delete of old-web touch no pod of b).
-        let b = compile(&inv, &Options { namespace: Some("b".into()) }).unwrap();
+        let b = compile(&inv, &Options { namespace: Some("b".into()), ..Options::default() }).unwrap();
         assert_eq!(staged_names(&b), ["db"]);
         let apps: Vec<&str> = b.config.endpoints.iter().filter_map(|e| e.labels.get("app").map(String::as_str)).collect();
         assert_eq!(apps, ["probe", "web"]);

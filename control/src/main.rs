@@ -243,7 +243,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let module = wasmplugin::Module { url: module_url, sha256 };
             match format {
                 Format::PluginConfig => {
-                    let whole = compile::compile(&inv, &Options { namespace: namespace.clone() })?;
+                    let whole = compile::compile(&inv, &Options { namespace: namespace.clone(), ..Options::default() })?;
                     report(&whole.config, whole.addresses_emitted, whole.addresses_known, whole.bytes, &whole.revision);
                     if whole.bytes > MAX_CONFIG_BYTES {
                         bail!(

@@ -38,6 +38,8 @@ use krites_control::compile::{compile, Options, MAX_CONFIG_BYTES};
 use krites_control::controller::apply::{same_json, REVISION_ANNOTATION};
 use krites_control::inventory::Inventory;
 use krites_control::manifests::Manifest;
+use krites_policy::config::EndpointSpec;
+use krites_policy::PluginConfig;
 use kube::{eventually, policy_names, CalicoForm, Control, Kube, PluginWatch};
 
 const PODS: usize = 10_000;
@@ -396,8 +398,13 @@ fn revision(plugin: &Value) -> String {
     plugin["metadata"]["annotations"][REVISION_ANNOTATION].as_str().unwrap_or("").to_string()
 }
 
+/// The config's endpoint groups, whether JSON `endpoints` or the compact table.
+fn endpoint_groups(config: &Value) -> Vec<EndpointSpec> {
+    PluginConfig::from_json(&serde_json::to_vec(config).unwrap()).unwrap().endpoint_specs()
+}
+
 fn addresses(config: &Value) -> BTreeSet<String> {
-    config["endpoints"].as_array().into_iter().flatten().flat_map(|e| e["ips"].as_array().into_iter().flatten()).filter_map(|ip| ip.as_str().map(str::to_string)).collect()
+    endpoint_groups(config).into_iter().flat_map(|e| e.ips).collect()
 }
 
 /// Where two configs first differ (a JSON path and both values), for a
@@ -553,7 +560,7 @@ fn ten_thousand_pods_and_a_thousand_policies() {
     println!(
         "in-process compile: {} policies, {} endpoint groups, {} of {} pod addresses referenced, {} bytes (limit {MAX_CONFIG_BYTES}), revision {}",
         expected.config.policies.len(),
-        expected.config.endpoints.len(),
+        expected.config.endpoint_group_count(),
         expected.addresses_emitted,
         expected.addresses_known,
         expected.bytes,
@@ -611,10 +618,11 @@ fn ten_thousand_pods_and_a_thousand_policies() {
     );
     let part = |k: &str| serde_json::to_vec(&config[k]).map_or(0, |v| v.len());
     println!(
-        "pluginConfig parts: policies {} bytes, endpoints {} bytes ({} groups, {} addresses), namespaces {} bytes, serviceAccounts {} bytes",
+        "pluginConfig parts: policies {} bytes, endpoints {} bytes as JSON and {} as the table ({} groups, {} addresses), namespaces {} bytes, serviceAccounts {} bytes",
         part("policies"),
         part("endpoints"),
-        config["endpoints"].as_array().map_or(0, Vec::len),
+        part("endpointTable"),
+        endpoint_groups(config).len(),
         addresses(config).len(),
         part("namespaces"),
         part("serviceAccounts")
@@ -656,20 +664,20 @@ fn ten_thousand_pods_and_a_thousand_policies() {
     let mut latencies = vec![took];
 
     // A pod added to (then deleted from) an endpoint group the config carries.
-    let group = config["endpoints"][0].clone();
-    let mut labels = group["labels"].clone();
+    let group = endpoint_groups(config).swap_remove(0);
+    let mut labels = json!(group.labels);
     labels["pod-template-hash"] = json!("scale00001");
     let address = pod_ip(PODS + 100);
     let pod = json!({"apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "scale-new-pod", "namespace": group["namespace"], "labels": labels},
-        "spec": {"serviceAccountName": group["serviceAccount"], "containers": [{"name": "app", "image": "registry.test/new:v1"}]},
+        "metadata": {"name": "scale-new-pod", "namespace": group.namespace, "labels": labels},
+        "spec": {"serviceAccountName": group.service_account, "containers": [{"name": "app", "image": "registry.test/new:v1"}]},
         "status": {"phase": "Running", "podIP": address, "podIPs": [{"ip": address}]}});
     let (took, written) = one_write("add pod (created, then Running with an IP)", &watch, &control, || admin.create(&pod));
     assert!(addresses(&written["spec"]["pluginConfig"]).contains(&address), "the new pod's address is in the write");
     latencies.push(took);
     let (took, written) = one_write("delete pod", &watch, &control, || admin.delete(&pod));
     assert!(!addresses(&written["spec"]["pluginConfig"]).contains(&address), "the deleted pod's address is gone");
-    assert!(same_json(&written["spec"]["pluginConfig"]["endpoints"], &config["endpoints"]), "back to the endpoints before");
+    assert!(endpoint_groups(&written["spec"]["pluginConfig"]) == endpoint_groups(config), "back to the endpoints before");
     latencies.push(took);
 
     let (rss_after, hwm_after) = control.memory_kib();

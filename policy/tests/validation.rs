@@ -86,6 +86,13 @@ fn with_universe(endpoints: Value, namespaces: Value, service_accounts: Value) -
     json!({"version": 1, "endpoints": endpoints, "namespaces": namespaces, "serviceAccounts": service_accounts})
 }
 
+/// JSON `endpoints`, and `table` (the same shape) as the compact endpoint table.
+fn with_table(endpoints: Value, table: Value) -> Value {
+    let specs = PluginConfig::from_json(json!({"version": 1, "endpoints": table}).to_string().as_bytes()).unwrap().endpoints;
+    let encoded = krites_policy::config::EndpointTable::from_specs(&specs).unwrap().encode();
+    json!({"version": 1, "endpoints": endpoints, "endpointTable": encoded})
+}
+
 const P: &str = "GlobalNetworkPolicy/p";
 
 /// The YAO Bank tutorial config (copied from the engine tests).
@@ -363,6 +370,36 @@ fn rejected_configs() {
         ("empty service account name",
          with_universe(json!([]), json!([]), json!([{"namespace": "prod", "name": ""}])),
          "serviceAccounts[0]", "name", "must not be empty"),
+        // ---- the compact endpoint table: its groups are named after the JSON ones
+        ("table group with an empty namespace",
+         with_table(json!([{"namespace": "prod", "serviceAccount": "web", "ips": ["10.1.0.1"]}]),
+                    json!([{"namespace": "", "serviceAccount": "web", "ips": ["10.1.0.2"]}])),
+         "endpointTable.groups[0]", "namespace", "must not be empty"),
+        ("table group with an empty service account",
+         with_table(json!([]), json!([{"namespace": "a", "serviceAccount": "web", "ips": []}, {"namespace": "prod", "serviceAccount": "", "ips": ["10.1.0.2"]}])),
+         "endpointTable.groups[1]", "serviceAccount", "must not be empty"),
+        ("table address owned by a JSON endpoint",
+         with_table(json!([{"namespace": "prod", "serviceAccount": "web", "ips": ["10.1.0.5"]}]),
+                    json!([{"namespace": "prod", "serviceAccount": "api", "ips": ["10.1.0.3", "10.1.0.4", "10.1.0.5", "10.1.0.6"]}])),
+         "endpointTable.groups[0]", "addresses", "10.1.0.5 already belongs to endpoints[0]; an address must have one owner"),
+        ("table address in two table groups",
+         with_table(json!([]), json!([
+             {"namespace": "prod", "serviceAccount": "web", "ips": ["10.1.0.1", "10.1.0.2", "10.1.0.3"]},
+             {"namespace": "prod", "serviceAccount": "api", "ips": ["fd00::9", "10.1.0.3"]}
+         ])),
+         "endpointTable.groups[1]", "addresses", "10.1.0.3 already belongs to endpointTable.groups[0]"),
+        ("table IPv6 address owned by a JSON endpoint",
+         with_table(json!([{"namespace": "prod", "serviceAccount": "web", "ips": ["fd00:0::9"]}]),
+                    json!([{"namespace": "prod", "serviceAccount": "api", "ips": ["fd00::9"]}])),
+         "endpointTable.groups[0]", "addresses", "fd00::9 already belongs to endpoints[0]"),
+        ("table that is not base64", json!({"version": 1, "endpointTable": "a table!"}),
+         "plugin config", "endpointTable", "not base64"),
+        ("table of another format", json!({"version": 1, "endpointTable": "Ag=="}),
+         "plugin config", "endpointTable", "format 2 is not the table format this build reads (1)"),
+        ("table cut short", json!({"version": 1, "endpointTable": "AQMCbnM="}),
+         "plugin config", "endpointTable", "the table ends"),
+        ("table not a string", json!({"version": 1, "endpointTable": [1]}),
+         "plugin config", "endpointTable", "expected a string"),
     ];
     let count = rows.len();
     for (what, config, object, field, fragment) in rows {

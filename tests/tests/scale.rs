@@ -1,6 +1,8 @@
-//! A large config loaded by the filter inside Envoy: it must be accepted and
-//! enforce; the time `on_configure` took (measured by the filter with the
-//! host clock, exported as a gauge) is printed for the record.
+//! A large config loaded by the filter inside Envoy, with its endpoints as
+//! JSON and in the compact table (which control writes at this size): each
+//! must be accepted and enforce; the time `on_configure` took (measured by
+//! the filter with the host clock, exported as a gauge) is printed for the
+//! record.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
@@ -11,41 +13,55 @@ use krites_testbed::{module_path, EcdsOutcome, Pki, Request, Sidecar, SidecarSpe
 
 #[test]
 fn thousand_policies_ten_thousand_endpoints_load_in_envoy() {
-    let scale = Scale { policies: 1000, rules_per_policy: 1, endpoints: 10_000, namespaces: 20, seed: DEFAULT_SEED };
-    let config = to_json(&generate(&scale));
+    let scale = Scale {
+        policies: 1000,
+        rules_per_policy: 1,
+        endpoints: 10_000,
+        namespaces: 20,
+        seed: DEFAULT_SEED,
+    };
+    let generated = generate(&scale);
+    let table = to_json(&generated.clone().with_endpoint_table().unwrap());
     let workload = target_workload(&scale);
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(&dir.path().join("pki"), "cluster.local").unwrap();
-    let sidecar = Sidecar::start(SidecarSpec {
-        name: "target".into(),
-        ip: Ipv4Addr::new(127, 0, 9, 1),
-        namespace: workload.namespace.clone(),
-        service_account: workload.service_account.clone(),
-        labels: workload.labels.clone(),
-        identity: pki.issue("target", &workload.namespace, &workload.service_account).unwrap(),
-        ca: pki.ca_cert().to_path_buf(),
-        wasm: Some(module_path()),
-        plugin_config: config.clone(),
-        work_dir: dir.path().join("target"),
-        normalize_path: true,
-        peer_address_filter: true,
-    })
-    .unwrap();
-    assert_eq!(sidecar.initial_ecds(), Some(EcdsOutcome::Accepted));
-    let gauge = |n: &str| sidecar.stat(&format!("wasmcustom.{n}")).unwrap();
-    let (policies, rules, endpoints, micros) =
-        (gauge("krites_config_policies"), gauge("krites_config_rules"), gauge("krites_config_endpoints"), gauge("krites_config_compile_micros"));
-    println!(
-        "on_configure in Envoy: {} bytes of config, {} policies / {} endpoint IPs; {policies} policies select the workload, {rules} rules apply; compiled in {:.1} ms",
+    for (form, config) in [("JSON endpoints", to_json(&generated)), ("endpoint table", table)] {
+        let name = form.to_ascii_lowercase().replace(" ", "-");
+        let sidecar = Sidecar::start(SidecarSpec {
+            name: name.clone(),
+            ip: Ipv4Addr::new(127, 0, 9, 1),
+            namespace: workload.namespace.clone(),
+            service_account: workload.service_account.clone(),
+            labels: workload.labels.clone(),
+            identity: pki.issue("target", &workload.namespace, &workload.service_account).unwrap(),
+            ca: pki.ca_cert().to_path_buf(),
+            wasm: Some(module_path()),
+            plugin_config: config.clone(),
+            work_dir: dir.path().join(&name),
+            normalize_path: true,
+            peer_address_filter: true,
+        })
+        .unwrap();
+        assert_eq!(sidecar.initial_ecds(), Some(EcdsOutcome::Accepted));
+        let gauge = |n: &str| sidecar.stat(&format!("wasmcustom.{n}")).unwrap();
+        let (policies, rules, endpoints, micros) = (
+            gauge("krites_config_policies"),
+            gauge("krites_config_rules"),
+            gauge("krites_config_endpoints"),
+            gauge("krites_config_compile_micros"),
+        );
+        println!(
+        "on_configure in Envoy ({form}): {} bytes of config, {} policies / {} endpoint IPs; {policies} policies select the workload, {rules} rules apply; compiled in {:.1} ms",
         config.len(),
         scale.policies,
         endpoints,
         micros as f64 / 1000.0
     );
-    assert_eq!(endpoints, 10_000);
-    assert!(policies > 0 && rules > 0);
-    // It decides: a plaintext request from an address no pod owns gets an answer, not an error.
-    let resp = Request::from(Ipv4Addr::new(127, 0, 9, 2)).to(sidecar.plain_addr()).send().unwrap();
-    assert!(resp.status == 200 || resp.status == 403, "{resp:?}");
-    assert_eq!(gauge("krites_requests_total"), 1);
+        assert_eq!(endpoints, 10_000);
+        assert!(policies > 0 && rules > 0);
+        // It decides: a plaintext request from an address no pod owns gets an answer, not an error.
+        let resp = Request::from(Ipv4Addr::new(127, 0, 9, 2)).to(sidecar.plain_addr()).send().unwrap();
+        assert!(resp.status == 200 || resp.status == 403, "{resp:?}");
+        assert_eq!(gauge("krites_requests_total"), 1);
+    }
 }

@@ -7,6 +7,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use super::addresses::{AddressIndexBuilder, Origin};
 use super::identity::{IdentityMatch, NamespaceClause, ServiceAccountClause};
 use super::services::{Service, ServiceEndpoint, ServicePort, Services};
 use super::universe::{network_set_labels, Group, NetworkSet, Universe};
@@ -780,10 +781,26 @@ impl Builder {
         }
         let mut groups: Vec<Group> = Vec::new();
         let mut group_of: HashMap<Group, u32> = HashMap::new();
-        let mut by_ip: HashMap<IpAddr, u32> = HashMap::new();
-        let mut first_seen: HashMap<IpAddr, usize> = HashMap::new();
-        for (i, ep) in config.endpoints.iter().enumerate() {
-            let object = format!("endpoints[{i}]");
+        let mut id_of = |group: Group| match group_of.get(&group) {
+            Some(&id) => id,
+            None => {
+                let id = u32::try_from(groups.len()).unwrap_or(u32::MAX);
+                group_of.insert(group.clone(), id);
+                groups.push(group);
+                id
+            }
+        };
+        let mut addresses = AddressIndexBuilder::default();
+        // Where each entry (JSON endpoints, then the table's groups) is named.
+        let entry_object = |entry: u32| match usize::try_from(entry).ok().and_then(|e| e.checked_sub(config.endpoints.len())) {
+            Some(g) => format!("endpointTable.groups[{g}]"),
+            None => format!("endpoints[{entry}]"),
+        };
+        let mut entry: u32 = 0;
+        for ep in &config.endpoints {
+            let object = entry_object(entry);
+            let at = entry;
+            entry = entry.saturating_add(1);
             if ep.namespace.is_empty() {
                 self.error(&object, "namespace", "must not be empty");
                 continue;
@@ -792,35 +809,51 @@ impl Builder {
                 self.error(&object, "serviceAccount", "must not be empty");
                 continue;
             }
-            let group = Group::new(&ep.namespace, &ep.service_account, &ep.labels);
-            let id = match group_of.get(&group) {
-                Some(&id) => id,
-                None => {
-                    let id = u32::try_from(groups.len()).unwrap_or(u32::MAX);
-                    group_of.insert(group.clone(), id);
-                    groups.push(group);
-                    id
-                }
-            };
-            for (j, text) in ep.ips.iter().enumerate() {
-                let Ok(ip) = text.parse::<IpAddr>() else {
-                    self.error(&object, format!("ips[{j}]"), format!("{text:?} is not an IP address"));
-                    continue;
-                };
-                let ip = ip.to_canonical();
-                match by_ip.insert(ip, id) {
-                    Some(prev) if prev != id => {
-                        let other = first_seen.get(&ip).copied().unwrap_or(0);
-                        self.error(&object, format!("ips[{j}]"), format!("{ip} already belongs to endpoints[{other}]; an address must have one owner"));
-                    }
-                    _ => {
-                        first_seen.entry(ip).or_insert(i);
-                    }
+            let id = id_of(Group::new(&ep.namespace, &ep.service_account, &ep.labels));
+            for (item, text) in (0u32..).zip(&ep.ips) {
+                match text.parse::<IpAddr>() {
+                    Ok(ip) => addresses.add(ip, id, Origin { entry: at, item }),
+                    Err(_) => self.error(&object, format!("ips[{item}]"), format!("{text:?} is not an IP address")),
                 }
             }
         }
+        if let Some(table) = &config.endpoint_table {
+            for g in table.groups() {
+                let object = entry_object(entry);
+                let at = entry;
+                entry = entry.saturating_add(1);
+                let (namespace, service_account) = (table.string(g.namespace()), table.string(g.service_account()));
+                if namespace.is_empty() {
+                    self.error(&object, "namespace", "must not be empty");
+                    continue;
+                }
+                if service_account.is_empty() {
+                    self.error(&object, "serviceAccount", "must not be empty");
+                    continue;
+                }
+                let id = id_of(Group::new(namespace, service_account, &table.labels(g)));
+                for (item, run) in (0u32..).zip(g.v4_runs()) {
+                    addresses.add_v4_run(run.first, run.last(), id, Origin { entry: at, item });
+                }
+                let runs = u32::try_from(g.v4_runs().len()).unwrap_or(u32::MAX);
+                for (item, a) in (runs..).zip(g.v6()) {
+                    addresses.add(IpAddr::V6(*a), id, Origin { entry: at, item });
+                }
+            }
+        }
+        let (addresses, clashes) = addresses.finish();
+        for clash in clashes {
+            let object = entry_object(clash.later.entry);
+            // A JSON entry's item is an address; a table group's, a run or an IPv6 address.
+            let field = match usize::try_from(clash.later.entry).is_ok_and(|e| e < config.endpoints.len()) {
+                true => format!("ips[{}]", clash.later.item),
+                false => "addresses".to_string(),
+            };
+            let problem = format!("{} already belongs to {}; an address must have one owner", clash.address, entry_object(clash.first.entry));
+            self.error(&object, field, problem);
+        }
         let network_sets = self.network_sets(config);
-        Universe::new(groups, by_ip, namespaces, service_accounts, network_sets)
+        Universe::new(groups, addresses, namespaces, service_accounts, network_sets)
     }
 
     fn services(&mut self, config: &PluginConfig, universe: &Universe) -> Services {

@@ -219,10 +219,12 @@ impl IdentityMatch {
         if self.namespace != NamespaceClause::Any {
             set.intersect_with(&universe.groups_in_namespaces(|ns| self.namespace_matches(ns, universe)));
         }
-        if self.service_accounts.is_some() {
-            set.intersect_with(
-                &universe.groups_with_service_accounts(|ns, sa| self.service_account_matches(ns, sa, universe)),
-            );
+        if let Some(clause) = &self.service_accounts {
+            let accept = |ns: &str, sa: &str| self.service_account_matches(ns, sa, universe);
+            set.intersect_with(&match clause.names.is_empty() {
+                false => universe.groups_with_service_account_names(&clause.names, accept),
+                true => universe.groups_with_service_accounts(accept),
+            });
         }
         set
     }

@@ -3,6 +3,7 @@
 //! policies sorted in evaluation order, every rule named by a stable id.
 //! Building it is where every config error is found; nothing here can fail later.
 
+mod addresses;
 mod build;
 mod referenced;
 pub mod identity;

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use fixedbitset::FixedBitSet;
 
+use super::addresses::AddressIndex;
 use crate::ranges::NetSet;
 use crate::selector::{Labels, Selector};
 
@@ -125,13 +126,17 @@ pub(crate) type ServiceAccountLabels = HashMap<String, HashMap<String, BTreeMap<
 #[derive(Debug, Default)]
 pub struct Universe {
     pub(crate) groups: Vec<Group>,
-    pub(crate) by_ip: HashMap<IpAddr, u32>,
+    addresses: AddressIndex,
     /// Shared with the certified universe, which reads the same labels.
     namespaces: Arc<NamespaceLabels>,
     service_accounts: Arc<ServiceAccountLabels>,
     index: LabelIndex,
     groups_by_namespace: BTreeMap<String, Vec<u32>>,
     groups_by_service_account: BTreeMap<(String, String), Vec<u32>>,
+    /// Every group, ordered by its service account's name (in any
+    /// namespace): a `serviceAccounts.names` clause reads only the groups
+    /// of those names, found by bisection.
+    groups_by_service_account_name: Vec<u32>,
     /// What certificates can say: one pseudo-group per known (namespace,
     /// service account), labelled only as a certificate vouches for
     /// ([`CertifiedLabels`]), so that the label index answers "which rules
@@ -147,7 +152,7 @@ pub struct Universe {
 impl Universe {
     pub(crate) fn new(
         groups: Vec<Group>,
-        by_ip: HashMap<IpAddr, u32>,
+        addresses: AddressIndex,
         namespaces: HashMap<String, BTreeMap<String, String>>,
         service_accounts: HashMap<String, HashMap<String, BTreeMap<String, String>>>,
         network_sets: Vec<NetworkSet>,
@@ -169,8 +174,8 @@ impl Universe {
         let pseudo = identities.iter().map(|(ns, sa)| Group::new(ns, sa, &none)).collect();
         let (namespaces, service_accounts) = (Arc::new(namespaces), Arc::new(service_accounts));
         let certified =
-            Universe::without_certified(pseudo, HashMap::new(), Arc::clone(&namespaces), Arc::clone(&service_accounts));
-        let mut universe = Universe::without_certified(groups, by_ip, namespaces, service_accounts);
+            Universe::without_certified(pseudo, AddressIndex::default(), Arc::clone(&namespaces), Arc::clone(&service_accounts));
+        let mut universe = Universe::without_certified(groups, addresses, namespaces, service_accounts);
         universe.certified = Some(Box::new(certified));
         universe.certified_ids = certified_ids;
         universe.network_sets = network_sets;
@@ -179,7 +184,7 @@ impl Universe {
 
     fn without_certified(
         groups: Vec<Group>,
-        by_ip: HashMap<IpAddr, u32>,
+        addresses: AddressIndex,
         namespaces: Arc<NamespaceLabels>,
         service_accounts: Arc<ServiceAccountLabels>,
     ) -> Universe {
@@ -190,14 +195,18 @@ impl Universe {
             groups_by_namespace.entry(g.namespace.clone()).or_default().push(i);
             groups_by_service_account.entry((g.namespace.clone(), g.service_account.clone())).or_default().push(i);
         }
+        // Heapsort, as for the identities above.
+        let by_name: Vec<(&str, u32)> = (0u32..).zip(&groups).map(|(i, g)| (g.service_account.as_str(), i)).collect();
+        let groups_by_service_account_name = BinaryHeap::from(by_name).into_sorted_vec().into_iter().map(|(_, i)| i).collect();
         Universe {
             groups,
-            by_ip,
+            addresses,
             namespaces,
             service_accounts,
             index,
             groups_by_namespace,
             groups_by_service_account,
+            groups_by_service_account_name,
             certified: None,
             certified_ids: HashMap::new(),
             network_sets: Vec::new(),
@@ -232,12 +241,12 @@ impl Universe {
     }
 
     pub fn ip_count(&self) -> usize {
-        self.by_ip.len()
+        self.addresses.len()
     }
 
     /// The group owning `ip`; IPv4-mapped IPv6 is folded to IPv4.
     pub fn owner_of(&self, ip: IpAddr) -> Option<u32> {
-        self.by_ip.get(&ip.to_canonical()).copied()
+        self.addresses.owner_of(ip)
     }
 
     pub fn namespace_labels<'a>(&'a self, namespace: &'a str) -> NamedLabels<'a> {
@@ -269,6 +278,28 @@ impl Universe {
         for (ns, members) in &self.groups_by_namespace {
             if accept(ns) {
                 set.extend(members.iter().map(|&g| g as usize));
+            }
+        }
+        set
+    }
+
+    /// Groups running as a service account named in `names` whose
+    /// (namespace, service account) satisfy `accept`: work in proportion to
+    /// those groups, not to every account of the cluster.
+    pub(crate) fn groups_with_service_account_names<'a>(
+        &self,
+        names: impl IntoIterator<Item = &'a String>,
+        mut accept: impl FnMut(&str, &str) -> bool,
+    ) -> FixedBitSet {
+        let mut set = self.empty_set();
+        let by_name = &self.groups_by_service_account_name;
+        let name_of = |g: u32| self.group(g).map(|g| g.service_account.as_str());
+        for name in names {
+            let start = by_name.partition_point(|&g| name_of(g) < Some(name.as_str()));
+            for &g in by_name.get(start..).into_iter().flatten().take_while(|&&g| name_of(g) == Some(name.as_str())) {
+                if self.group(g).is_some_and(|group| accept(&group.namespace, &group.service_account)) {
+                    set.insert(g as usize);
+                }
             }
         }
         set
