@@ -152,6 +152,9 @@ impl AddressIndexBuilder {
 
 #[cfg(test)]
 mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
     use super::*;
 
     fn at(entry: u32, item: u32) -> Origin {
