@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use krites_bench::{generate, target_workload, to_json, Scale};
+use krites_policy::config::EndpointTable;
 use krites_policy::{PluginConfig, PolicySet, WorkloadPolicy};
 
 struct Counting;
@@ -84,7 +85,15 @@ fn main() -> Result<(), Box<dyn Error>> {
 
     // The two halves of a PolicySet, each compiled without the other.
     let identity_only = PluginConfig { policies: Vec::new(), tiers: Vec::new(), ..config.clone() };
-    let no_endpoints = |c: &PluginConfig| PluginConfig { endpoints: Vec::new(), endpoint_table: None, ..c.clone() };
+    // Without pods, keeping the service accounts (in the table's form if it has one).
+    let no_endpoints = |c: &PluginConfig| match &c.endpoint_table {
+        Some(t) => PluginConfig {
+            endpoints: Vec::new(),
+            endpoint_table: EndpointTable::new(&[], &t.service_account_specs()).ok(),
+            ..c.clone()
+        },
+        None => PluginConfig { endpoints: Vec::new(), ..c.clone() },
+    };
     let (set, universe) = kept(|| PolicySet::from_config(&identity_only));
     drop((set?, identity_only));
     let names_only = PluginConfig { policies: Vec::new(), tiers: Vec::new(), ..no_endpoints(&config) };
@@ -99,7 +108,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         "    namespaces/SAs only            {} ({} namespaces, {} service accounts)",
         mb(names),
         config.namespaces.len(),
-        config.service_accounts.len()
+        config.service_account_specs().len()
     );
 
     PEAK.store(live(), Ordering::Relaxed);

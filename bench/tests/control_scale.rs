@@ -66,7 +66,7 @@ fn calico_shape_pod_churn() {
         let policy = WorkloadPolicy::new(set, &workload);
         let index = t.elapsed();
         println!(
-            "{what}: control compile {:.2} s; config {} bytes (policies {}, endpointTable {}, endpoints {}, serviceAccounts {}, namespaces {}), {} addresses; \
+            "{what}: control compile {:.2} s; config {} bytes (policies {}, endpointTable {} (pods and service accounts), endpoints {}, serviceAccounts {}, namespaces {}), {} addresses; \
              engine: read + PolicySet {:.0} ms, WorkloadPolicy {:.0} ms; revision {}",
             compile_time.as_secs_f64(),
             json.len(),

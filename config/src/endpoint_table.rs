@@ -1,7 +1,7 @@
 //! The compact endpoint table: the content of [`PluginConfig::endpoints`]
 //! (pods grouped by namespace, service account and labels, with their
-//! addresses) as one base64 string, for clusters whose endpoint list would
-//! not fit a WasmPlugin as JSON. `control` chooses it when a config carries
+//! addresses) and of [`PluginConfig::service_accounts`] (their labels) as one
+//! base64 string, for clusters whose lists would not fit a WasmPlugin as JSON. `control` chooses it when a config carries
 //! many addresses; the filter and `control check` read both forms alike.
 //!
 //! As JSON, each address costs ~16 bytes and a parse; here, a run of
@@ -18,6 +18,8 @@
 //!   label count, then per label: key string, value string (keys ascending, unique)
 //!   IPv4 run count, then per run: gap, length - 1
 //!   IPv6 address count, then per address: 16 bytes, network order
+//! service account count, then per account:
+//!   namespace string, name string, labels as for a group
 //! ```
 //! A run's gap is counted from the address after the group's previous run
 //! (from 0.0.0.0 for its first), so runs ascend and never overlap within a
@@ -28,7 +30,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::EndpointSpec;
+use crate::{EndpointSpec, ServiceAccountSpec};
 
 /// The only table format this build writes and reads.
 const FORMAT: u64 = 1;
@@ -37,10 +39,30 @@ const FORMAT: u64 = 1;
 pub struct EndpointTable {
     strings: Vec<String>,
     groups: Vec<TableGroup>,
+    service_accounts: Vec<TableServiceAccount>,
+}
+
+/// A service account's labels, as a `serviceAccounts` entry gives them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TableServiceAccount {
+    namespace: u32,
+    name: u32,
+    /// (key, value), keys ascending and unique.
+    labels: Vec<(u32, u32)>,
+}
+
+impl TableServiceAccount {
+    pub fn namespace(&self) -> u32 {
+        self.namespace
+    }
+
+    pub fn name(&self) -> u32 {
+        self.name
+    }
 }
 
 /// One group of pods; strings are indexes into the table's string list.
-/// Built only by [`EndpointTable::from_specs`] and decoding, which keep
+/// Built only by [`EndpointTable::new`] and decoding, which keep
 /// its invariants.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TableGroup {
@@ -99,14 +121,17 @@ pub enum TableError {
     Malformed { at: usize, problem: String },
     #[error("group {group}: {problem}")]
     Group { group: usize, problem: String },
+    #[error("service account {account}: {problem}")]
+    ServiceAccount { account: usize, problem: String },
     #[error("address {0:?} is not an IP address")]
     Address(String),
 }
 
 impl EndpointTable {
-    /// The table holding exactly what `specs` say. An address that does not
-    /// parse is an error; repeated addresses within a group are kept once.
-    pub fn from_specs(specs: &[EndpointSpec]) -> Result<EndpointTable, TableError> {
+    /// The table holding exactly what `specs` and `accounts` say. An
+    /// address that does not parse is an error; repeated addresses within a
+    /// group are kept once.
+    pub fn new(specs: &[EndpointSpec], accounts: &[ServiceAccountSpec]) -> Result<EndpointTable, TableError> {
         let mut interner = Interner::default();
         let mut groups = Vec::with_capacity(specs.len());
         for spec in specs {
@@ -139,11 +164,19 @@ impl EndpointTable {
                 v6,
             });
         }
-        Ok(EndpointTable { strings: interner.strings, groups })
+        let service_accounts = accounts
+            .iter()
+            .map(|a| TableServiceAccount {
+                namespace: interner.id(&a.namespace),
+                name: interner.id(&a.name),
+                labels: a.labels.iter().map(|(k, v)| (interner.id(k), interner.id(v))).collect(),
+            })
+            .collect();
+        Ok(EndpointTable { strings: interner.strings, groups, service_accounts })
     }
 
     /// The groups as JSON endpoints would list them (addresses as text).
-    pub fn to_specs(&self) -> Vec<EndpointSpec> {
+    pub fn endpoint_specs(&self) -> Vec<EndpointSpec> {
         self.groups
             .iter()
             .map(|g| EndpointSpec {
@@ -164,13 +197,44 @@ impl EndpointTable {
         &self.groups
     }
 
+    pub fn service_accounts(&self) -> &[TableServiceAccount] {
+        &self.service_accounts
+    }
+
+    /// The service accounts as JSON `serviceAccounts` would list them.
+    pub fn service_account_specs(&self) -> Vec<ServiceAccountSpec> {
+        self.service_accounts
+            .iter()
+            .map(|a| ServiceAccountSpec {
+                namespace: self.string(a.namespace).to_string(),
+                name: self.string(a.name).to_string(),
+                labels: self.pairs(&a.labels),
+            })
+            .collect()
+    }
+
     /// String `id`; every id in a decoded or built table is in range.
     pub fn string(&self, id: u32) -> &str {
         self.strings.get(id as usize).map_or("", String::as_str)
     }
 
     pub fn labels(&self, group: &TableGroup) -> BTreeMap<String, String> {
-        group.labels.iter().map(|&(k, v)| (self.string(k).to_string(), self.string(v).to_string())).collect()
+        self.pairs(&group.labels)
+    }
+
+    pub fn service_account_labels(&self, account: &TableServiceAccount) -> BTreeMap<String, String> {
+        self.pairs(&account.labels)
+    }
+
+    fn pairs(&self, pairs: &[(u32, u32)]) -> BTreeMap<String, String> {
+        // Inserted one by one: `collect` into a BTreeMap sorts first, and
+        // that sort's code would be in the Wasm module for nothing (keys
+        // ascend already).
+        let mut labels = BTreeMap::new();
+        for &(k, v) in pairs {
+            labels.insert(self.string(k).to_string(), self.string(v).to_string());
+        }
+        labels
     }
 
     /// Addresses in the table (a group's repeated address counted once).
@@ -191,11 +255,7 @@ impl EndpointTable {
         for g in &self.groups {
             put(&mut out, g.namespace.into());
             put(&mut out, g.service_account.into());
-            put(&mut out, g.labels.len() as u64);
-            for &(k, v) in &g.labels {
-                put(&mut out, k.into());
-                put(&mut out, v.into());
-            }
+            put_labels(&mut out, &g.labels);
             put(&mut out, g.v4_runs.len() as u64);
             let mut next = 0u64;
             for r in &g.v4_runs {
@@ -207,6 +267,12 @@ impl EndpointTable {
             for a in &g.v6 {
                 out.extend_from_slice(&a.octets());
             }
+        }
+        put(&mut out, self.service_accounts.len() as u64);
+        for a in &self.service_accounts {
+            put(&mut out, a.namespace.into());
+            put(&mut out, a.name.into());
+            put_labels(&mut out, &a.labels);
         }
         out
     }
@@ -249,32 +315,13 @@ impl EndpointTable {
                 .map_err(|_| TableError::Malformed { at, problem: "a string is not UTF-8".to_string() })?;
             strings.push(text.to_string());
         }
-        let string_count = strings.len() as u64;
         let n = r.count()?;
         let mut groups = Vec::with_capacity(n);
         for group in 0..n {
             let bad = |problem: String| TableError::Group { group, problem };
-            let string = |r: &mut Bytes, what: &str| -> Result<u32, TableError> {
-                let id = r.varint()?;
-                if id >= string_count {
-                    return Err(bad(format!("{what} is string {id}; the table has {string_count}")));
-                }
-                Ok(id as u32)
-            };
-            let namespace = string(&mut r, "the namespace")?;
-            let service_account = string(&mut r, "the service account")?;
-            let labels_len = r.count()?;
-            let mut labels: Vec<(u32, u32)> = Vec::with_capacity(labels_len);
-            for _ in 0..labels_len {
-                let key = string(&mut r, "a label key")?;
-                let value = string(&mut r, "a label value")?;
-                if let Some(&(prev, _)) = labels.last() {
-                    if strings[prev as usize].as_str() >= strings[key as usize].as_str() {
-                        return Err(bad(format!("label keys must ascend and be unique: {:?} after {:?}", strings[key as usize], strings[prev as usize])));
-                    }
-                }
-                labels.push((key, value));
-            }
+            let namespace = r.string(&strings, "the namespace").map_err(|e| e.or(bad))?;
+            let service_account = r.string(&strings, "the service account").map_err(|e| e.or(bad))?;
+            let labels = r.labels(&strings).map_err(|e| e.or(bad))?;
             let runs = r.count()?;
             let mut v4_runs = Vec::with_capacity(runs);
             let mut next = 0u64;
@@ -301,10 +348,49 @@ impl EndpointTable {
             }
             groups.push(TableGroup { namespace, service_account, labels, v4_runs, v6 });
         }
+        let n = r.count()?;
+        let mut service_accounts = Vec::with_capacity(n);
+        for account in 0..n {
+            let bad = |problem: String| TableError::ServiceAccount { account, problem };
+            let namespace = r.string(&strings, "the namespace").map_err(|e| e.or(bad))?;
+            let name = r.string(&strings, "the name").map_err(|e| e.or(bad))?;
+            let labels = r.labels(&strings).map_err(|e| e.or(bad))?;
+            service_accounts.push(TableServiceAccount { namespace, name, labels });
+        }
         if r.at != bytes.len() {
             return Err(r.malformed(r.at, "bytes follow the last group"));
         }
-        Ok(EndpointTable { strings, groups })
+        Ok(EndpointTable { strings, groups, service_accounts })
+    }
+}
+
+/// A problem inside one group or account: the table's own errors (cut
+/// short, ...) as they are, the entry's (an index out of range) named by it.
+enum EntryError {
+    Table(TableError),
+    Entry(String),
+}
+
+impl EntryError {
+    fn or(self, name: impl FnOnce(String) -> TableError) -> TableError {
+        match self {
+            EntryError::Table(e) => e,
+            EntryError::Entry(problem) => name(problem),
+        }
+    }
+}
+
+impl From<TableError> for EntryError {
+    fn from(e: TableError) -> Self {
+        EntryError::Table(e)
+    }
+}
+
+fn put_labels(out: &mut Vec<u8>, labels: &[(u32, u32)]) {
+    put(out, labels.len() as u64);
+    for &(k, v) in labels {
+        put(out, k.into());
+        put(out, v.into());
     }
 }
 
@@ -317,7 +403,8 @@ pub(crate) fn serialize<S: serde::Serializer>(table: &Option<EndpointTable>, s: 
 }
 
 /// Standard base64 with padding. Written here, not taken from the `base64`
-/// crate: its engine added ~60 KB to the Wasm module, which decodes only this.
+/// crate: its engine added 4.6 KB to the Wasm module for this one decode,
+/// and the module is over its size budget.
 fn base64_decode(text: &[u8]) -> Result<Vec<u8>, String> {
     fn sextet(c: u8) -> Option<u32> {
         match c {
@@ -430,6 +517,33 @@ impl Bytes<'_> {
             return Err(self.malformed(start, &format!("a count of {n} with {} bytes left", self.remaining())));
         }
         Ok(n as usize)
+    }
+
+    /// A string index, in range of `strings`.
+    fn string(&mut self, strings: &[String], what: &str) -> Result<u32, EntryError> {
+        let id = self.varint()?;
+        if id >= strings.len() as u64 {
+            return Err(EntryError::Entry(format!("{what} is string {id}; the table has {}", strings.len())));
+        }
+        Ok(id as u32)
+    }
+
+    /// Label pairs, keys ascending and unique.
+    fn labels(&mut self, strings: &[String]) -> Result<Vec<(u32, u32)>, EntryError> {
+        let len = self.count()?;
+        let mut labels: Vec<(u32, u32)> = Vec::with_capacity(len);
+        for _ in 0..len {
+            let key = self.string(strings, "a label key")?;
+            let value = self.string(strings, "a label value")?;
+            if let Some(&(prev, _)) = labels.last() {
+                let (prev, key) = (strings[prev as usize].as_str(), strings[key as usize].as_str());
+                if prev >= key {
+                    return Err(EntryError::Entry(format!("label keys must ascend and be unique: {key:?} after {prev:?}")));
+                }
+            }
+            labels.push((key, value));
+        }
+        Ok(labels)
     }
 
     fn take(&mut self, len: usize) -> Result<&[u8], TableError> {

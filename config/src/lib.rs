@@ -49,8 +49,9 @@ pub struct PluginConfig {
     /// Groups of pods that share namespace, service account and labels.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub endpoints: Vec<EndpointSpec>,
-    /// More groups of pods, as one compact base64 string (see
-    /// [`endpoint_table`]); read as if listed in `endpoints` after them.
+    /// More groups of pods and service accounts, as one compact base64
+    /// string (see [`endpoint_table`]); read as if listed in `endpoints` and
+    /// `serviceAccounts` after theirs.
     #[serde(default, skip_serializing_if = "Option::is_none", serialize_with = "endpoint_table::serialize")]
     pub endpoint_table: Option<EndpointTable>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -77,15 +78,14 @@ pub struct PluginConfig {
 }
 
 impl PluginConfig {
-    /// The same config with every endpoint group in the compact table
-    /// (`endpoints` first, then what the table held): what `control`
-    /// writes when a config carries many addresses.
+    /// The same config with every endpoint group and service account in the
+    /// compact table (the JSON lists first, then what the table held): what
+    /// `control` writes when a config carries many addresses.
     pub fn with_endpoint_table(mut self) -> Result<PluginConfig, TableError> {
-        let mut specs = std::mem::take(&mut self.endpoints);
-        if let Some(table) = self.endpoint_table.take() {
-            specs.extend(table.to_specs());
-        }
-        self.endpoint_table = Some(EndpointTable::from_specs(&specs)?);
+        let (specs, accounts) = (self.endpoint_specs(), self.service_account_specs());
+        self.endpoints.clear();
+        self.service_accounts.clear();
+        self.endpoint_table = Some(EndpointTable::new(&specs, &accounts)?);
         Ok(self)
     }
 
@@ -93,7 +93,15 @@ impl PluginConfig {
     /// `endpoints`, then the table's.
     pub fn endpoint_specs(&self) -> Vec<EndpointSpec> {
         let mut specs = self.endpoints.clone();
-        specs.extend(self.endpoint_table.iter().flat_map(EndpointTable::to_specs));
+        specs.extend(self.endpoint_table.iter().flat_map(EndpointTable::endpoint_specs));
+        specs
+    }
+
+    /// Every service account as JSON `serviceAccounts` lists them, in
+    /// order: `serviceAccounts`, then the table's.
+    pub fn service_account_specs(&self) -> Vec<ServiceAccountSpec> {
+        let mut specs = self.service_accounts.clone();
+        specs.extend(self.endpoint_table.iter().flat_map(EndpointTable::service_account_specs));
         specs
     }
 

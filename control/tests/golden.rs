@@ -33,6 +33,7 @@ fn cases() -> Vec<(PathBuf, PathBuf, Option<&'static str>, EndpointTableUse)> {
     .collect();
     // Small clusters get JSON endpoints; this is what a large one gets.
     cases.push((golden.join("kubernetes"), golden.join("kubernetes.table.json"), None, EndpointTableUse::Always));
+    cases.push((golden.join("calico-tiers"), golden.join("calico-tiers.table.json"), None, EndpointTableUse::Always));
     cases
 }
 
@@ -58,14 +59,19 @@ fn compiled_configs_match_the_golden_files() {
 }
 
 /// The table golden says what the JSON one says: the same endpoint groups,
-/// policies and the rest.
+/// service accounts, policies and the rest.
 #[test]
-fn the_endpoint_table_golden_holds_the_json_golden() {
+fn the_endpoint_table_goldens_hold_the_json_goldens() {
     let golden = root().join("control/tests/golden");
     let read = |name: &str| PluginConfig::from_json(&std::fs::read(golden.join(name)).unwrap()).unwrap();
-    let (json, table) = (read("kubernetes.json"), read("kubernetes.table.json"));
-    assert!(json.endpoint_table.is_none() && table.endpoints.is_empty() && table.endpoint_table.is_some());
-    assert_eq!(table.endpoint_specs(), json.endpoints);
-    let rest = |c: PluginConfig| PluginConfig { endpoints: Vec::new(), endpoint_table: None, ..c };
-    assert!(rest(table) == rest(json));
+    for name in ["kubernetes", "calico-tiers"] {
+        let (json, table) = (read(&format!("{name}.json")), read(&format!("{name}.table.json")));
+        assert!(json.endpoint_table.is_none() && table.endpoints.is_empty() && table.endpoint_table.is_some(), "{name}");
+        assert_eq!(table.endpoint_specs(), json.endpoints, "{name}");
+        assert!(table.service_accounts.is_empty(), "{name}");
+        assert_eq!(table.service_account_specs(), json.service_accounts, "{name}");
+        let rest = |c: PluginConfig| PluginConfig { endpoints: Vec::new(), service_accounts: Vec::new(), endpoint_table: None, ..c };
+        assert!(rest(table) == rest(json), "{name}");
+    }
+    assert!(!read("calico-tiers.json").service_accounts.is_empty(), "a golden with service accounts in the table");
 }

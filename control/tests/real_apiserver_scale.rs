@@ -618,7 +618,7 @@ fn ten_thousand_pods_and_a_thousand_policies() {
     );
     let part = |k: &str| serde_json::to_vec(&config[k]).map_or(0, |v| v.len());
     println!(
-        "pluginConfig parts: policies {} bytes, endpoints {} bytes as JSON and {} as the table ({} groups, {} addresses), namespaces {} bytes, serviceAccounts {} bytes",
+        "pluginConfig parts: policies {} bytes, endpoints {} bytes as JSON and {} as the table with the service accounts ({} groups, {} addresses), namespaces {} bytes, serviceAccounts {} bytes as JSON",
         part("policies"),
         part("endpoints"),
         part("endpointTable"),

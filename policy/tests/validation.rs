@@ -88,9 +88,15 @@ fn with_universe(endpoints: Value, namespaces: Value, service_accounts: Value) -
 
 /// JSON `endpoints`, and `table` (the same shape) as the compact endpoint table.
 fn with_table(endpoints: Value, table: Value) -> Value {
-    let specs = PluginConfig::from_json(json!({"version": 1, "endpoints": table}).to_string().as_bytes()).unwrap().endpoints;
-    let encoded = krites_policy::config::EndpointTable::from_specs(&specs).unwrap().encode();
-    json!({"version": 1, "endpoints": endpoints, "endpointTable": encoded})
+    with_table_accounts(endpoints, table, json!([]), json!([]))
+}
+
+/// As [`with_table`], with JSON `serviceAccounts` and more in the table.
+fn with_table_accounts(endpoints: Value, table: Value, accounts: Value, table_accounts: Value) -> Value {
+    let config = json!({"version": 1, "endpoints": table, "serviceAccounts": table_accounts});
+    let config = PluginConfig::from_json(config.to_string().as_bytes()).unwrap();
+    let encoded = krites_policy::config::EndpointTable::new(&config.endpoints, &config.service_accounts).unwrap().encode();
+    json!({"version": 1, "endpoints": endpoints, "serviceAccounts": accounts, "endpointTable": encoded})
 }
 
 const P: &str = "GlobalNetworkPolicy/p";
@@ -392,6 +398,12 @@ fn rejected_configs() {
          with_table(json!([{"namespace": "prod", "serviceAccount": "web", "ips": ["fd00:0::9"]}]),
                     json!([{"namespace": "prod", "serviceAccount": "api", "ips": ["fd00::9"]}])),
          "endpointTable.groups[0]", "addresses", "fd00::9 already belongs to endpoints[0]"),
+        ("table service account with an empty name",
+         with_table_accounts(json!([]), json!([]), json!([]), json!([{"namespace": "prod", "name": "web"}, {"namespace": "prod", "name": ""}])),
+         "endpointTable.serviceAccounts[1]", "name", "must not be empty"),
+        ("service account in JSON and in the table",
+         with_table_accounts(json!([]), json!([]), json!([{"namespace": "prod", "name": "web"}]), json!([{"namespace": "prod", "name": "web", "labels": {"pci": "true"}}])),
+         "ServiceAccount/prod/web", "name", "duplicate service account"),
         ("table that is not base64", json!({"version": 1, "endpointTable": "a table!"}),
          "plugin config", "endpointTable", "not base64"),
         ("table of another format", json!({"version": 1, "endpointTable": "Ag=="}),

@@ -23,12 +23,22 @@ fn yaobank() -> Vec<EndpointSpec> {
     ]
 }
 
+fn accounts() -> Vec<ServiceAccountSpec> {
+    let account = |ns: &str, name: &str, labels: &[(&str, &str)]| ServiceAccountSpec {
+        namespace: ns.to_string(),
+        name: name.to_string(),
+        labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+    };
+    vec![account("yaobank", "summary", &[("database", "reader"), ("team", "bank")]), account("other", "default", &[])]
+}
+
 #[test]
 fn round_trips_through_base64_and_back_to_endpoints() {
-    let table = EndpointTable::from_specs(&yaobank()).unwrap();
+    let table = EndpointTable::new(&yaobank(), &accounts()).unwrap();
     let decoded = EndpointTable::decode(&table.encode()).unwrap();
     assert_eq!(decoded, table);
-    let specs = decoded.to_specs();
+    assert_eq!(decoded.service_account_specs(), accounts());
+    let specs = decoded.endpoint_specs();
     // Addresses come back sorted, canonical (IPv4-mapped folded), IPv4 first.
     assert_eq!(specs[0].ips, ["10.0.0.7", "10.0.0.8", "10.0.0.9"]);
     assert_eq!(specs[1].ips, ["10.0.0.20", "10.0.0.22", "fd00::20"]);
@@ -45,7 +55,7 @@ fn consecutive_addresses_make_one_run_and_strings_are_written_once() {
     let ips: Vec<String> = (0..200u32).map(|i| Ipv4Addr::from(0x0a00_0000 + i).to_string()).collect();
     let refs: Vec<&str> = ips.iter().map(String::as_str).collect();
     let big = spec("payments", "ledger", &[("app", "ledger")], &refs);
-    let table = EndpointTable::from_specs(&[big.clone(), spec("payments", "ledger", &[("app", "ledger-v2")], &["10.0.1.0"])]).unwrap();
+    let table = EndpointTable::new(&[big.clone(), spec("payments", "ledger", &[("app", "ledger-v2")], &["10.0.1.0"])], &[]).unwrap();
     assert_eq!(table.groups()[0].v4_runs(), [Ipv4Run { first: 0x0a00_0000, count: 200 }]);
     let bytes = table.to_bytes();
     // format, 5 strings (~30 bytes), 2 groups of ~10 bytes.
@@ -57,14 +67,14 @@ fn consecutive_addresses_make_one_run_and_strings_are_written_once() {
 
 #[test]
 fn an_address_that_does_not_parse_is_named() {
-    let err = EndpointTable::from_specs(&[spec("a", "b", &[], &["10.0.0.1", "10.0.0.256"])]).unwrap_err();
+    let err = EndpointTable::new(&[spec("a", "b", &[], &["10.0.0.1", "10.0.0.256"])], &[]).unwrap_err();
     assert_eq!(err.to_string(), "address \"10.0.0.256\" is not an IP address");
 }
 
 /// Each damaged table is refused with its reason, never read as something else.
 #[test]
 fn damaged_tables_are_refused() {
-    let good = EndpointTable::from_specs(&yaobank()).unwrap().to_bytes();
+    let good = EndpointTable::new(&yaobank(), &accounts()).unwrap().to_bytes();
     let with = |f: &dyn Fn(&mut Vec<u8>)| {
         let mut b = good.clone();
         f(&mut b);
@@ -85,9 +95,11 @@ fn damaged_tables_are_refused() {
         ("a forged count", vec![1, 0xff, 0xff, 0xff, 0x0f], "at byte 1: a count of 33554431 with 0 bytes left"),
         ("an overlong number", vec![1, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x02], "does not fit 64 bits"),
         ("not UTF-8", vec![1, 1, 2, 0xc3, 0x28, 0], "at byte 3: a string is not UTF-8"),
-        ("a string out of range", one_group(&[1, 2, 3], &[0, 0]), "group 0: a label value is string 3; the table has 3"),
-        ("label keys repeated", one_group(&[2, 2, 0, 2, 1], &[0, 0]), "group 0: label keys must ascend and be unique"),
+        ("a string out of range", one_group(&[1, 2, 3], &[0, 0, 0]), "group 0: a label value is string 3; the table has 3"),
+        ("label keys repeated", one_group(&[2, 2, 0, 2, 1], &[0, 0, 0]), "group 0: label keys must ascend and be unique"),
         ("an IPv4 run past the end", one_group(&[0], &[1, 0xff, 0xff, 0xff, 0xff, 0x0f, 1, 0]), "group 0: an IPv4 run goes past 255.255.255.255"),
+        ("a service account's string out of range", vec![1, 1, 1, b'x', 0, 1, 0, 9, 0], "service account 0: the name is string 9; the table has 1"),
+        ("a service account's labels unordered", vec![1, 2, 1, b'b', 1, b'a', 0, 1, 0, 0, 2, 0, 0, 1, 0], "service account 0: label keys must ascend and be unique: \"a\" after \"b\""),
         ("IPv6 repeated", one_group(&[0], &[0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]), "group 0: IPv6 addresses must ascend and be unique"),
     ];
     for (name, bytes, want) in cases {
@@ -98,7 +110,7 @@ fn damaged_tables_are_refused() {
     }
     assert_eq!(EndpointTable::decode("not base64!").unwrap_err().to_string().split(':').next(), Some("not base64"));
     // A well-formed group of the helper reads back.
-    let t = EndpointTable::from_bytes(&one_group(&[0], &[1, 10, 0, 0])).unwrap();
+    let t = EndpointTable::from_bytes(&one_group(&[0], &[1, 10, 0, 0, 0])).unwrap();
     assert_eq!(t.groups()[0].v4_runs(), [Ipv4Run { first: 10, count: 1 }]);
 }
 
@@ -127,8 +139,8 @@ mod arbitrary {
                 labels: [("g".to_string(), i.to_string())].into_iter().collect(),
                 ips: ips.iter().map(|&a| Ipv4Addr::from(0x0a00_0000 + a).to_string()).collect(),
             }).collect();
-            let table = EndpointTable::from_specs(&specs).unwrap();
-            let back = EndpointTable::decode(&table.encode()).unwrap().to_specs();
+            let table = EndpointTable::new(&specs, &[]).unwrap();
+            let back = EndpointTable::decode(&table.encode()).unwrap().endpoint_specs();
             for (got, want) in back.iter().zip(&specs) {
                 let mut ips: Vec<u32> = want.ips.iter().map(|s| u32::from(s.parse::<Ipv4Addr>().unwrap())).collect();
                 ips.sort_unstable();
@@ -145,7 +157,7 @@ mod arbitrary {
 fn base64_round_trips_every_length_and_refuses_what_is_not_canonical() {
     for len in 0..12u8 {
         let bytes: Vec<u8> = (0..len).map(|i| i.wrapping_mul(97).wrapping_add(200)).collect();
-        let table = EndpointTable { strings: vec![String::from_utf8_lossy(&bytes).into_owned()], groups: Vec::new() };
+        let table = EndpointTable { strings: vec![String::from_utf8_lossy(&bytes).into_owned()], groups: Vec::new(), service_accounts: Vec::new() };
         let text = table.encode();
         assert_eq!(text.len() % 4, 0);
         assert_eq!(base64_decode(text.as_bytes()).unwrap(), table.to_bytes(), "{len} bytes");

@@ -770,13 +770,21 @@ impl Builder {
             }
         }
         let mut service_accounts: HashMap<String, HashMap<String, BTreeMap<String, String>>> = HashMap::new();
-        for (i, sa) in config.service_accounts.iter().enumerate() {
-            if sa.namespace.is_empty() {
-                self.error(&format!("serviceAccounts[{i}]"), "namespace", "must not be empty");
-            } else if sa.name.is_empty() {
-                self.error(&format!("serviceAccounts[{i}]"), "name", "must not be empty");
-            } else if service_accounts.entry(sa.namespace.clone()).or_default().insert(sa.name.clone(), sa.labels.clone()).is_some() {
-                self.error(&format!("ServiceAccount/{}/{}", sa.namespace, sa.name), "name", "duplicate service account");
+        let listed = config.service_accounts.iter().enumerate().map(|(i, sa)| {
+            (format!("serviceAccounts[{i}]"), sa.namespace.as_str(), sa.name.as_str(), sa.labels.clone())
+        });
+        let tabled = config.endpoint_table.iter().flat_map(|t| {
+            t.service_accounts().iter().enumerate().map(move |(i, sa)| {
+                (format!("endpointTable.serviceAccounts[{i}]"), t.string(sa.namespace()), t.string(sa.name()), t.service_account_labels(sa))
+            })
+        });
+        for (object, namespace, name, labels) in listed.chain(tabled) {
+            if namespace.is_empty() {
+                self.error(&object, "namespace", "must not be empty");
+            } else if name.is_empty() {
+                self.error(&object, "name", "must not be empty");
+            } else if service_accounts.entry(namespace.to_string()).or_default().insert(name.to_string(), labels).is_some() {
+                self.error(&format!("ServiceAccount/{namespace}/{name}"), "name", "duplicate service account");
             }
         }
         let mut groups: Vec<Group> = Vec::new();
