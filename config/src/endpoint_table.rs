@@ -331,6 +331,11 @@ impl EndpointTable {
                 if last > u64::from(u32::MAX) {
                     return Err(bad("an IPv4 run goes past 255.255.255.255".to_string()));
                 }
+                // Its length must fit a u32: a run of every address would
+                // otherwise read as a run of one (fewer owned addresses).
+                if last - first >= u64::from(u32::MAX) {
+                    return Err(bad("an IPv4 run of all 2^32 addresses; split it in two".to_string()));
+                }
                 // In range: `first` ≤ `last` ≤ u32::MAX.
                 v4_runs.push(Ipv4Run { first: first as u32, count: (last - first + 1) as u32 });
                 next = last + 1;

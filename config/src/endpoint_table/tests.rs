@@ -100,6 +100,7 @@ fn damaged_tables_are_refused() {
         ("an IPv4 run past the end", one_group(&[0], &[1, 0xff, 0xff, 0xff, 0xff, 0x0f, 1, 0]), "group 0: an IPv4 run goes past 255.255.255.255"),
         ("a service account's string out of range", vec![1, 1, 1, b'x', 0, 1, 0, 9, 0], "service account 0: the name is string 9; the table has 1"),
         ("a service account's labels unordered", vec![1, 2, 1, b'b', 1, b'a', 0, 1, 0, 0, 2, 0, 0, 1, 0], "service account 0: label keys must ascend and be unique: \"a\" after \"b\""),
+        ("an IPv4 run of every address", one_group(&[0], &[1, 0, 0xff, 0xff, 0xff, 0xff, 0x0f, 0, 0]), "group 0: an IPv4 run of all 2^32 addresses"),
         ("IPv6 repeated", one_group(&[0], &[0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]), "group 0: IPv6 addresses must ascend and be unique"),
     ];
     for (name, bytes, want) in cases {

@@ -115,11 +115,11 @@ impl AddressIndexBuilder {
             }
             match v4.last_mut() {
                 Some((prev, _)) if prev.group == run.group && prev.last.checked_add(1) == Some(run.first) => {
-                    addresses += (run.last - run.first) as usize + 1;
+                    addresses = addresses.saturating_add((run.last - run.first) as usize).saturating_add(1);
                     prev.last = run.last;
                 }
                 _ => {
-                    addresses += (run.last - run.first) as usize + 1;
+                    addresses = addresses.saturating_add((run.last - run.first) as usize).saturating_add(1);
                     v4.push((run, origin));
                 }
             }
