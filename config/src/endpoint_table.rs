@@ -59,6 +59,11 @@ impl TableServiceAccount {
     pub fn name(&self) -> u32 {
         self.name
     }
+
+    /// (key, value) string ids, keys ascending and unique.
+    pub fn label_ids(&self) -> &[(u32, u32)] {
+        &self.labels
+    }
 }
 
 /// One group of pods; strings are indexes into the table's string list.
@@ -83,6 +88,11 @@ impl TableGroup {
 
     pub fn service_account(&self) -> u32 {
         self.service_account
+    }
+
+    /// (key, value) string ids, keys ascending and unique.
+    pub fn label_ids(&self) -> &[(u32, u32)] {
+        &self.labels
     }
 
     pub fn v4_runs(&self) -> &[Ipv4Run] {
@@ -211,6 +221,11 @@ impl EndpointTable {
                 labels: self.pairs(&a.labels),
             })
             .collect()
+    }
+
+    /// The string list that ids index.
+    pub fn strings(&self) -> &[String] {
+        &self.strings
     }
 
     /// String `id`; every id in a decoded or built table is in range.

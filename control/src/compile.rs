@@ -8,6 +8,7 @@ use krites_policy::config::{
     EndpointSpec, NamespaceSpec, NetworkSetSpec, PluginConfig, ServiceAccountSpec, ServiceEndpointsSpec, ServicePortSpec, ServiceSpec,
     CONFIG_VERSION,
 };
+use krites_policy::model::universe::pod_labels;
 use krites_policy::model::Group;
 use krites_policy::{ConfigErrors, PolicySet};
 
@@ -191,14 +192,11 @@ pub fn compile(inv: &Inventory, opts: &Options) -> Result<Compiled, CompileError
         // A namespace's shard needs only the global policies that select one
         // of its pods, for ingress or for egress.
         let universe = set.universe();
-        let local: Vec<&Group> = (0..universe.group_count())
-            .filter_map(|g| universe.group(u32::try_from(g).ok()?))
-            .filter(|g| &g.namespace == ns)
-            .collect();
+        let local: Vec<Group<'_>> = universe.groups().map(|(_, g)| g).filter(|g| g.namespace() == ns).collect();
         let wanted: std::collections::HashSet<(Option<String>, String)> = set
             .policies()
             .iter()
-            .filter(|p| p.namespace.is_some() || local.iter().any(|g| p.selects_workload(&g.namespace, &g.service_account, &g.labels, universe)))
+            .filter(|p| p.namespace.is_some() || local.iter().any(|g| p.selects_workload(g.namespace(), g.service_account(), g, universe)))
             .map(|p| (p.namespace.clone(), p.name.clone()))
             .collect();
         full.policies.retain(|p| wanted.contains(&(p.namespace.clone(), p.name.clone())));
@@ -211,7 +209,7 @@ pub fn compile(inv: &Inventory, opts: &Options) -> Result<Compiled, CompileError
                 view.policies()
                     .iter()
                     .filter(|p| p.staged.is_some())
-                    .filter(|p| p.namespace.is_some() || local.iter().any(|g| p.selects_workload(&g.namespace, &g.service_account, &g.labels, universe)))
+                    .filter(|p| p.namespace.is_some() || local.iter().any(|g| p.selects_workload(g.namespace(), g.service_account(), g, universe)))
                     .map(|p| (p.namespace.clone(), p.name.clone()))
                     .collect()
             })
@@ -229,9 +227,12 @@ pub fn compile(inv: &Inventory, opts: &Options) -> Result<Compiled, CompileError
         referenced.union_with(&view.referenced_groups(|_| true));
     }
     let universe = set.universe();
-    let keep: std::collections::HashSet<Group> = (0..universe.group_count())
-        .filter(|&g| referenced.contains(g))
-        .filter_map(|g| universe.group(u32::try_from(g).ok()?).cloned())
+    // A group is its namespace, service account and labels (Calico's
+    // special labels included, as `pod_labels` adds them).
+    let keep: std::collections::HashSet<(String, String, BTreeMap<String, String>)> = universe
+        .groups()
+        .filter(|&(g, _)| referenced.contains(g as usize))
+        .map(|(_, g)| (g.namespace().to_string(), g.service_account().to_string(), g.label_map()))
         .collect();
     // A network set no kept rule's selector matches changes no decision.
     let mut referenced_sets = set.referenced_network_sets(|_| true);
@@ -241,7 +242,9 @@ pub fn compile(inv: &Inventory, opts: &Options) -> Result<Compiled, CompileError
         referenced_sets.dedup();
     }
     let mut config = full;
-    config.endpoints.retain(|e| keep.contains(&Group::new(&e.namespace, &e.service_account, &e.labels)));
+    config.endpoints.retain(|e| {
+        keep.contains(&(e.namespace.clone(), e.service_account.clone(), pod_labels(&e.namespace, &e.service_account, &e.labels)))
+    });
     config.network_sets = referenced_sets.into_iter().filter_map(|i| config.network_sets.get(i).cloned()).collect();
     // Services matter only to egress rules and to `services` matches (a
     // source Service on ingress): without either, no decision reads them.

@@ -112,7 +112,8 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use krites_policy::config::{Action, EntityRuleSpec, PluginConfig, PolicySpec, PortSpec, TierDefaultAction};
-use krites_policy::model::{Group, HttpMatch, IdentityMatch, PathMatch, Rule, SourceView, Universe};
+use krites_policy::model::universe::pod_labels;
+use krites_policy::model::{HttpMatch, IdentityMatch, PathMatch, Rule, SourceView, Universe};
 use krites_policy::{ConfigErrors, PolicySet, Workload};
 use serde_json::{json, Value};
 
@@ -293,7 +294,8 @@ pub fn rbac_filters_with(config: &PluginConfig, workload: &Workload, options: &R
         return Ok(RbacTranslation { filters: Vec::new(), stats });
     }
     let universe = set.universe();
-    let local = Group::new(&workload.namespace, &workload.service_account, &workload.labels);
+    let local_labels = pod_labels(&workload.namespace, &workload.service_account, &workload.labels);
+    let local = workload.as_source(&local_labels);
     let specs: HashMap<(Option<&str>, &str), &PolicySpec> =
         config.policies.iter().map(|p| ((p.namespace.as_deref(), p.name.as_str()), p)).collect();
 
@@ -301,7 +303,7 @@ pub fn rbac_filters_with(config: &PluginConfig, workload: &Workload, options: &R
     let mut applicable: Vec<Applicable<'_>> = Vec::new();
     let mut tiers: Vec<(String, TierDefaultAction)> = Vec::new();
     for policy in set.policies() {
-        if !policy.selects(&workload.namespace, &workload.service_account, &local.labels, universe) {
+        if !policy.selects(&workload.namespace, &workload.service_account, &local_labels, universe) {
             continue;
         }
         stats.policies_selecting += 1;
@@ -313,7 +315,7 @@ pub fn rbac_filters_with(config: &PluginConfig, workload: &Workload, options: &R
         let spec = specs.get(&(policy.namespace.as_deref(), policy.name.as_str())).copied();
         for (n, index) in policy.rules.clone().enumerate() {
             let Some(rule) = set.rules().get(index) else { continue };
-            if !(rule.matches_tcp && rule.destination.identity.matches(SourceView::Pod(&local), universe)) {
+            if !(rule.matches_tcp && rule.destination.identity.matches(local, universe)) {
                 continue;
             }
             let spec = spec.and_then(|p| p.ingress.get(n));
@@ -476,19 +478,20 @@ struct Endpoints {
 
 impl Endpoints {
     fn new(config: &PluginConfig, universe: &Universe) -> Endpoints {
-        let mut by_group: HashMap<Group, Vec<IpAddr>> = HashMap::new();
+        // A group is its namespace, service account and labels as `pod_labels` completes them.
+        type Key = (String, String, BTreeMap<String, String>);
+        let mut by_group: HashMap<Key, Vec<IpAddr>> = HashMap::new();
         for ep in &config.endpoints {
             let ips = ep.ips.iter().filter_map(|t| t.parse::<IpAddr>().ok()).map(|ip| ip.to_canonical());
-            by_group.entry(Group::new(&ep.namespace, &ep.service_account, &ep.labels)).or_default().extend(ips);
+            let key = (ep.namespace.clone(), ep.service_account.clone(), pod_labels(&ep.namespace, &ep.service_account, &ep.labels));
+            by_group.entry(key).or_default().extend(ips);
         }
         let mut ips = Vec::with_capacity(universe.group_count());
         let mut by_account: BTreeMap<(String, String), Vec<usize>> = BTreeMap::new();
-        for g in 0..universe.group_count() {
-            let group = u32::try_from(g).ok().and_then(|id| universe.group(id));
-            ips.push(group.and_then(|group| by_group.remove(group)).unwrap_or_default());
-            if let Some(group) = group {
-                by_account.entry((group.namespace.clone(), group.service_account.clone())).or_default().push(g);
-            }
+        for (g, group) in universe.groups() {
+            let key = (group.namespace().to_string(), group.service_account().to_string(), group.label_map());
+            ips.push(by_group.remove(&key).unwrap_or_default());
+            by_account.entry((key.0, key.1)).or_default().push(g as usize);
         }
         for sa in &config.service_accounts {
             by_account.entry((sa.namespace.clone(), sa.name.clone())).or_default();
@@ -634,11 +637,8 @@ impl Translator<'_> {
     fn compute_clause(&self, identity: &IdentityMatch) -> ClauseMatch {
         let universe = self.universe;
         let eps = self.endpoints;
-        let groups: Vec<usize> = (0..universe.group_count())
-            .filter(|&g| {
-                u32::try_from(g).ok().and_then(|id| universe.group(id)).is_some_and(|group| identity.matches(SourceView::Pod(group), universe))
-            })
-            .collect();
+        let groups: Vec<usize> =
+            universe.groups().filter(|(_, group)| identity.matches(group.as_source(), universe)).map(|(g, _)| g as usize).collect();
         let unknown = identity.matches_unknown();
         let owners = || or_ids(collapse(eps.ips_of(&groups)).into_iter().map(remote_ip).collect());
         let unknown_address = || not_id(or_ids(collapse(eps.all.iter().copied()).into_iter().map(remote_ip).collect()));
@@ -650,7 +650,7 @@ impl Translator<'_> {
             let mut by_account: BTreeMap<(&str, &str), Vec<usize>> = BTreeMap::new();
             for &g in &groups {
                 if let Some(group) = u32::try_from(g).ok().and_then(|id| universe.group(id)) {
-                    by_account.entry((&group.namespace, &group.service_account)).or_default().push(g);
+                    by_account.entry((group.namespace(), group.service_account())).or_default().push(g);
                 }
             }
             for ((ns, sa), members) in by_account {

@@ -63,16 +63,16 @@ impl Reason {
 #[derive(Debug, Clone, Copy)]
 pub enum IdentityCheck<'p, 'r> {
     /// Plaintext: the address owner is the only factor.
-    Address { owner: Option<&'p Group> },
+    Address { owner: Option<Group<'p>> },
     /// The certificate's namespace/service account is the address owner's.
-    Verified { owner: &'p Group },
+    Verified { owner: Group<'p> },
     /// A valid certificate from an address no known pod owns.
     UnknownAddress { certified: SpiffeId<'r> },
     /// The certificate and the address owner disagree (stolen credentials, or
     /// a stale endpoint table): identity rules that allow do not match.
-    Mismatch { certified: SpiffeId<'r>, owner: &'p Group },
+    Mismatch { certified: SpiffeId<'r>, owner: Group<'p> },
     /// mTLS, but the certificate carries no SPIFFE identity.
-    NoSpiffeId { uri_san: Option<&'r str>, owner: Option<&'p Group> },
+    NoSpiffeId { uri_san: Option<&'r str>, owner: Option<Group<'p>> },
 }
 
 impl IdentityCheck<'_, '_> {
@@ -146,11 +146,11 @@ impl fmt::Display for Decision<'_, '_> {
         let ip = Ip(self.source_ip);
         match self.identity {
             IdentityCheck::Address { owner: Some(g) } => {
-                write!(f, "; plaintext from {ip}, a pod of {}/{}", g.namespace, g.service_account)
+                write!(f, "; plaintext from {ip}, a pod of {}/{}", g.namespace(), g.service_account())
             }
             IdentityCheck::Address { owner: None } => write!(f, "; plaintext from {ip}, which no known pod owns"),
             IdentityCheck::Verified { owner } => {
-                write!(f, "; certificate {}/{} matches the owner of {ip}", owner.namespace, owner.service_account)
+                write!(f, "; certificate {}/{} matches the owner of {ip}", owner.namespace(), owner.service_account())
             }
             IdentityCheck::UnknownAddress { certified } => write!(
                 f,
@@ -160,7 +160,7 @@ impl fmt::Display for Decision<'_, '_> {
             IdentityCheck::Mismatch { certified, owner } => write!(
                 f,
                 "; certificate says {}/{} but {ip} belongs to {}/{}",
-                certified.namespace, certified.service_account, owner.namespace, owner.service_account
+                certified.namespace, certified.service_account, owner.namespace(), owner.service_account()
             ),
             IdentityCheck::NoSpiffeId { uri_san, .. } => {
                 write!(f, "; client certificate has no SPIFFE identity (URI SAN {:?})", uri_san.unwrap_or(""))

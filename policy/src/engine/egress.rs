@@ -19,6 +19,7 @@ use std::sync::Arc;
 use super::{HttpReading, PathCache, TierSlice, Workload};
 use crate::config::{Action, TierDefaultAction};
 use crate::model::services::parse_outbound_cluster;
+use crate::model::universe::pod_labels;
 use crate::model::{Group, Policy, PolicySet, Rule, Service, ServicePort, SourceView};
 use crate::engine::decision::{Reason, Verdict};
 
@@ -58,7 +59,7 @@ pub struct EgressFacts<'r> {
 pub struct Target<'p> {
     pub ip: Option<IpAddr>,
     pub port: Option<u16>,
-    pub owner: Option<&'p Group>,
+    pub owner: Option<Group<'p>>,
 }
 
 /// The destination, resolved against the config's Services.
@@ -155,13 +156,14 @@ const SERVICE_VERDICTS_MAX: usize = 4096;
 
 impl EgressPolicy {
     pub fn new(set: Arc<PolicySet>, workload: &Workload) -> EgressPolicy {
-        let local = Group::new(&workload.namespace, &workload.service_account, &workload.labels);
+        let local_labels = pod_labels(&workload.namespace, &workload.service_account, &workload.labels);
+        let local = workload.as_source(&local_labels);
         let universe = &set.universe;
         let mut tiers: Vec<TierSlice> = Vec::new();
         let mut rules: Vec<u32> = Vec::new();
         let mut selecting = Vec::new();
         for (index, policy) in (0u32..).zip(&set.policies) {
-            if !policy.selects_egress(&workload.namespace, &workload.service_account, &local.labels, universe) {
+            if !policy.selects_egress(&workload.namespace, &workload.service_account, &local_labels, universe) {
                 continue;
             }
             selecting.push(index);
@@ -175,7 +177,7 @@ impl EgressPolicy {
                 // The source is this workload: its identity is settled now
                 // (a source Service, by address, is checked per request).
                 let source_identity =
-                    rule.source.identity.service_nets.is_some() || rule.source.identity.matches(SourceView::Pod(&local), universe);
+                    rule.source.identity.service_nets.is_some() || rule.source.identity.matches(local, universe);
                 if rule.matches_tcp && source_identity {
                     rules.push(super::position(index));
                 }
@@ -464,7 +466,7 @@ impl EgressPolicy {
             let holds = match target.ip {
                 None => restricts,
                 Some(ip) => {
-                    let view = target.owner.map_or(SourceView::Unknown, SourceView::Pod);
+                    let view = target.owner.as_ref().map_or(SourceView::Unknown, Group::as_source);
                     identity.matches_at(view, Some(ip), &self.set.universe)
                 }
             };
@@ -538,7 +540,7 @@ impl std::fmt::Display for EgressDecision<'_> {
             (None, None) => f.write_str("an address not known here")?,
         }
         match self.target.owner {
-            Some(g) => write!(f, ", a pod of {}/{}", g.namespace, g.service_account)?,
+            Some(g) => write!(f, ", a pod of {}/{}", g.namespace(), g.service_account())?,
             None if self.target.ip.is_some() => f.write_str(", which no known pod owns")?,
             None => {}
         }

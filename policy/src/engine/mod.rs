@@ -32,6 +32,7 @@ pub use facts::{Peer, RequestFacts};
 pub use staged::{StagedDifference, StagedWorkload};
 
 use crate::config::{Action, TierDefaultAction};
+use crate::model::universe::pod_labels;
 use crate::model::{Group, Policy, PolicySet, Rule, SourceView, Universe};
 use fixedbitset::FixedBitSet;
 use index::{position, Class, ClassLists, ClassListsBuilder, FreeIndex, Merge, Reading};
@@ -49,6 +50,14 @@ pub struct Workload {
     /// Named TCP container ports (Istio's `POD_PORTS` node metadata), for
     /// rules that name destination ports.
     pub ports: BTreeMap<String, u16>,
+}
+
+impl Workload {
+    /// This workload as the identity clauses read it, given its labels as
+    /// [`pod_labels`] completes them.
+    pub fn as_source<'a>(&'a self, labels: &'a BTreeMap<String, String>) -> SourceView<'a> {
+        SourceView::Pod { namespace: &self.namespace, service_account: &self.service_account, labels }
+    }
 }
 
 /// A tier that selects the workload: its rules are `rules[start..end]`.
@@ -114,7 +123,8 @@ pub struct Needs {
 
 impl WorkloadPolicy {
     pub fn new(set: Arc<PolicySet>, workload: &Workload) -> WorkloadPolicy {
-        let local = Group::new(&workload.namespace, &workload.service_account, &workload.labels);
+        let local_labels = pod_labels(&workload.namespace, &workload.service_account, &workload.labels);
+        let local = workload.as_source(&local_labels);
         let universe = &set.universe;
 
         let mut tiers: Vec<TierSlice> = Vec::new();
@@ -122,7 +132,7 @@ impl WorkloadPolicy {
         let mut selecting = Vec::new();
         let mut destination_sets = Vec::new();
         for (index, policy) in set.policies.iter().enumerate() {
-            let selects = policy.selects(&workload.namespace, &workload.service_account, &local.labels, universe);
+            let selects = policy.selects(&workload.namespace, &workload.service_account, &local_labels, universe);
             if !selects {
                 continue;
             }
@@ -140,13 +150,13 @@ impl WorkloadPolicy {
                     continue;
                 }
                 let destination = &rule.destination.identity;
-                if destination.matches(SourceView::Pod(&local), universe) {
+                if destination.matches(local, universe) {
                     if destination.not_set_nets.is_some() {
                         destination_sets.push((position(rules.len()), false));
                     }
                     rules.push(position(index));
                 } else if destination.set_nets.is_some()
-                    && !destination.not_selector.as_ref().is_some_and(|s| s.matches(&local.labels))
+                    && !destination.not_selector.as_ref().is_some_and(|s| s.matches(&local_labels))
                 {
                     destination_sets.push((position(rules.len()), true));
                     rules.push(position(index));
@@ -391,7 +401,7 @@ impl WorkloadPolicy {
                 None => IdentityCheck::NoSpiffeId { uri_san, owner },
                 Some(certified) => match owner {
                     None => IdentityCheck::UnknownAddress { certified },
-                    Some(g) if g.namespace == certified.namespace && g.service_account == certified.service_account => {
+                    Some(g) if g.namespace() == certified.namespace && g.service_account() == certified.service_account => {
                         IdentityCheck::Verified { owner: g }
                     }
                     Some(g) => IdentityCheck::Mismatch { certified, owner: g },
@@ -417,8 +427,8 @@ impl WorkloadPolicy {
         }
         let universe = &self.set.universe;
         let restricts = matches!(rule.action, Action::Deny | Action::Log);
-        let by_owner = |owner: Option<&Group>| {
-            clause.matches_at(owner.map_or(SourceView::Unknown, SourceView::Pod), facts.source_ip, universe)
+        let by_owner = |owner: Option<Group<'_>>| {
+            clause.matches_at(owner.as_ref().map_or(SourceView::Unknown, Group::as_source), facts.source_ip, universe)
         };
         let by_cert = |id: &SpiffeId<'_>| {
             clause.matches(SourceView::Certified { namespace: id.namespace, service_account: id.service_account }, universe)
@@ -427,18 +437,18 @@ impl WorkloadPolicy {
         if rule.action == Action::Pass {
             let (address, certificate) = match identity {
                 IdentityCheck::Address { owner } => return agreed(by_owner(*owner)),
-                IdentityCheck::Verified { owner } => return agreed(by_owner(Some(owner))),
+                IdentityCheck::Verified { owner } => return agreed(by_owner(Some(*owner))),
                 IdentityCheck::UnknownAddress { certified } => (by_owner(None), by_cert(certified)),
-                IdentityCheck::Mismatch { certified, owner } => (by_owner(Some(owner)), by_cert(certified)),
+                IdentityCheck::Mismatch { certified, owner } => (by_owner(Some(*owner)), by_cert(certified)),
                 IdentityCheck::NoSpiffeId { owner, .. } => (by_owner(*owner), by_owner(None)),
             };
             return if address == certificate { agreed(address) } else { SourceMatch::Disputed };
         }
         agreed(match identity {
             IdentityCheck::Address { owner } => by_owner(*owner),
-            IdentityCheck::Verified { owner } => by_owner(Some(owner)),
+            IdentityCheck::Verified { owner } => by_owner(Some(*owner)),
             IdentityCheck::UnknownAddress { certified } => by_owner(None) || (restricts && by_cert(certified)),
-            IdentityCheck::Mismatch { certified, owner } => restricts && (by_owner(Some(owner)) || by_cert(certified)),
+            IdentityCheck::Mismatch { certified, owner } => restricts && (by_owner(Some(*owner)) || by_cert(certified)),
             IdentityCheck::NoSpiffeId { owner, .. } => restricts && by_owner(*owner),
         })
     }

@@ -7,7 +7,8 @@
 use std::sync::Arc;
 
 use super::{EgressPolicy, Verdict, Workload, WorkloadPolicy};
-use crate::model::{Group, Policy, PolicySet, StagedChange};
+use crate::model::universe::pod_labels;
+use crate::model::{Policy, PolicySet, StagedChange};
 
 /// The staged view of one workload, both directions.
 #[derive(Debug)]
@@ -34,7 +35,7 @@ impl StagedWorkload {
     /// verdict, so a proxy need not walk twice.
     pub fn new(enforced: &PolicySet, workload: &Workload) -> Option<StagedWorkload> {
         let view = enforced.staged_view()?;
-        let labels = Group::new(&workload.namespace, &workload.service_account, &workload.labels).labels;
+        let labels = pod_labels(&workload.namespace, &workload.service_account, &workload.labels);
         let selects = |p: &Policy, universe| p.selects_workload(&workload.namespace, &workload.service_account, &labels, universe);
         let touches = |change: &StagedChange| {
             let named = |p: &&Policy| p.name == change.name && p.namespace == change.namespace;

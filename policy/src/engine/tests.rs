@@ -555,8 +555,8 @@ fn unreferenced_endpoints_can_be_left_out() {
                 .filter(|ip| universe.owner_of(ip.parse().unwrap()) == Some(g as u32))
                 .map(|s| s.to_string())
                 .collect();
-            let labels: BTreeMap<String, String> = group.labels.iter().filter(|(k, _)| !k.starts_with("projectcalico.org/")).map(|(k, v)| (k.clone(), v.clone())).collect();
-            endpoints.push(json!({"namespace": group.namespace, "serviceAccount": group.service_account, "labels": labels, "ips": ips}));
+            let labels: BTreeMap<String, String> = group.labels().filter(|(k, _)| !k.starts_with("projectcalico.org/")).map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            endpoints.push(json!({"namespace": group.namespace(), "serviceAccount": group.service_account(), "labels": labels, "ips": ips}));
         }
     }
     let mut config = json!({

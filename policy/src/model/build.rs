@@ -10,7 +10,8 @@ use std::sync::Arc;
 use super::addresses::{AddressIndexBuilder, Origin};
 use super::identity::{IdentityMatch, NamespaceClause, ServiceAccountClause};
 use super::services::{Service, ServiceEndpoint, ServicePort, Services};
-use super::universe::{network_set_labels, Group, NetworkSet, Universe};
+use super::names::{label_set, StringsBuilder, Sym};
+use super::universe::{network_set_labels, GroupEntry, Names, NetworkSet, ServiceAccountLabels, SpecialSyms, Universe};
 use super::{EntityMatch, HttpMatch, PathMatch, Policy, PolicySet, Rule, ServiceMatch, StagedChange, Tier};
 use crate::config::{
     Action, Digest, StagedAction, EntityRuleSpec, HttpMatchSpec, PluginConfig, PolicySpec, PolicyType, PortSpec, ProtocolSpec, RuleSpec,
@@ -769,27 +770,41 @@ impl Builder {
                 self.error(&format!("Namespace/{}", ns.name), "name", "duplicate namespace");
             }
         }
-        let mut service_accounts: HashMap<String, HashMap<String, BTreeMap<String, String>>> = HashMap::new();
-        let listed = config.service_accounts.iter().enumerate().map(|(i, sa)| {
-            (format!("serviceAccounts[{i}]"), sa.namespace.as_str(), sa.name.as_str(), sa.labels.clone())
-        });
-        let tabled = config.endpoint_table.iter().flat_map(|t| {
-            t.service_accounts().iter().enumerate().map(move |(i, sa)| {
-                (format!("endpointTable.serviceAccounts[{i}]"), t.string(sa.namespace()), t.string(sa.name()), t.service_account_labels(sa))
-            })
-        });
-        for (object, namespace, name, labels) in listed.chain(tabled) {
+        // The table's strings first, in one sort; then the JSON entries'.
+        let mut strings = StringsBuilder::default();
+        let table = config.endpoint_table.as_ref();
+        let table_ids = table.map(|t| strings.intern_list(t.strings().iter().map(String::as_str))).unwrap_or_default();
+        let empty = strings.intern("");
+        let from_table = |id: u32| table_ids.get(id as usize).copied().unwrap_or(empty);
+        let specials = SpecialSyms::new(&mut strings);
+        let intern_labels = |strings: &mut StringsBuilder, labels: &BTreeMap<String, String>| -> Vec<(Sym, Sym)> {
+            labels.iter().map(|(k, v)| (strings.intern(k), strings.intern(v))).collect()
+        };
+
+        let mut service_accounts: ServiceAccountLabels = HashMap::new();
+        let mut add_account = |this: &mut Self, object: String, (namespace, name): (&str, &str), key: (Sym, Sym), labels: Vec<(Sym, Sym)>| {
             if namespace.is_empty() {
-                self.error(&object, "namespace", "must not be empty");
+                this.error(&object, "namespace", "must not be empty");
             } else if name.is_empty() {
-                self.error(&object, "name", "must not be empty");
-            } else if service_accounts.entry(namespace.to_string()).or_default().insert(name.to_string(), labels).is_some() {
-                self.error(&format!("ServiceAccount/{namespace}/{name}"), "name", "duplicate service account");
+                this.error(&object, "name", "must not be empty");
+            } else if service_accounts.insert(key, label_set(labels)).is_some() {
+                this.error(&format!("ServiceAccount/{namespace}/{name}"), "name", "duplicate service account");
             }
+        };
+        for (i, sa) in config.service_accounts.iter().enumerate() {
+            let key = (strings.intern(&sa.namespace), strings.intern(&sa.name));
+            let labels = intern_labels(&mut strings, &sa.labels);
+            add_account(self, format!("serviceAccounts[{i}]"), (&sa.namespace, &sa.name), key, labels);
         }
-        let mut groups: Vec<Group> = Vec::new();
-        let mut group_of: HashMap<Group, u32> = HashMap::new();
-        let mut id_of = |group: Group| match group_of.get(&group) {
+        for (i, (t, sa)) in table.into_iter().flat_map(|t| t.service_accounts().iter().map(move |sa| (t, sa))).enumerate() {
+            let key = (from_table(sa.namespace()), from_table(sa.name()));
+            let labels = sa.label_ids().iter().map(|&(k, v)| (from_table(k), from_table(v))).collect();
+            add_account(self, format!("endpointTable.serviceAccounts[{i}]"), (t.string(sa.namespace()), t.string(sa.name())), key, labels);
+        }
+
+        let mut groups: Vec<GroupEntry> = Vec::new();
+        let mut group_of: HashMap<GroupEntry, u32> = HashMap::new();
+        let mut id_of = |group: GroupEntry| match group_of.get(&group) {
             Some(&id) => id,
             None => {
                 let id = u32::try_from(groups.len()).unwrap_or(u32::MAX);
@@ -804,51 +819,50 @@ impl Builder {
             Some(g) => format!("endpointTable.groups[{g}]"),
             None => format!("endpoints[{entry}]"),
         };
+        // A group must name its namespace and service account.
+        let identified = |this: &mut Self, entry: u32, namespace: &str, service_account: &str| {
+            let missing = match (namespace.is_empty(), service_account.is_empty()) {
+                (true, _) => "namespace",
+                (false, true) => "serviceAccount",
+                (false, false) => return true,
+            };
+            this.error(&entry_object(entry), missing, "must not be empty");
+            false
+        };
         let mut entry: u32 = 0;
         for ep in &config.endpoints {
-            let object = entry_object(entry);
             let at = entry;
             entry = entry.saturating_add(1);
-            if ep.namespace.is_empty() {
-                self.error(&object, "namespace", "must not be empty");
+            if !identified(self, at, &ep.namespace, &ep.service_account) {
                 continue;
             }
-            if ep.service_account.is_empty() {
-                self.error(&object, "serviceAccount", "must not be empty");
-                continue;
-            }
-            let id = id_of(Group::new(&ep.namespace, &ep.service_account, &ep.labels));
+            let (namespace, service_account) = (strings.intern(&ep.namespace), strings.intern(&ep.service_account));
+            let labels = intern_labels(&mut strings, &ep.labels);
+            let id = id_of(GroupEntry::new(namespace, service_account, labels, specials));
             for (item, text) in (0u32..).zip(&ep.ips) {
                 match text.parse::<IpAddr>() {
                     Ok(ip) => addresses.add(ip, id, Origin { entry: at, item }),
-                    Err(_) => self.error(&object, format!("ips[{item}]"), format!("{text:?} is not an IP address")),
+                    Err(_) => self.error(&entry_object(at), format!("ips[{item}]"), format!("{text:?} is not an IP address")),
                 }
             }
         }
-        if let Some(table) = &config.endpoint_table {
-            for g in table.groups() {
-                let object = entry_object(entry);
-                let at = entry;
-                entry = entry.saturating_add(1);
-                let (namespace, service_account) = (table.string(g.namespace()), table.string(g.service_account()));
-                if namespace.is_empty() {
-                    self.error(&object, "namespace", "must not be empty");
-                    continue;
-                }
-                if service_account.is_empty() {
-                    self.error(&object, "serviceAccount", "must not be empty");
-                    continue;
-                }
-                let id = id_of(Group::new(namespace, service_account, &table.labels(g)));
-                for (item, run) in (0u32..).zip(g.v4_runs()) {
-                    addresses.add_v4_run(run.first, run.last(), id, Origin { entry: at, item });
-                }
-                let runs = u32::try_from(g.v4_runs().len()).unwrap_or(u32::MAX);
-                for (item, a) in (runs..).zip(g.v6()) {
-                    addresses.add(IpAddr::V6(*a), id, Origin { entry: at, item });
-                }
+        for (t, g) in table.into_iter().flat_map(|t| t.groups().iter().map(move |g| (t, g))) {
+            let at = entry;
+            entry = entry.saturating_add(1);
+            if !identified(self, at, t.string(g.namespace()), t.string(g.service_account())) {
+                continue;
+            }
+            let labels = g.label_ids().iter().map(|&(k, v)| (from_table(k), from_table(v))).collect();
+            let id = id_of(GroupEntry::new(from_table(g.namespace()), from_table(g.service_account()), labels, specials));
+            for (item, run) in (0u32..).zip(g.v4_runs()) {
+                addresses.add_v4_run(run.first, run.last(), id, Origin { entry: at, item });
+            }
+            let runs = u32::try_from(g.v4_runs().len()).unwrap_or(u32::MAX);
+            for (item, a) in (runs..).zip(g.v6()) {
+                addresses.add(IpAddr::V6(*a), id, Origin { entry: at, item });
             }
         }
+        drop(group_of);
         let (addresses, clashes) = addresses.finish();
         for clash in clashes {
             let object = entry_object(clash.later.entry);
@@ -861,7 +875,8 @@ impl Builder {
             self.error(&object, field, problem);
         }
         let network_sets = self.network_sets(config);
-        Universe::new(groups, addresses, namespaces, service_accounts, network_sets)
+        let names = Names { strings: strings.finish(), namespaces, service_accounts };
+        Universe::new(names, specials, groups, addresses, network_sets)
     }
 
     fn services(&mut self, config: &PluginConfig, universe: &Universe) -> Services {

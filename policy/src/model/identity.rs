@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use fixedbitset::FixedBitSet;
 
-use super::universe::{CertifiedLabels, Group, NetworkSet, Universe};
+use super::universe::{CertifiedLabels, NetworkSet, Universe};
 use crate::ranges::NetSet;
 use crate::selector::{Labels, Selector};
 
@@ -58,8 +58,9 @@ pub struct IdentityMatch {
 pub enum SourceView<'a> {
     /// An address no pod in the table owns.
     Unknown,
-    /// A pod from the endpoint table (labels known).
-    Pod(&'a Group),
+    /// A pod whose labels are known: a group of the endpoint table
+    /// ([`Group::as_source`](super::Group::as_source)), or the workload itself.
+    Pod { namespace: &'a str, service_account: &'a str, labels: &'a dyn Labels },
     /// What a certificate vouches for: namespace and service account only.
     Certified { namespace: &'a str, service_account: &'a str },
 }
@@ -149,7 +150,7 @@ impl IdentityMatch {
         let excluded = |labels: &dyn Labels| self.not_selector.as_ref().is_some_and(|s| s.matches(labels));
         match view {
             SourceView::Unknown => true,
-            SourceView::Pod(g) => !excluded(&g.labels),
+            SourceView::Pod { labels, .. } => !excluded(labels),
             SourceView::Certified { namespace, service_account } => !excluded(&CertifiedLabels { namespace, service_account }),
         }
     }
@@ -172,7 +173,7 @@ impl IdentityMatch {
     pub fn matches(&self, view: SourceView<'_>, universe: &Universe) -> bool {
         let (namespace, service_account, pod): (&str, &str, &dyn Labels) = match view {
             SourceView::Unknown => return self.matches_unknown(),
-            SourceView::Pod(g) => (&g.namespace, &g.service_account, &g.labels),
+            SourceView::Pod { namespace, service_account, labels } => (namespace, service_account, labels),
             SourceView::Certified { namespace, service_account } => {
                 let certified = CertifiedLabels { namespace, service_account };
                 return self.matches_parts(namespace, service_account, &certified, universe);

@@ -7,6 +7,7 @@ mod addresses;
 mod build;
 mod referenced;
 pub mod identity;
+pub mod names;
 pub mod services;
 pub mod universe;
 

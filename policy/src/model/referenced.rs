@@ -34,10 +34,10 @@ impl PolicySet {
                     }
                 }
                 if matches!(rule.action, Action::Deny | Action::Log) {
-                    for (g, group) in universe.groups.iter().enumerate() {
-                        let certified = SourceView::Certified { namespace: &group.namespace, service_account: &group.service_account };
-                        if clause.matches(certified, universe) != clause.matches(SourceView::Pod(group), universe) {
-                            referenced.insert(g);
+                    for (g, group) in universe.groups() {
+                        let certified = SourceView::Certified { namespace: group.namespace(), service_account: group.service_account() };
+                        if clause.matches(certified, universe) != clause.matches(group.as_source(), universe) {
+                            referenced.insert(g as usize);
                         }
                     }
                 }
