@@ -227,9 +227,9 @@ pub struct Universe {
     /// Every group, ascending by (namespace, service account): namespace
     /// and account clauses walk runs of it.
     by_identity: Vec<u32>,
-    /// Every group, ascending by its service account's name (in any
-    /// namespace): a `serviceAccounts.names` clause reads only the groups
-    /// of those names, found by bisection.
+    /// Every group, ascending by its service account's name, then its
+    /// namespace: a `serviceAccounts.names` clause reads only the groups of
+    /// those names, found by bisection, and judges each account once.
     by_service_account_name: Vec<u32>,
     /// What certificates can say: one pseudo-group per known (namespace,
     /// service account), labelled only as a certificate vouches for
@@ -277,7 +277,7 @@ impl Universe {
         let index = LabelIndex::build(&groups);
         let ids = || (0u32..).zip(&groups);
         let by_identity = sorted(ids().map(|(i, g)| (g.namespace, g.service_account, i)).collect());
-        let by_name = sorted(ids().map(|(i, g)| (g.service_account, 0, i)).collect());
+        let by_name = sorted(ids().map(|(i, g)| (g.service_account, g.namespace, i)).collect());
         Universe {
             index,
             by_identity: by_identity.into_iter().map(|t| t.2).collect(),
@@ -410,9 +410,11 @@ impl Universe {
         for name in names {
             let Some(sym) = self.names.strings.id(name) else { continue };
             let start = by_name.partition_point(|&g| name_of(g) < Some(sym));
-            for &g in by_name.get(start..).into_iter().flatten().take_while(|&&g| name_of(g) == Some(sym)) {
-                if self.group(g).is_some_and(|group| accept(group.namespace(), group.service_account())) {
-                    set.insert(g as usize);
+            let rest = by_name.get(start..).unwrap_or(&[]);
+            let named = rest.get(..rest.partition_point(|&g| name_of(g) == Some(sym))).unwrap_or(&[]);
+            for (ns, members) in self.runs(named, |g| g.namespace) {
+                if accept(self.names.strings.get(ns), name) {
+                    set.extend(members.iter().map(|&g| g as usize));
                 }
             }
         }
@@ -525,5 +527,112 @@ impl LabelIndex {
                 acc
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use crate::config::EndpointTable;
+    use crate::selector::Selector;
+    use crate::{PluginConfig, PolicySet};
+
+    fn pods() -> serde_json::Value {
+        json!([
+            {"namespace": "prod", "serviceAccount": "web", "labels": {"app": "web", "tier": "frontend", "version": "v1"}, "ips": ["10.0.0.1"]},
+            {"namespace": "prod", "serviceAccount": "web", "labels": {"app": "web", "tier": "frontend", "version": "v2"}, "ips": ["10.0.0.2"]},
+            {"namespace": "prod", "serviceAccount": "db", "labels": {"app": "db", "tier": "", "pci": "true"}, "ips": ["10.0.0.3"]},
+            {"namespace": "dev", "serviceAccount": "web", "labels": {"app": "web-canary", "projectcalico.org/orchestrator": "other"}, "ips": ["10.0.1.1"]},
+            {"namespace": "dev", "serviceAccount": "tools", "labels": {}, "ips": ["10.0.1.2", "fd00::1"]},
+            // The same labels as the first group: one group, two addresses.
+            {"namespace": "prod", "serviceAccount": "web", "labels": {"app": "web", "tier": "frontend", "version": "v1"}, "ips": ["10.0.0.9"]}
+        ])
+    }
+
+    fn set(config: serde_json::Value) -> PolicySet {
+        let config = PluginConfig::from_json(config.to_string().as_bytes()).expect("config reads");
+        PolicySet::from_config(&config).expect("config compiles")
+    }
+
+    /// The label index (sorted postings of interned ids) must select exactly
+    /// the groups a selector matches when evaluated on each group's labels,
+    /// as resolved strings and as a plain map.
+    #[test]
+    fn the_label_index_agrees_with_evaluating_each_group() {
+        let json = json!({"version": 1, "endpoints": pods()});
+        let by_json = set(json.clone());
+        let mut with_table: PluginConfig = PluginConfig::from_json(json.to_string().as_bytes()).expect("config reads");
+        let specs = std::mem::take(&mut with_table.endpoints);
+        with_table.endpoint_table = Some(EndpointTable::new(&specs, &[]).expect("table builds"));
+        let by_table = PolicySet::from_config(&with_table).expect("table compiles");
+        assert_eq!(by_json.universe().group_count(), 5);
+        assert_eq!(by_table.universe().group_count(), 5);
+        for text in [
+            "all()",
+            "app == 'web'",
+            "app != 'web'",
+            "app == 'nothing-has-this'",
+            "app != 'nothing-has-this'",
+            "has(pci)",
+            "!has(version)",
+            "has(no-such-key)",
+            "tier == ''",
+            "app in {'web', 'db', 'absent'}",
+            "app not in {'web', 'absent'}",
+            "app contains 'can'",
+            "app starts with 'we'",
+            "app ends with 'ry'",
+            "projectcalico.org/namespace == 'prod' && version in {'v2'}",
+            "projectcalico.org/serviceaccount == 'web' || pci == 'true'",
+            "projectcalico.org/orchestrator == 'k8s'",
+            "projectcalico.org/orchestrator == 'other'",
+            "!(app == 'web' && tier == 'frontend')",
+        ] {
+            let selector = Selector::parse(text).expect("selector parses");
+            for set in [&by_json, &by_table] {
+                let universe = set.universe();
+                let indexed = universe.groups_matching(&selector);
+                for (id, group) in universe.groups() {
+                    let direct = selector.matches(&group);
+                    assert_eq!(indexed.contains(id as usize), direct, "{text}: group {:?}", group.label_map());
+                    assert_eq!(selector.matches(&group.label_map()), direct, "{text}: group {:?}", group.label_map());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn certificates_find_their_pseudo_group_and_accounts_their_labels() {
+        let config = json!({
+            "version": 1,
+            "endpoints": pods(),
+            "serviceAccounts": [{"namespace": "prod", "name": "batch", "labels": {"team": "data"}}]
+        });
+        let set = set(config);
+        let universe = set.universe();
+        let certified = universe.certified().expect("certified universe");
+        let ids: Vec<Option<u32>> =
+            [("prod", "web"), ("prod", "db"), ("dev", "web"), ("dev", "tools"), ("prod", "batch")].iter().map(|(ns, sa)| universe.certified_id(ns, sa)).collect();
+        assert!(ids.iter().all(Option::is_some), "{ids:?}");
+        let mut distinct = ids.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), ids.len());
+        assert_eq!(certified.group_count(), 5);
+        for (id, (ns, sa)) in ids.iter().flatten().zip([("prod", "web"), ("prod", "db"), ("dev", "web"), ("dev", "tools"), ("prod", "batch")]) {
+            let pseudo = certified.group(*id).expect("pseudo-group");
+            assert_eq!((pseudo.namespace(), pseudo.service_account()), (ns, sa));
+            assert_eq!(pseudo.labels().count(), 3, "only what a certificate vouches for: {:?}", pseudo.label_map());
+        }
+        assert_eq!(universe.certified_id("prod", "nobody"), None);
+        assert_eq!(universe.certified_id("staging", "web"), None);
+        use crate::selector::Labels;
+        let batch = universe.service_account_labels("prod", "batch");
+        assert_eq!(batch.label("team"), Some("data"));
+        assert_eq!(batch.label("projectcalico.org/name"), Some("batch"));
+        assert_eq!(universe.service_account_labels("prod", "web").label("team"), None);
     }
 }
