@@ -26,6 +26,12 @@ pub use endpoint_table::{EndpointTable, TableError};
 /// The only config format version this build understands.
 pub const CONFIG_VERSION: u32 = 1;
 
+/// Where JSON endpoints (~16 bytes and a parse per address) give way to the
+/// endpoint table (a few bytes per group, a walk over bytes to load):
+/// `control` writes the table from this many pod addresses, and the
+/// benchmarks deliver what control would.
+pub const TABLE_FROM_ADDRESSES: usize = 1024;
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PluginConfig {

@@ -39,9 +39,7 @@ pub enum EndpointTableUse {
     Never,
 }
 
-/// Where JSON endpoints (~16 bytes and a parse per address) give way to the
-/// table (a few bytes per group, a walk over bytes to load).
-pub const TABLE_FROM_ADDRESSES: usize = 1024;
+pub use krites_policy::config::TABLE_FROM_ADDRESSES;
 
 impl EndpointTableUse {
     fn wanted(self, addresses: usize) -> bool {

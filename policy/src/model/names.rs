@@ -5,8 +5,10 @@
 //! universe's memory and, cloned and hashed, most of its build time.
 //!
 //! Storage is one byte buffer with end offsets, and lookup by text is a
-//! bisection over the ids sorted by text: no per-string allocation and no
-//! hash table kept after the build.
+//! bisection over the ids sorted by the text's hash (u64 comparisons, then
+//! one text comparison): no per-string allocation and no hash table kept
+//! after the build. Requests look up label keys here, so lookup must stay
+//! cheap.
 
 use std::collections::{BinaryHeap, HashMap};
 
@@ -18,8 +20,41 @@ pub struct Strings {
     bytes: String,
     /// Where string `i` ends in `bytes`; it starts where `i - 1` ends.
     ends: Vec<u32>,
-    /// The ids of distinct strings, ascending by text.
-    sorted: Vec<Sym>,
+    /// (hash of the text, as two halves, id) of distinct strings, ascending.
+    by_hash: Vec<(u32, u32, Sym)>,
+}
+
+/// Sorts triples. Heapsort: configure time only, and far less Wasm than
+/// sort_unstable's; every sort of the universe uses this one instantiation.
+pub(crate) fn sorted(triples: Vec<(u32, u32, u32)>) -> Vec<(u32, u32, u32)> {
+    BinaryHeap::from(triples).into_sorted_vec()
+}
+
+/// A 64-bit hash as the two halves the sorted triples hold.
+pub(crate) fn halves(hash: u64) -> (u32, u32) {
+    ((hash >> 32) as u32, hash as u32)
+}
+
+/// FNV-1a: a few instructions of module code (SipHash cost 10 KB of it),
+/// the same on every VM and in `control check`. Only lookup speed rests on
+/// it: equal hashes are told apart by comparing the texts.
+fn fnv(mut hash: u64, bytes: &[u8]) -> u64 {
+    for &b in bytes {
+        hash = (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+fn hash_of(text: &str) -> u64 {
+    fnv(FNV_OFFSET, text.as_bytes())
+}
+
+/// [`hash_of`] for a (namespace, service account) pair; 0xff never occurs
+/// in UTF-8, so it separates the two.
+pub(crate) fn hash_of_pair(a: &str, b: &str) -> u64 {
+    fnv(fnv(fnv(FNV_OFFSET, a.as_bytes()), &[0xff]), b.as_bytes())
 }
 
 impl Strings {
@@ -31,15 +66,19 @@ impl Strings {
         self.bytes.get(start as usize..end as usize).unwrap_or("")
     }
 
-    /// The id of `text`, if the config has that string anywhere.
+    /// The id of `text`, if the config has that string anywhere. Not
+    /// inlined: it is called from many places, and module size counts.
+    #[inline(never)]
     pub fn id(&self, text: &str) -> Option<Sym> {
-        let at = self.sorted.partition_point(|&id| self.get(id) < text);
-        self.sorted.get(at).copied().filter(|&id| self.get(id) == text)
+        let hash = halves(hash_of(text));
+        let at = self.by_hash.partition_point(|e| (e.0, e.1) < hash);
+        let same = self.by_hash.get(at..)?.iter().take_while(|e| (e.0, e.1) == hash);
+        same.map(|e| e.2).find(|&id| self.get(id) == text)
     }
 
     /// Bytes held, for memory reports.
     pub fn heap_bytes(&self) -> usize {
-        self.bytes.capacity() + 4 * (self.ends.capacity() + self.sorted.capacity())
+        self.bytes.capacity() + 4 * self.ends.capacity() + 12 * self.by_hash.capacity()
     }
 }
 
@@ -79,33 +118,37 @@ impl StringsBuilder {
         pushed.into_iter().map(|id| canonical.get(id as usize).copied().unwrap_or(id)).collect()
     }
 
-    /// Sorts every id by text into `sorted`, keeping the first id of each
-    /// text; returns, for every id, the id kept for its text.
+    /// Sorts every id by (hash, id) into `by_hash`, keeping the first id
+    /// of each text; returns, for every id, the id kept for its text.
     fn sort(&mut self) -> Vec<Sym> {
-        let (sorted, canonical) = {
+        let (by_hash, canonical) = {
             let strings = &self.strings;
-            let all: Vec<(&str, Sym)> = (0..strings.ends.len()).map(|i| i as Sym).map(|id| (strings.get(id), id)).collect();
-            // Heapsort: configure time only, and far less Wasm than sort_unstable's.
-            let all = BinaryHeap::from(all).into_sorted_vec();
+            let all = (0..strings.ends.len()).map(|i| i as Sym).map(|id| {
+                let (hi, lo) = halves(hash_of(strings.get(id)));
+                (hi, lo, id)
+            });
+            let all = sorted(all.collect());
             let mut canonical = vec![0; all.len()];
-            let mut sorted = Vec::with_capacity(all.len());
-            let mut kept: Option<(&str, Sym)> = None;
-            for (text, id) in all {
-                let keep = match kept {
-                    Some((t, k)) if t == text => k,
-                    _ => {
-                        sorted.push(id);
-                        kept = Some((text, id));
-                        id
-                    }
-                };
+            let mut by_hash: Vec<(u32, u32, Sym)> = Vec::with_capacity(all.len());
+            let mut run = 0; // where the kept entries of the current hash start
+            for (hi, lo, id) in all {
+                if by_hash.last().is_none_or(|e| (e.0, e.1) != (hi, lo)) {
+                    run = by_hash.len();
+                }
+                let text = strings.get(id);
+                // Equal texts hash alike; a smaller id of the same text came first.
+                let same = by_hash.get(run..).into_iter().flatten().map(|e| e.2).find(|&k| strings.get(k) == text);
+                let keep = same.unwrap_or_else(|| {
+                    by_hash.push((hi, lo, id));
+                    id
+                });
                 if let Some(slot) = canonical.get_mut(id as usize) {
                     *slot = keep;
                 }
             }
-            (sorted, canonical)
+            (by_hash, canonical)
         };
-        self.strings.sorted = sorted;
+        self.strings.by_hash = by_hash;
         self.pending = HashMap::new();
         canonical
     }
@@ -181,6 +224,23 @@ mod tests {
         }
         assert_eq!(strings.id("nope"), None);
         assert_eq!(strings.get(9999), "");
+    }
+
+    #[test]
+    fn many_strings_each_find_their_own_id() {
+        let texts: Vec<String> = (0..5000).map(|i| format!("label-{}", i * 7919 % 5003)).collect();
+        let mut b = StringsBuilder::default();
+        let early: Vec<Sym> = texts.iter().take(100).map(|t| b.intern(t)).collect();
+        let listed = b.intern_list(texts.iter().map(String::as_str));
+        assert_eq!(&listed[..100], &early[..], "listed after interning: the first ids stay");
+        let strings = b.finish();
+        for (text, id) in texts.iter().zip(&listed) {
+            assert_eq!(strings.get(*id), text);
+            assert_eq!(strings.id(text), Some(*id));
+        }
+        assert_eq!(strings.id("label-5003"), None);
+        // Distinct texts, one hash: the pair hash keeps its two parts apart.
+        assert_ne!(hash_of_pair("ab", "c"), hash_of_pair("a", "bc"));
     }
 
     #[test]
