@@ -497,7 +497,7 @@ fn check_two_factors(policy: &WorkloadPolicy, facts: &RequestFacts<'_>, d: &Deci
         return;
     };
     let cert = uri_san.and_then(SpiffeId::parse);
-    let agree = matches!((cert, owner), (Some(c), Some(o)) if c.namespace == o.namespace && c.service_account == o.service_account);
+    let agree = matches!((cert, owner), (Some(c), Some(o)) if c.namespace == o.namespace() && c.service_account == o.service_account());
     assert_eq!(agree, matches!(d.identity, IdentityCheck::Verified { .. }), "{:?} for {facts:?}", d.identity);
     if agree {
         return;
