@@ -11,8 +11,10 @@
 //! Shape of a generated cluster:
 //! - namespaces with `team`, `env` (prod/staging/dev) and `istio-injection` labels;
 //! - deployments, each one endpoint group (pods sharing namespace, service
-//!   account and labels `app`, `version`, `team`, `env`, `tier`,
-//!   `pod-template-hash`), with a contiguous run of pod IPs;
+//!   account and labels `app`, `version`, `team`, `env`, `tier`), with a
+//!   contiguous run of pod IPs. Its ReplicaSet's `pod-template-hash` is drawn
+//!   but not a label: control strips it (neither the sidecar's metadata nor
+//!   the endpoint table carries it), so the configs are what control delivers;
 //! - a `security` tier (about two thirds of the policies, mostly `Pass` rules
 //!   with selector sources, some `Deny` by CIDR or by a quarantine label, some
 //!   `Allow` for monitoring CIDRs) ending with a baseline policy that passes
@@ -161,7 +163,6 @@ struct Deployment {
     version: &'static str,
     tier: &'static str,
     service_account: String,
-    hash: String,
     quarantined: bool,
     /// Pod IPs are `ip(first_ip..first_ip + replicas)`.
     first_ip: u32,
@@ -218,7 +219,11 @@ impl World {
         while next_ip < total {
             let d = deployments.len();
             let replicas = (1 + rng.below(max_replicas as usize) as u32).min(total - next_ip);
-            let hash: String = (0..10).map(|_| char::from(HASH_CHARS[rng.below(HASH_CHARS.len())])).collect();
+            // The ReplicaSet's `pod-template-hash`: drawn so the world stays
+            // that of earlier runs, but never a label (control strips it).
+            for _ in 0..10 {
+                rng.below(HASH_CHARS.len());
+            }
             let canary = d >= 2 && rng.chance(25);
             let (namespace, app, version, tier, service_account) = match (d, deployments.last()) {
                 // The target: a backend in the first (prod) namespace.
@@ -246,7 +251,6 @@ impl World {
                 version,
                 tier,
                 service_account,
-                hash,
                 quarantined,
                 first_ip: next_ip,
                 replicas,
@@ -272,7 +276,6 @@ impl World {
         labels.insert("team".to_string(), ns.team.to_string());
         labels.insert("env".to_string(), ns.env.to_string());
         labels.insert("tier".to_string(), d.tier.to_string());
-        labels.insert("pod-template-hash".to_string(), d.hash.clone());
         if d.quarantined {
             labels.insert("quarantine".to_string(), "true".to_string());
         }
@@ -396,7 +399,7 @@ impl PolicyGen<'_> {
             5 => format!("tier == '{}' && env == 'prod'", APP_TIERS[self.rng.below(APP_TIERS.len())]),
             6 => {
                 let (a, b) = (self.random_team(), self.random_team());
-                format!("team in {} && has(pod-template-hash)", quoted_set([a, b]))
+                format!("team in {} && has(version)", quoted_set([a, b]))
             }
             _ => format!("tier == 'frontend' && app != '{}'", self.random_app()),
         }
@@ -809,6 +812,22 @@ pub fn request_mix(scale: &Scale, n: usize) -> Vec<OwnedRequest> {
 /// The compact JSON the filter receives.
 pub fn to_json(config: &PluginConfig) -> String {
     serde_json::to_string(config).unwrap_or_default()
+}
+
+/// The document `control` would deliver for `config`: its endpoints in the
+/// table from [`TABLE_FROM_ADDRESSES`] addresses on, and compressed from
+/// [`COMPRESS_FROM_BYTES`] of JSON on (the thresholds control uses).
+///
+/// [`TABLE_FROM_ADDRESSES`]: krites_policy::config::TABLE_FROM_ADDRESSES
+/// [`COMPRESS_FROM_BYTES`]: krites_policy::config::compressed::COMPRESS_FROM_BYTES
+pub fn delivered_json(config: &PluginConfig) -> Result<String, String> {
+    let addresses: usize = config.endpoint_specs().iter().map(|e| e.ips.len()).sum();
+    let config = match addresses >= krites_policy::config::TABLE_FROM_ADDRESSES && config.endpoint_table.is_none() {
+        true => config.clone().with_endpoint_table().map_err(|e| format!("endpoint table: {e}"))?,
+        false => config.clone(),
+    };
+    let delivered = config.to_delivered_json().map_err(|e| e.to_string())?;
+    serde_json::to_string(&delivered).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -82,6 +82,12 @@ impl ReadError {
         self
     }
 
+    /// The error as found under field `name` (for a check made after the
+    /// field was read).
+    pub(crate) fn in_field(self, name: &'static str) -> Self {
+        self.within(Step::Field(name))
+    }
+
     /// `policies[3].ingress[0].action`; empty at the top level.
     pub fn path(&self) -> String {
         let mut out = String::new();

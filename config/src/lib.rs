@@ -14,6 +14,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub mod json;
+mod base64;
+pub mod compressed;
 mod digest;
 pub mod endpoint_table;
 mod read;

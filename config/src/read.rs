@@ -12,22 +12,38 @@ use super::*;
 use crate::json::{one_of, Reader, Result, Unknown};
 
 impl PluginConfig {
-    /// Reads config JSON text. The top level must be an object.
+    /// Reads config JSON text, plain or compressed (see [`crate::compressed`]).
+    /// The top level must be an object.
     pub fn from_json(bytes: &[u8]) -> Result<PluginConfig> {
-        let mut r = Reader::new(bytes);
-        if !r.at_object() {
-            return Err(r.invalid("must be a JSON object"));
-        }
-        let config = plugin_config(&mut r)?;
-        r.finish()?;
-        Ok(config)
+        document(bytes, true)
     }
 }
 
-fn plugin_config(r: &mut Reader) -> Result<PluginConfig> {
-    const FIELDS: &[&str] = &["version", "revision", "scope", "tiers", "policies", "endpoints", "endpointTable", "namespaces", "serviceAccounts", "networkSets", "services", "stagedPolicies"];
+/// A whole document; `envelope`: it may be the compressed form (whose
+/// payload may not be compressed again).
+fn document(bytes: &[u8], envelope: bool) -> Result<PluginConfig> {
+    let mut r = Reader::new(bytes);
+    if !r.at_object() {
+        return Err(r.invalid("must be a JSON object"));
+    }
+    let config = plugin_config(&mut r, envelope)?;
+    r.finish()?;
+    Ok(config)
+}
+
+fn plugin_config(r: &mut Reader, envelope: bool) -> Result<PluginConfig> {
+    const FIELDS: &[&str] = &[
+        "version", "revision", "scope", "tiers", "policies", "endpoints", "endpointTable", "namespaces", "serviceAccounts", "networkSets", "services",
+        "stagedPolicies", "compressed",
+    ];
     let mut c = PluginConfig::default();
+    let mut compressed = None;
+    // The first field besides `version`: a compressed document may have none.
+    let mut beside = None;
     r.object(FIELDS, 1, Unknown::Reject, &mut |r, field| {
+        if !matches!(field, "version" | "compressed") {
+            beside.get_or_insert(field);
+        }
         match field {
             "version" => c.version = r.unsigned(u32::MAX.into(), "u32")? as u32,
             "revision" => c.revision = r.optional(Reader::string)?,
@@ -40,11 +56,38 @@ fn plugin_config(r: &mut Reader) -> Result<PluginConfig> {
             "serviceAccounts" => c.service_accounts = r.list(service_account)?,
             "networkSets" => c.network_sets = r.list(network_set)?,
             "services" => c.services = r.list(service)?,
-            _ => c.staged_policies = r.list(policy)?,
+            "stagedPolicies" => c.staged_policies = r.list(policy)?,
+            _ if !envelope => return Err(r.invalid("a compressed config's document may not be compressed again")),
+            _ => compressed = Some(compressed_document(r)?),
         }
         Ok(())
     })?;
-    Ok(c)
+    let Some(inner) = compressed else { return Ok(c) };
+    if let Some(field) = beside {
+        let problem = format!("`{field}` beside `compressed`: a compressed config carries only `version` outside");
+        return Err(r.invalid(problem).in_field("compressed"));
+    }
+    if inner.version != c.version {
+        let problem = format!("the compressed document's version {} differs from the envelope's {}", inner.version, c.version);
+        return Err(r.invalid(problem).in_field("compressed"));
+    }
+    Ok(inner)
+}
+
+/// The document a `compressed` field holds, with its endpoint table's bytes.
+fn compressed_document(r: &mut Reader) -> Result<PluginConfig> {
+    let text = r.string()?;
+    let payload = crate::compressed::unpack(text.as_bytes()).map_err(|e| r.invalid(e.to_string()))?;
+    drop(text);
+    let mut config = document(payload.json(), false).map_err(|e| r.invalid(format!("in the compressed document: {e}")))?;
+    if !payload.table().is_empty() {
+        if config.endpoint_table.is_some() {
+            return Err(r.invalid("the compressed document has an `endpointTable` and table bytes after it; give one"));
+        }
+        let table = EndpointTable::from_bytes(payload.table()).map_err(|e| r.invalid(format!("the endpoint table after the document: {e}")))?;
+        config.endpoint_table = Some(table);
+    }
+    Ok(config)
 }
 
 fn strings(r: &mut Reader) -> Result<Vec<String>> {

@@ -117,6 +117,13 @@ fn first_ip(pod: &PodInfo) -> String {
     pod.ips.first().map(|i| i.to_string()).unwrap_or_default()
 }
 
+/// The policy set as the filter reads it: from the bytes of the document a
+/// WasmPlugin carries (compressed or not), so the two cannot disagree.
+fn as_delivered(compiled: &Compiled) -> Result<PolicySet, CheckError> {
+    let bytes = serde_json::to_vec(&compiled.delivered).map_err(crate::compile::CompileError::from)?;
+    Ok(PolicySet::from_json(&bytes)?)
+}
+
 fn config_line(compiled: &Compiled) -> String {
     format!(
         "revision {} ({} bytes, {} of {} pod addresses)",
@@ -220,7 +227,7 @@ pub fn check(inv: &Inventory, req: &Request) -> Result<Outcome, CheckError> {
 /// The client's sidecar: its own egress rules, against what it dials.
 fn egress(inv: &Inventory, req: &Request, client: &PodInfo, dialled: Option<IpAddr>, port: u16) -> Result<Side, CheckError> {
     let compiled = compile(inv, &Options { namespace: Some(client.namespace.clone()), ..Options::default() })?;
-    let set = Arc::new(PolicySet::from_config(&compiled.config)?);
+    let set = Arc::new(as_delivered(&compiled)?);
     let policy = EgressPolicy::new(set.clone(), &workload(client));
     let cluster;
     let destination = match &req.to {
@@ -276,7 +283,7 @@ fn egress(inv: &Inventory, req: &Request, client: &PodInfo, dialled: Option<IpAd
 /// The destination pod's sidecar: its ingress rules, against the client.
 fn ingress(inv: &Inventory, req: &Request, from_pod: Option<&PodInfo>, target: &PodInfo, port: u16) -> Result<Side, CheckError> {
     let compiled = compile(inv, &Options { namespace: Some(target.namespace.clone()), ..Options::default() })?;
-    let set = Arc::new(PolicySet::from_config(&compiled.config)?);
+    let set = Arc::new(as_delivered(&compiled)?);
     let policy = WorkloadPolicy::new(set.clone(), &workload(target));
     let source_ip = match (&req.from, from_pod) {
         (_, Some(pod)) => pod.ips.first().copied(),

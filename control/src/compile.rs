@@ -15,6 +15,8 @@ use krites_policy::{ConfigErrors, PolicySet};
 use crate::inventory::{Inventory, Labels};
 
 mod projection;
+#[cfg(test)]
+mod delivery_tests;
 
 /// Kubernetes stores objects up to ~1.5 MiB, etcd's default request limit;
 /// keep a WasmPlugin's config well under 1 MiB.
@@ -54,7 +56,11 @@ impl EndpointTableUse {
 #[derive(Debug)]
 pub struct Compiled {
     pub config: PluginConfig,
+    /// `config` as a WasmPlugin carries it: plain JSON, or compressed when
+    /// large (see [`krites_policy::config::compressed`]).
+    pub delivered: serde_json::Value,
     pub revision: String,
+    /// Bytes of `delivered` as JSON: what counts against the WasmPlugin's limit.
     pub bytes: usize,
     /// Pod addresses in the cluster, and how many the config carries.
     pub addresses_known: usize,
@@ -67,6 +73,8 @@ pub enum CompileError {
     Invalid(#[from] ConfigErrors),
     #[error("the endpoint table could not be written (a bug: control parsed every address): {0}")]
     Table(#[from] krites_policy::config::TableError),
+    #[error("the config could not be written as JSON (a bug): {0}")]
+    Json(#[from] serde_json::Error),
     #[error("two running pods claim {ip}: {first} and {second}")]
     AddressClash { ip: String, first: String, second: String },
 }
@@ -261,8 +269,9 @@ pub fn compile(inv: &Inventory, opts: &Options) -> Result<Compiled, CompileError
     }
 
     let set = PolicySet::from_config(&config)?;
-    let bytes = serde_json::to_vec(&config).map(|v| v.len()).unwrap_or(0);
-    Ok(Compiled { revision: set.revision().to_string(), config, bytes, addresses_known, addresses_emitted })
+    let delivered = config.to_delivered_json()?;
+    let bytes = serde_json::to_vec(&delivered)?.len();
+    Ok(Compiled { revision: set.revision().to_string(), config, delivered, bytes, addresses_known, addresses_emitted })
 }
 
 /// Policies whose selectors name `pod-template-hash`, which neither Istio's sidecar metadata
@@ -369,7 +378,7 @@ pub fn plan(inv: &Inventory, opts: &PlanOptions<'_>, module: &crate::wasmplugin:
         if whole.bytes > opts.limit {
             return Err(PlanError::TooBig { namespace: ns.to_string(), bytes: whole.bytes, limit: opts.limit });
         }
-        let objects = crate::wasmplugin::manifests(&whole.config, &whole.revision, ns, module);
+        let objects = crate::wasmplugin::manifests(&whole.delivered, &whole.revision, ns, module);
         return Ok(Plan { objects, sharded: false, max_bytes: whole.bytes, revisions: BTreeMap::from([(ns.to_string(), whole.revision)]) });
     }
     let mut plan = Plan { objects: Vec::new(), sharded: true, max_bytes: 0, revisions: BTreeMap::new() };
@@ -379,7 +388,7 @@ pub fn plan(inv: &Inventory, opts: &PlanOptions<'_>, module: &crate::wasmplugin:
             return Err(PlanError::TooBig { namespace: ns, bytes: shard.bytes, limit: opts.limit });
         }
         plan.max_bytes = plan.max_bytes.max(shard.bytes);
-        plan.objects.extend(crate::wasmplugin::manifests(&shard.config, &shard.revision, &ns, module));
+        plan.objects.extend(crate::wasmplugin::manifests(&shard.delivered, &shard.revision, &ns, module));
         plan.revisions.insert(ns, shard.revision);
     }
     Ok(plan)

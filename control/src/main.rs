@@ -251,7 +251,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                             whole.bytes
                         );
                     }
-                    println!("{}", serde_json::to_string_pretty(&whole.config)?);
+                    println!("{}", serde_json::to_string_pretty(&whole.delivered)?);
                 }
                 Format::Wasmplugin => {
                     let opts = PlanOptions {

@@ -4,7 +4,6 @@
 
 use serde_json::{json, Value};
 
-use krites_policy::config::PluginConfig;
 
 /// Where the module comes from.
 #[derive(Debug, Clone)]
@@ -56,11 +55,12 @@ fn object(name: &str, namespace: &str, revision: Option<&str>, spec: serde_json:
 }
 
 /// The two WasmPlugins, placed in `ns` (Istio's root namespace: the whole mesh).
-pub fn manifests(config: &PluginConfig, revision: &str, ns: &str, module: &Module) -> Vec<Value> {
+/// `config`: the document as delivered ([`crate::compile::Compiled::delivered`]).
+pub fn manifests(config: &Value, revision: &str, ns: &str, module: &Module) -> Vec<Value> {
     let mut http = common(module);
     http.insert("phase".into(), json!("AUTHZ"));
     http.insert("type".into(), json!("HTTP"));
-    http.insert("pluginConfig".into(), serde_json::to_value(config).unwrap_or(Value::Null));
+    http.insert("pluginConfig".into(), config.clone());
     let mut network = common(module);
     network.insert("type".into(), json!("NETWORK"));
     // Early in the network filter chain, before the connection manager.

@@ -116,7 +116,7 @@ fn control_generated_wasmplugins_validate_too() {
     let inv = Inventory::from_manifests(&manifests::load(&[root().join("tests/fixtures/yaobank")]).unwrap());
     let module = krites_control::wasmplugin::Module { url: "oci://ghcr.io/krites-project/krites:0.1.0".into(), sha256: Some("a".repeat(64)) };
     let compiled = compile(&inv, &Options::default()).unwrap();
-    for p in krites_control::wasmplugin::manifests(&compiled.config, &compiled.revision, "istio-system", &module) {
+    for p in krites_control::wasmplugin::manifests(&compiled.delivered, &compiled.revision, "istio-system", &module) {
         let errors: Vec<String> = schema.iter_errors(&p).map(|e| e.to_string()).collect();
         assert!(errors.is_empty(), "{errors:#?}");
         assert!(cel_rules(&p).is_empty());

@@ -80,11 +80,22 @@ fn bad_config_is_rejected_and_the_last_good_one_keeps_enforcing() {
     opened["padding"] = serde_json::json!("x".repeat(33 * 1024 * 1024));
     let oversized = opened.to_string();
     let oversized_len = krites_testbed::istiod_plugin_config(&oversized).len();
+    // The compressed form of a config that would open the database, damaged in
+    // transit: deflate's checksum finds it, and nothing of it is read.
+    let compressed = krites_policy::PluginConfig::from_json(bad_cidr.to_string().replace("10.0.0.0/33", "10.0.0.0/8").as_bytes())
+        .unwrap()
+        .to_compressed_json()
+        .unwrap();
+    let text = compressed["compressed"].as_str().unwrap();
+    let middle = text.len() / 2;
+    let flipped = if &text[middle..=middle] == "A" { "B" } else { "A" };
+    let damaged = serde_json::json!({"version": 1, "compressed": format!("{}{flipped}{}", &text[..middle], &text[middle + 1..])}).to_string();
     let rejected = [
         (r#"{"version": 1, "policies": ["#.to_string(), "plugin config: line 1 column 28"),
         (r#"{"version": 99}"#.to_string(), "plugin config: version: unsupported version 99"),
         (bad_cidr.to_string(), r#"GlobalNetworkPolicy/database: spec.ingress[0].source.nets[0]: "10.0.0.0/33" has an invalid prefix length"#),
         (oversized, &format!("plugin config: size: {oversized_len} bytes is over the limit of 33554432 bytes (32 MiB)")),
+        (damaged, "plugin config: compressed: not zlib data, or damaged"),
     ];
     for (bad, needle) in &rejected {
         let errors = rig.stat("krites_config_errors_total");
@@ -106,7 +117,8 @@ fn bad_config_is_rejected_and_the_last_good_one_keeps_enforcing() {
             p["ingress"] = serde_json::json!([{"action": "Allow"}]);
         }
     }
-    let opened = opened.to_string();
+    // Delivered compressed, as control delivers a large config: read alike.
+    let opened = krites_policy::PluginConfig::from_json(opened.to_string().as_bytes()).unwrap().to_compressed_json().unwrap().to_string();
     assert_eq!(rig.db.reconfigure(&opened, Duration::from_secs(10)).unwrap(), EcdsOutcome::Accepted);
     assert_eq!(rig.call(ATTACK, "default", &[]).status, 200);
 }

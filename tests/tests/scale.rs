@@ -1,6 +1,6 @@
 //! A large config loaded by the filter inside Envoy, with its endpoints as
-//! JSON and in the compact table (which control writes at this size): each
-//! must be accepted and enforce; the time `on_configure` took (measured by
+//! JSON, in the compact table, and as control delivers it (the table, and
+//! compressed when large): each must be accepted and enforce; the time `on_configure` took (measured by
 //! the filter with the host clock, exported as a gauge) is printed for the
 //! record.
 
@@ -8,7 +8,7 @@
 
 use std::net::Ipv4Addr;
 
-use krites_bench::{generate, target_workload, to_json, Scale, DEFAULT_SEED};
+use krites_bench::{delivered_json, generate, target_workload, to_json, Scale, DEFAULT_SEED};
 use krites_testbed::{module_path, EcdsOutcome, Pki, Request, Sidecar, SidecarSpec};
 
 /// Starts a sidecar on `config` for the scale's target workload, checks it
@@ -61,9 +61,10 @@ fn thousand_policies_ten_thousand_endpoints_load_in_envoy() {
     let scale = Scale { policies: 1000, rules_per_policy: 1, endpoints: 10_000, namespaces: 20, seed: DEFAULT_SEED };
     let generated = generate(&scale);
     let table = to_json(&generated.clone().with_endpoint_table().unwrap());
+    let delivered = delivered_json(&generated).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(&dir.path().join("pki"), "cluster.local").unwrap();
-    for (form, config) in [("JSON endpoints", to_json(&generated)), ("endpoint table", table)] {
+    for (form, config) in [("JSON endpoints", to_json(&generated)), ("endpoint table", table), ("as delivered", delivered)] {
         load_in_envoy(&scale, form, &config, dir.path(), &pki);
     }
 }
@@ -77,9 +78,15 @@ fn calico_shape_loads_in_envoy() {
     let scale = Scale::calico_production();
     let generated = generate(&scale);
     let table = to_json(&generated.clone().with_endpoint_table().unwrap());
+    let delivered = delivered_json(&generated).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(&dir.path().join("pki"), "cluster.local").unwrap();
-    for (form, config) in [("calico shape JSON endpoints", to_json(&generated)), ("calico shape endpoint table", table)] {
+    let forms = [
+        ("calico shape JSON endpoints", to_json(&generated)),
+        ("calico shape endpoint table", table),
+        ("calico shape as delivered", delivered),
+    ];
+    for (form, config) in forms {
         load_in_envoy(&scale, form, &config, dir.path(), &pki);
     }
 }

@@ -131,12 +131,8 @@ impl Scenario {
         ];
         let set = PolicySet::from_config(&config).map_err(|e| anyhow::anyhow!("{}: generated config: {e}", bench.name))?;
         let policy = WorkloadPolicy::new(Arc::new(set), &workload);
-        // What control would deliver: the endpoint table from its threshold on.
-        let addresses: usize = config.endpoints.iter().map(|e| e.ips.len()).sum();
-        let config_json = match addresses >= krites_policy::config::TABLE_FROM_ADDRESSES {
-            true => krites_bench::to_json(&config.clone().with_endpoint_table().map_err(|e| anyhow::anyhow!("{}: endpoint table: {e}", bench.name))?),
-            false => krites_bench::to_json(&config),
-        };
+        // What control would deliver: the endpoint table and compression from its thresholds on.
+        let config_json = krites_bench::delivered_json(&config).map_err(|e| anyhow::anyhow!("{}: {e}", bench.name))?;
         let mut scenario = Scenario { bench, config, config_json, workload, policy, sources, mix: Vec::new() };
         scenario.mix = MIX
             .iter()

@@ -161,12 +161,12 @@ fn base64_round_trips_every_length_and_refuses_what_is_not_canonical() {
         let table = EndpointTable { strings: vec![String::from_utf8_lossy(&bytes).into_owned()], groups: Vec::new(), service_accounts: Vec::new() };
         let text = table.encode();
         assert_eq!(text.len() % 4, 0);
-        assert_eq!(base64_decode(text.as_bytes()).unwrap(), table.to_bytes(), "{len} bytes");
+        assert_eq!(crate::base64::decode(text.as_bytes()).unwrap(), table.to_bytes(), "{len} bytes");
     }
-    assert_eq!(base64_decode(b"").unwrap(), Vec::<u8>::new());
-    assert_eq!(base64_decode(b"AQID").unwrap(), [1, 2, 3]);
-    assert_eq!(base64_decode(b"AQI=").unwrap(), [1, 2]);
-    assert_eq!(base64_decode(b"AQ==").unwrap(), [1]);
+    assert_eq!(crate::base64::decode(b"").unwrap(), Vec::<u8>::new());
+    assert_eq!(crate::base64::decode(b"AQID").unwrap(), [1, 2, 3]);
+    assert_eq!(crate::base64::decode(b"AQI=").unwrap(), [1, 2]);
+    assert_eq!(crate::base64::decode(b"AQ==").unwrap(), [1]);
     for (text, want) in [
         ("AQI", "not a multiple of 4"),
         ("AQ-D", "'-' at 2 is not a base64 character"),
@@ -175,7 +175,7 @@ fn base64_round_trips_every_length_and_refuses_what_is_not_canonical() {
         ("AR==", "non-zero bits before the padding at 0"),
         ("AQJ=", "non-zero bits before the padding at 0"),
     ] {
-        let err = base64_decode(text.as_bytes()).unwrap_err();
+        let err = crate::base64::decode(text.as_bytes()).unwrap_err();
         assert!(err.contains(want), "{text}: {err}");
     }
 }
