@@ -5,7 +5,7 @@ use std::collections::BinaryHeap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// A union of closed ranges `[lo, hi]`, kept sorted and disjoint.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct RangeSet<T> {
     ranges: Vec<(T, T)>,
 }
@@ -109,7 +109,7 @@ pub fn parse_port_range(text: &str) -> Result<(u16, u16), String> {
 
 /// A set of CIDRs, IPv4 and IPv6 kept apart. IPv4-mapped IPv6 is folded to IPv4
 /// on both sides, so `::ffff:10.0.0.1` matches `10.0.0.0/8`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct NetSet {
     v4: RangeSet<u32>,
     v6: RangeSet<u128>,

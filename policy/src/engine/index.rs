@@ -155,12 +155,12 @@ impl ClassListsBuilder {
 
     /// Adds the rule at `pos` (ascending across calls), satisfied by the
     /// readings `ids` (ascending, each once).
-    pub(super) fn add(&mut self, ids: &[usize], class: Class, pos: u32) {
+    pub(super) fn add(&mut self, ids: &[u32], class: Class, pos: u32) {
         // A reading given twice would be counted twice and split a class wrongly.
         debug_assert!(ids.windows(2).all(|w| w[0] < w[1]), "reading ids must be ascending and unique");
         self.touched.clear();
         for &id in ids {
-            let Some(&c) = self.class_of.get(id) else { continue };
+            let Some(&c) = self.class_of.get(id as usize) else { continue };
             let Some(held) = self.held.get_mut(c as usize) else { continue };
             if *held == 0 {
                 self.touched.push(c);
@@ -183,7 +183,7 @@ impl ClassListsBuilder {
             }
         }
         for &id in ids {
-            let Some(c) = self.class_of.get_mut(id) else { continue };
+            let Some(c) = self.class_of.get_mut(id as usize) else { continue };
             match self.split_into.get(*c as usize) {
                 Some(&into) if into != NO_CLASS => *c = into,
                 _ => {}
@@ -385,7 +385,7 @@ mod tests {
     #[test]
     fn class_lists_share_what_readings_share() {
         // (rule position, class, readings holding it) over readings 0..6.
-        let rules: &[(u32, Class, &[usize])] = &[
+        let rules: &[(u32, Class, &[u32])] = &[
             (0, Class::Pass, &[0, 1, 2, 3, 4]),
             (1, Class::Allow, &[0, 1]),
             (2, Class::Restrict, &[2]),
@@ -399,11 +399,11 @@ mod tests {
             b.add(ids, class, pos);
         }
         let lists = b.build();
-        for id in 0..7 {
+        for id in 0..7u32 {
             let held = |want: Class| -> Vec<u32> {
                 rules.iter().filter(|(_, c, ids)| *c == want && ids.contains(&id) && id < 6).map(|r| r.0).collect()
             };
-            let r = lists.reading(id);
+            let r = lists.reading(id as usize);
             assert_eq!(r.allow, held(Class::Allow), "allow of {id}");
             assert_eq!(r.pass, held(Class::Pass), "pass of {id}");
             assert_eq!(r.restrict, held(Class::Restrict), "restrict of {id}");
@@ -413,7 +413,7 @@ mod tests {
 
         // Readings no rule tells apart stay one class.
         let mut b = ClassListsBuilder::new(1000);
-        let evens: Vec<usize> = (0..1000).step_by(2).collect();
+        let evens: Vec<u32> = (0..1000).step_by(2).collect();
         for pos in 0..50 {
             b.add(&evens, Class::Pass, pos);
         }

@@ -11,7 +11,7 @@ use crate::ranges::NetSet;
 use crate::selector::{Labels, Selector};
 
 /// Which namespaces an entity rule admits.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum NamespaceClause {
     /// GlobalNetworkPolicy without namespaceSelector: any namespace.
     Any,
@@ -24,14 +24,14 @@ pub enum NamespaceClause {
     Equals(String),
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ServiceAccountClause {
     /// Empty: any name.
     pub names: BTreeSet<String>,
     pub selector: Option<Selector>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct IdentityMatch {
     pub selector: Option<Selector>,
     pub not_selector: Option<Selector>,

@@ -75,11 +75,6 @@ impl Strings {
         let same = self.by_hash.get(at..)?.iter().take_while(|e| (e.0, e.1) == hash);
         same.map(|e| e.2).find(|&id| self.get(id) == text)
     }
-
-    /// Bytes held, for memory reports.
-    pub fn heap_bytes(&self) -> usize {
-        self.bytes.capacity() + 4 * self.ends.capacity() + 12 * self.by_hash.capacity()
-    }
 }
 
 /// Builds [`Strings`]. Lookup stays a bisection while building; strings

@@ -325,10 +325,6 @@ impl Universe {
         (0u32..).zip(self.groups.iter().map(|entry| Group { entry, strings: &self.names.strings }))
     }
 
-    pub fn strings(&self) -> &Strings {
-        &self.names.strings
-    }
-
     pub fn network_sets(&self) -> &[NetworkSet] {
         &self.network_sets
     }

@@ -37,7 +37,7 @@ impl<L: Labels + ?Sized> Labels for &L {
 }
 
 /// A parsed selector. Cheap to evaluate: no allocation, no parsing.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Selector {
     /// `all()`, or an empty selector.
     All,
