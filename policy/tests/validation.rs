@@ -24,6 +24,13 @@ fn compile(config: &Value) -> Result<PolicySet, ConfigErrors> {
     let via_owned = PolicySet::from_json_owned(text.clone().into_bytes());
     assert_eq!(via_json.as_ref().err(), via_owned.as_ref().err(), "from_json and from_json_owned disagree for {text}");
     assert_eq!(via_json.as_ref().ok().map(PolicySet::revision), via_owned.as_ref().ok().map(PolicySet::revision));
+    // It lets go of each policy's spec as it compiles it: the same policies, rules and tiers.
+    let shape = |set: &PolicySet| {
+        let ids = |rules: &[krites_policy::model::Rule]| rules.iter().map(|r| r.id.clone()).collect::<Vec<_>>();
+        let tiers = set.tiers().iter().map(|t| (t.name.clone(), t.default_action)).collect::<Vec<_>>();
+        (set.policies().iter().map(|p| p.id.clone()).collect::<Vec<_>>(), ids(set.rules()), tiers)
+    };
+    assert_eq!(via_json.as_ref().ok().map(shape), via_owned.as_ref().ok().map(shape), "from_json and from_json_owned compile differently: {text}");
     if let Ok(parsed) = PluginConfig::from_json(text.as_bytes()) {
         let via_config = PolicySet::from_config(&parsed);
         assert_eq!(

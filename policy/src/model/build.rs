@@ -2,6 +2,7 @@
 //! Every problem is reported (one bad object never hides another's errors),
 //! each naming the object and the field.
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::net::IpAddr;
@@ -107,10 +108,26 @@ impl PolicySet {
     pub fn from_json_owned(bytes: Vec<u8>) -> Result<PolicySet, ConfigErrors> {
         let config = read(&bytes);
         drop(bytes);
-        PolicySet::from_config(&config?)
+        PolicySet::from_config_owned(config?)
     }
 
     pub fn from_config(config: &PluginConfig) -> Result<PolicySet, ConfigErrors> {
+        PolicySet::build(config, None, Digest::revision(config))
+    }
+
+    /// [`PolicySet::from_config`], letting go of each policy's spec once it
+    /// is compiled: at Calico's scale the specs are tens of MB of a Wasm VM's
+    /// peak while the compiled policies grow, and Wasm memory does not shrink.
+    pub fn from_config_owned(mut config: PluginConfig) -> Result<PolicySet, ConfigErrors> {
+        // The revision covers the policies: taken before they are let go.
+        let revision = Digest::revision(&config);
+        let specs = std::mem::take(&mut config.policies);
+        PolicySet::build(&config, Some(specs), revision)
+    }
+
+    /// `specs`: the policies, taken out of `config` (else its own are read);
+    /// `revision`: the whole config's.
+    fn build(config: &PluginConfig, specs: Option<Vec<PolicySpec>>, revision: String) -> Result<PolicySet, ConfigErrors> {
         let mut b = Builder::default();
         if config.version != CONFIG_VERSION {
             b.error("plugin config", "version", format!("unsupported version {} (this build reads {CONFIG_VERSION})", config.version));
@@ -121,9 +138,12 @@ impl PolicySet {
                 b.error("plugin config", "scope", "must list one or more namespace names");
             }
         }
-        let tiers = b.tiers(config);
-        let mut policies = b.policies(&config.policies, &tiers, false);
-        let mut staged = b.policies(&config.staged_policies, &tiers, true);
+        let tiers = b.tiers(config, specs.as_deref().unwrap_or(&config.policies));
+        let mut policies = match specs {
+            Some(specs) => b.policies(specs.into_iter(), &tiers, false),
+            None => b.policies(config.policies.iter(), &tiers, false),
+        };
+        let mut staged = b.policies(config.staged_policies.iter(), &tiers, true);
         let universe = b.universe(config);
         let services = Arc::new(b.services(config, &universe));
         if !b.errors.is_empty() {
@@ -154,7 +174,6 @@ impl PolicySet {
             }
         }
         let universe = Arc::new(universe);
-        let revision = Digest::revision(config);
         let assemble = |policies: Vec<(Policy, Vec<Rule>)>, staged_view: Option<Arc<PolicySet>>, changes: Vec<StagedChange>| {
             let (policies, rules) = in_evaluation_order(policies, &tiers);
             PolicySet {
@@ -278,7 +297,8 @@ impl Builder {
         }
     }
 
-    fn tiers(&mut self, config: &PluginConfig) -> Vec<Tier> {
+    /// `policies`: the config's (possibly taken out of it).
+    fn tiers(&mut self, config: &PluginConfig, policies: &[PolicySpec]) -> Vec<Tier> {
         let mut tiers: Vec<Tier> = Vec::new();
         for (i, spec) in config.tiers.iter().enumerate() {
             let object = format!("Tier/{}", spec.name);
@@ -299,7 +319,7 @@ impl Builder {
             tiers.push(Tier { name: spec.name.clone(), order, default_action });
         }
         // Built-in tiers that policies use without declaring them.
-        for spec in config.policies.iter().chain(&config.staged_policies) {
+        for spec in policies.iter().chain(&config.staged_policies) {
             let name = spec.tier.as_deref().unwrap_or("default");
             if !tiers.iter().any(|t| t.name == name) {
                 if let Some(t) = builtin_tier(name) {
@@ -312,11 +332,13 @@ impl Builder {
 
     /// The policies of one list (`staged`: the staged policies), each with
     /// its rules; a policy with errors is left out (and reported).
-    fn policies(&mut self, specs: &[PolicySpec], tiers: &[Tier], staged: bool) -> Vec<(Policy, Vec<Rule>)> {
+    /// Compiles `specs` in order; an owned spec is let go once compiled.
+    fn policies<S: Borrow<PolicySpec>>(&mut self, specs: impl ExactSizeIterator<Item = S>, tiers: &[Tier], staged: bool) -> Vec<(Policy, Vec<Rule>)> {
         let mut policies = Vec::with_capacity(specs.len());
         let mut seen = BTreeSet::new();
         let list = if staged { "stagedPolicies" } else { "policies" };
-        for (i, spec) in specs.iter().enumerate() {
+        for (i, spec) in specs.enumerate() {
+            let spec: &PolicySpec = spec.borrow();
             let object = if spec.name.is_empty() { format!("{list}[{i}]") } else { policy_object(spec, staged) };
             if !spec.name.is_empty() && !seen.insert((spec.namespace.clone(), spec.name.clone())) {
                 self.error(&object, "metadata.name", if staged { "duplicate staged policy" } else { "duplicate policy" });
