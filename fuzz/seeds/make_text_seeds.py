@@ -137,6 +137,36 @@ configs = {
     "err-path-not-absolute": cfg([pol("p", [{"action": A, "http": {"paths": [{"exact": "admin"}, {"exact": "/a", "prefix": "/b"}]}}])]),
     "err-order-nan": '{"version":1,"tiers":[{"name":"t","order":1e400}]}',
 }
+# The compressed form control delivers for large configs (config/src/compressed.rs):
+# zlib of format byte 1, the JSON's length (4 bytes, big-endian), the JSON, and
+# the endpoint table's bytes if any.
+import base64, struct, zlib
+
+def compressed(document, table=b"", format_byte=1, damage=False):
+    payload = bytes([format_byte]) + struct.pack(">I", len(document)) + document.encode() + table
+    data = bytearray(zlib.compress(payload, 9))
+    if damage:
+        data[-1] ^= 1
+    return json.dumps({"version": 1, "compressed": base64.b64encode(bytes(data)).decode()})
+
+# A table of one group: format 1; strings prod, web, app; group (0, 1, labels app=web)
+# with one IPv4 run 10.3.0.1..10.3.0.2 (gap from 0.0.0.0, length - 1); no IPv6; no accounts.
+def varint(n):
+    out = bytearray()
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+table = varint(1) + varint(3) + b"".join(varint(len(x)) + x for x in [b"prod", b"web", b"app"])
+table += varint(1) + varint(0) + varint(1) + varint(1) + varint(2) + varint(1) + varint(1) + varint(0x0A030001) + varint(1) + varint(0) + varint(0)
+configs["compressed-source-selector"] = compressed(configs["source-selector"])
+configs["compressed-with-table"] = compressed(json.dumps({"version": 1, "policies": [pol("p", [{"action": A, "source": {"selector": "app == 'web'"}}])]}), table)
+configs["err-compressed-checksum"] = compressed(configs["source-selector"], damage=True)
+configs["err-compressed-format"] = compressed(configs["source-selector"], format_byte=2)
+configs["err-compressed-nested"] = compressed(compressed('{"version":1}'))
+
 for name, text in configs.items():
     write("config", name, text)
 
