@@ -113,10 +113,11 @@ fn main() -> Result<(), Box<dyn Error>> {
 
     PEAK.store(live(), Ordering::Relaxed);
     let t = std::time::Instant::now();
-    // As the filter compiles: each policy's spec let go once compiled (the
+    // As the filter compiles: for its workload (every policy validated, only
+    // those selecting it kept), each policy's spec let go once compiled (the
     // rest of the config when done, so "kept" counts it as freed).
     let config_bytes = read;
-    let (set, whole) = kept(|| PolicySet::from_config_owned(config));
+    let (set, whole) = kept(|| PolicySet::from_config_for(config, &workload));
     let compile_time = t.elapsed();
     let set = Arc::new(set?);
     println!(

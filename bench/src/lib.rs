@@ -934,6 +934,30 @@ mod tests {
     }
 
     #[test]
+    fn compiled_for_the_target_decides_as_the_whole_set() {
+        // As the filter compiles: every policy validated, only those selecting the target kept.
+        for scale in [Scale::tutorial(), Scale::rules(1000), calico_reduced()] {
+            let config = generate(&scale);
+            let workload = target_workload(&scale);
+            let whole = Arc::new(PolicySet::from_config(&config).unwrap());
+            let pruned = Arc::new(PolicySet::for_workload(to_json(&config).into_bytes(), &workload).unwrap());
+            assert_eq!(pruned.revision(), whole.revision());
+            assert_eq!(pruned.policies_in_config(), whole.policies().len());
+            let (a, b) = (WorkloadPolicy::new(whole.clone(), &workload), WorkloadPolicy::new(pruned.clone(), &workload));
+            assert_eq!(a.policies_selecting(), b.policies_selecting());
+            assert_eq!(b.policies_selecting(), pruned.policies().len(), "{scale:?}: only what selects the target is kept");
+            if scale != Scale::tutorial() {
+                assert!(pruned.rules().len() < whole.rules().len(), "{scale:?}: some policies select other workloads");
+            }
+            for request in request_mix(&scale, 400) {
+                let facts = request.facts();
+                let (x, y) = (a.decide(&facts), b.decide(&facts));
+                assert_eq!((x.verdict, x.decided_by().to_string()), (y.verdict, y.decided_by().to_string()), "{scale:?}: {request:?}");
+            }
+        }
+    }
+
+    #[test]
     fn request_mix_is_allowed_and_denied() {
         for scale in [Scale::tutorial(), Scale::rules(10), Scale::rules(1000), calico_reduced()] {
             let seen = verdicts(&scale, 400);

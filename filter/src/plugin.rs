@@ -202,7 +202,15 @@ impl RootContext for Root {
                 return true;
             }
         };
-        let set = match PolicySet::from_json_owned(bytes) {
+        // Read first: the config is compiled for this workload (every policy
+        // validated, only those selecting it kept). Without one, it is still
+        // validated whole, so a bad config is refused either way.
+        let workload = adapter::workload_from_node(&EnvoyHost);
+        let compiled = match &workload {
+            Ok(w) => PolicySet::for_workload(bytes, w),
+            Err(_) => PolicySet::from_json_owned(bytes),
+        };
+        let set = match compiled {
             Ok(set) => Arc::new(set),
             Err(errors) => {
                 // Rejecting the update keeps the previous config enforcing.
@@ -211,7 +219,7 @@ impl RootContext for Root {
                 return false;
             }
         };
-        let workload = match adapter::workload_from_node(&EnvoyHost) {
+        let workload = match workload {
             Ok(w) => w,
             Err(e) => {
                 host::log(Level::Error, &format!("krites: {e}; denying every request (fail closed)"));
@@ -285,7 +293,7 @@ impl RootContext for Root {
                 workload.namespace,
                 workload.service_account,
                 policy.policies_selecting(),
-                set.policies().len(),
+                set.policies_in_config(),
                 policy.rule_count(),
                 set.universe().ip_count(),
                 egress.policies_selecting(),

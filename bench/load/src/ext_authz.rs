@@ -67,9 +67,10 @@ pub struct Authorizer {
 }
 
 impl Authorizer {
-    /// Compiles plugin config JSON (the filter's format) for `workload`.
+    /// Compiles plugin config JSON (the filter's format) for `workload`, as
+    /// the filter compiles it (only the policies selecting it kept).
     pub fn new(config_json: &[u8], workload: &Workload) -> anyhow::Result<Authorizer> {
-        let set = PolicySet::from_json(config_json).map_err(|e| anyhow::anyhow!("plugin config: {e}"))?;
+        let set = PolicySet::for_workload(config_json.to_vec(), workload).map_err(|e| anyhow::anyhow!("plugin config: {e}"))?;
         Ok(Authorizer::from_policy_set(set, workload))
     }
 

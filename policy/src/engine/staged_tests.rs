@@ -48,7 +48,15 @@ type Compared = (Verdict, Verdict, Option<String>);
 /// (ingress from `source`, or egress to `EXFIL` if `source` is "egress"):
 /// enforced verdict, staged verdict, and the staged policy counted.
 fn compare(staged: Value, source: &str) -> Compared {
-    let set = compile(config(enforced(), staged));
+    let whole = compare_in(compile(config(enforced(), staged.clone())), source);
+    // Compiled for the workload alone, as its filter compiles: the same.
+    let text = config(enforced(), staged).to_string().into_bytes();
+    let pruned = compare_in(Arc::new(PolicySet::for_workload(text, &api()).expect("compiles")), source);
+    assert_eq!(whole, pruned, "the whole set and the set for prod/api disagree");
+    whole
+}
+
+fn compare_in(set: Arc<PolicySet>, source: &str) -> Compared {
     let workload = api();
     let view = StagedWorkload::new(&set, &workload);
     let (enforced, staged) = if source == "egress" {

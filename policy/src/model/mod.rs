@@ -40,6 +40,8 @@ pub struct PolicySet {
     pub(crate) staged_view: Option<Arc<PolicySet>>,
     /// In a staged view: the staged policies, in config order.
     pub(crate) staged_changes: Vec<StagedChange>,
+    /// Policies the config holds, kept here or not (see [`PolicySet::for_workload`]).
+    pub(crate) policies_in_config: usize,
 }
 
 /// One staged policy: what it would do to the policy of its name.
@@ -68,6 +70,12 @@ impl PolicySet {
     /// Is this config meant for workloads of `namespace` (see `PluginConfig::scope`)?
     pub fn in_scope(&self, namespace: &str) -> bool {
         self.scope.as_ref().is_none_or(|s| s.iter().any(|n| n == namespace))
+    }
+
+    /// How many policies the config holds (more than [`Self::policies`] in a
+    /// set built [`for_workload`](PolicySet::for_workload)).
+    pub fn policies_in_config(&self) -> usize {
+        self.policies_in_config
     }
 
     pub fn tiers(&self) -> &[Tier] {
