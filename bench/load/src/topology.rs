@@ -325,11 +325,12 @@ fn write_minimal_module(files: &Files) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// The scenario's config, scoped to a namespace the workload is not in.
+/// The scenario's config, scoped to a namespace the workload is not in,
+/// delivered as control would deliver it (as the krites configuration's is).
 fn out_of_scope(scenario: &Scenario) -> Result<String> {
     let mut config = scenario.config.clone();
     config.scope = Some(vec!["krites-bench-elsewhere".to_string()]);
-    Ok(serde_json::to_string(&config)?)
+    krites_bench::delivered_json(&config).map_err(|e| anyhow::anyhow!("{}: {e}", scenario.bench.name))
 }
 
 /// Both Krites WasmPlugins' ECDS resources, as istiod sends them.
