@@ -376,7 +376,7 @@ impl Kube {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "control compile: {stderr}");
         let revision = stderr.split("revision ").nth(1).map(|s| s.trim().to_string()).expect("a revision on stderr");
-        (serde_json::from_slice(&out.stdout).unwrap(), revision)
+        (plain(&serde_json::from_slice(&out.stdout).unwrap()), revision)
     }
 }
 
@@ -413,8 +413,15 @@ pub fn in_form(mut v: Value, form: CalicoForm) -> Value {
     v
 }
 
+/// A delivered `pluginConfig` (plain or compressed) as plain JSON, read as
+/// the filter reads it.
+pub fn plain(config: &Value) -> Value {
+    let read = krites_policy::PluginConfig::from_json(&serde_json::to_vec(config).unwrap()).unwrap();
+    serde_json::to_value(&read).unwrap()
+}
+
 pub fn policy_names(config: &Value) -> Vec<String> {
-    config["policies"].as_array().map(|a| a.iter().map(|p| p["name"].as_str().unwrap().to_string()).collect()).unwrap_or_default()
+    plain(config)["policies"].as_array().map(|a| a.iter().map(|p| p["name"].as_str().unwrap().to_string()).collect()).unwrap_or_default()
 }
 
 /// Polls `f` every 25 ms for up to `secs` seconds; returns how long it took.
