@@ -8,6 +8,7 @@
 #[cfg(target_arch = "wasm32")]
 use wasm_bindgen_test::wasm_bindgen_test as test;
 
+use krites_policy::engine::Workload;
 use krites_policy::{ConfigError, ConfigErrors, PluginConfig, PolicySet};
 use serde_json::{json, Value};
 
@@ -31,6 +32,17 @@ fn compile(config: &Value) -> Result<PolicySet, ConfigErrors> {
         (set.policies().iter().map(|p| p.id.clone()).collect::<Vec<_>>(), ids(set.rules()), tiers)
     };
     assert_eq!(via_json.as_ref().ok().map(shape), via_owned.as_ref().ok().map(shape), "from_json and from_json_owned compile differently: {text}");
+    // The filter compiles for its workload: every policy is still validated,
+    // whether or not it selects the workload.
+    for workload in row_workloads() {
+        let via_workload = PolicySet::for_workload(text.clone().into_bytes(), &workload);
+        assert_eq!(via_json.as_ref().err(), via_workload.as_ref().err(), "from_json and for_workload({workload:?}) disagree for {text}");
+        assert_eq!(via_json.as_ref().ok().map(PolicySet::revision), via_workload.as_ref().ok().map(PolicySet::revision));
+        if let (Ok(whole), Ok(kept)) = (&via_json, &via_workload) {
+            assert_eq!(whole.policies().len(), kept.policies_in_config(), "for_workload counts every policy of {text}");
+            assert!(kept.policies().iter().all(|p| whole.policies().iter().any(|w| w.id == p.id)));
+        }
+    }
     if let Ok(parsed) = PluginConfig::from_json(text.as_bytes()) {
         let via_config = PolicySet::from_config(&parsed);
         assert_eq!(
@@ -40,6 +52,15 @@ fn compile(config: &Value) -> Result<PolicySet, ConfigErrors> {
         );
     }
     via_json
+}
+
+/// A workload the rows' policies select (`app == 'db'`) and one most do not.
+fn row_workloads() -> [Workload; 2] {
+    let labels = |pairs: &[(&str, &str)]| pairs.iter().map(|&(k, v)| (k.to_string(), v.to_string())).collect();
+    [
+        Workload { namespace: "prod".into(), service_account: "web".into(), labels: labels(&[("app", "db")]), ..Workload::default() },
+        Workload { namespace: "elsewhere".into(), service_account: "other".into(), labels: labels(&[("app", "web")]), ..Workload::default() },
+    ]
 }
 
 fn errors_of(what: &str, result: Result<PolicySet, ConfigErrors>) -> Vec<ConfigError> {

@@ -126,10 +126,8 @@ impl PolicySet {
     }
 
     /// [`PolicySet::for_workload`] from a config already read.
-    pub fn from_config_for(mut config: PluginConfig, workload: &crate::engine::Workload) -> Result<PolicySet, ConfigErrors> {
-        let revision = Digest::revision(&config);
-        let specs = std::mem::take(&mut config.policies);
-        PolicySet::build(&config, Some(specs), revision, Some(workload))
+    pub fn from_config_for(config: PluginConfig, workload: &crate::engine::Workload) -> Result<PolicySet, ConfigErrors> {
+        PolicySet::consuming(config, Some(workload))
     }
 
     pub fn from_config(config: &PluginConfig) -> Result<PolicySet, ConfigErrors> {
@@ -139,11 +137,16 @@ impl PolicySet {
     /// [`PolicySet::from_config`], letting go of each policy's spec once it
     /// is compiled: at Calico's scale the specs are tens of MB of a Wasm VM's
     /// peak while the compiled policies grow, and Wasm memory does not shrink.
-    pub fn from_config_owned(mut config: PluginConfig) -> Result<PolicySet, ConfigErrors> {
+    pub fn from_config_owned(config: PluginConfig) -> Result<PolicySet, ConfigErrors> {
+        PolicySet::consuming(config, None)
+    }
+
+    /// Builds from `config`'s own specs, letting go of each once compiled.
+    fn consuming(mut config: PluginConfig, workload: Option<&crate::engine::Workload>) -> Result<PolicySet, ConfigErrors> {
         // The revision covers the policies: taken before they are let go.
         let revision = Digest::revision(&config);
         let specs = std::mem::take(&mut config.policies);
-        PolicySet::build(&config, Some(specs), revision, None)
+        PolicySet::build(&config, Some(specs), revision, workload)
     }
 
     /// `specs`: the policies, taken out of `config` (else its own are read);
