@@ -5,14 +5,14 @@
 //! (an endpoint group, an unknown address, a certificate identity) and split by
 //! class (Allow, Pass, Deny/Log): when the two factors disagree, which lists
 //! hold a rule is all the walk needs to judge its identity clauses, and after a
-//! disputed Pass only rules that can still change the outcome are visited.
+//! disputed Pass only rules that can still change the outcome are visited
+//! (those lists are built in [`super::classes`]).
 //! Rules without identity clauses are listed once, narrowed by source address
 //! when their positive `nets` allow it.
 
 use std::collections::BinaryHeap;
 use std::net::IpAddr;
 
-use crate::config::Action;
 use crate::ranges::NetSet;
 
 /// Which list a candidate came from (bits of the cursor's `members`).
@@ -47,176 +47,16 @@ impl Csr {
         Csr { offsets, values }
     }
 
+    /// Rows already laid out: `offsets` ascending from 0, the last `values.len()`.
+    pub(super) fn from_parts(offsets: Vec<u32>, values: Vec<u32>) -> Csr {
+        Csr { offsets, values }
+    }
+
     pub(super) fn get(&self, id: usize) -> &[u32] {
         match (self.offsets.get(id), self.offsets.get(id + 1)) {
             (Some(&lo), Some(&hi)) => self.values.get(lo as usize..hi as usize).unwrap_or(&[]),
             _ => &[],
         }
-    }
-}
-
-/// How the two-factor check sees a rule's action.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Class {
-    Allow,
-    Pass,
-    /// Deny and Log: matched when either factor satisfies the rule.
-    Restrict,
-}
-
-impl Class {
-    pub(super) fn of(action: Action) -> Class {
-        match action {
-            Action::Allow => Class::Allow,
-            Action::Pass => Class::Pass,
-            Action::Deny | Action::Log => Class::Restrict,
-        }
-    }
-}
-
-/// The identity rules one reading of the source satisfies, by class.
-#[derive(Debug, Clone, Copy, Default)]
-pub(super) struct Reading<'a> {
-    pub allow: &'a [u32],
-    pub pass: &'a [u32],
-    pub restrict: &'a [u32],
-}
-
-/// Identity rules per reading id, by class. Readings that no identity rule
-/// tells apart share one set of lists: at Calico's scale 32k endpoint groups
-/// fall into far fewer classes, and per-group lists of the broad security-tier
-/// rules were most of a compiled workload policy.
-#[derive(Debug, Default)]
-pub(super) struct ClassLists {
-    /// Reading id -> its class of equivalent readings.
-    class_of: Vec<u32>,
-    /// Lists per class.
-    allow: Csr,
-    pass: Csr,
-    restrict: Csr,
-}
-
-impl ClassLists {
-    pub(super) fn reading(&self, id: usize) -> Reading<'_> {
-        match self.class_of.get(id) {
-            Some(&c) => {
-                let c = c as usize;
-                Reading { allow: self.allow.get(c), pass: self.pass.get(c), restrict: self.restrict.get(c) }
-            }
-            None => Reading::default(),
-        }
-    }
-
-    /// How many classes of readings the rules make.
-    #[cfg(test)]
-    fn classes(&self) -> usize {
-        self.class_of.iter().map(|&c| c as usize + 1).max().unwrap_or(0)
-    }
-}
-
-/// One class of readings while [`ClassListsBuilder`] refines them.
-#[derive(Debug, Clone, Default)]
-struct Equivalent {
-    allow: Vec<u32>,
-    pass: Vec<u32>,
-    restrict: Vec<u32>,
-    /// Readings in the class.
-    size: u32,
-}
-
-const NO_CLASS: u32 = u32::MAX;
-
-/// Collects [`ClassLists`] rule by rule, in ascending position, refining a
-/// partition of the readings: a rule splits each class it holds only part
-/// of, so readings stay together exactly while every rule so far treats them
-/// alike. Work and memory go with the rules' memberships and the distinct
-/// lists, not with readings times rules.
-pub(super) struct ClassListsBuilder {
-    class_of: Vec<u32>,
-    classes: Vec<Equivalent>,
-    /// Per class, scratch for the current rule: readings it holds, and the
-    /// class they split off into.
-    held: Vec<u32>,
-    split_into: Vec<u32>,
-    touched: Vec<u32>,
-}
-
-impl ClassListsBuilder {
-    pub(super) fn new(ids: usize) -> Self {
-        let all = Equivalent { size: position(ids), ..Equivalent::default() };
-        ClassListsBuilder {
-            class_of: vec![0; ids],
-            classes: vec![all],
-            held: vec![0],
-            split_into: vec![NO_CLASS],
-            touched: Vec::new(),
-        }
-    }
-
-    /// Adds the rule at `pos` (ascending across calls), satisfied by the
-    /// readings `ids` (ascending, each once).
-    pub(super) fn add(&mut self, ids: &[u32], class: Class, pos: u32) {
-        // A reading given twice would be counted twice and split a class wrongly.
-        debug_assert!(ids.windows(2).all(|w| w[0] < w[1]), "reading ids must be ascending and unique");
-        self.touched.clear();
-        for &id in ids {
-            let Some(&c) = self.class_of.get(id as usize) else { continue };
-            let Some(held) = self.held.get_mut(c as usize) else { continue };
-            if *held == 0 {
-                self.touched.push(c);
-            }
-            *held += 1;
-        }
-        // Classes the rule holds only part of split; the part it holds takes a copy of the lists.
-        for &c in &self.touched {
-            let c = c as usize;
-            let (Some(&held), Some(whole)) = (self.held.get(c), self.classes.get_mut(c)) else { continue };
-            if held < whole.size {
-                whole.size -= held;
-                let part = Equivalent { size: held, ..whole.clone() };
-                if let Some(into) = self.split_into.get_mut(c) {
-                    *into = position(self.classes.len());
-                }
-                self.classes.push(part);
-                self.held.push(0);
-                self.split_into.push(NO_CLASS);
-            }
-        }
-        for &id in ids {
-            let Some(c) = self.class_of.get_mut(id as usize) else { continue };
-            match self.split_into.get(*c as usize) {
-                Some(&into) if into != NO_CLASS => *c = into,
-                _ => {}
-            }
-        }
-        for &c in &self.touched {
-            let c = c as usize;
-            let target = match self.split_into.get(c) {
-                Some(&into) if into != NO_CLASS => into as usize,
-                _ => c,
-            };
-            if let Some(lists) = self.classes.get_mut(target) {
-                match class {
-                    Class::Allow => lists.allow.push(pos),
-                    Class::Pass => lists.pass.push(pos),
-                    Class::Restrict => lists.restrict.push(pos),
-                }
-            }
-            if let (Some(held), Some(into)) = (self.held.get_mut(c), self.split_into.get_mut(c)) {
-                *held = 0;
-                *into = NO_CLASS;
-            }
-        }
-    }
-
-    pub(super) fn build(self) -> ClassLists {
-        let (mut allow, mut pass, mut restrict) = (Vec::new(), Vec::new(), Vec::new());
-        for class in self.classes {
-            allow.push(class.allow);
-            pass.push(class.pass);
-            restrict.push(class.restrict);
-        }
-        ClassLists { class_of: self.class_of, allow: Csr::new(allow), pass: Csr::new(pass), restrict: Csr::new(restrict) }
     }
 }
 
@@ -379,49 +219,6 @@ pub(super) fn position(n: usize) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Readings the same rules hold share lists; every reading still gets
-    /// exactly the rules that hold it, in order, by class.
-    #[test]
-    fn class_lists_share_what_readings_share() {
-        // (rule position, class, readings holding it) over readings 0..6.
-        let rules: &[(u32, Class, &[u32])] = &[
-            (0, Class::Pass, &[0, 1, 2, 3, 4]),
-            (1, Class::Allow, &[0, 1]),
-            (2, Class::Restrict, &[2]),
-            (3, Class::Pass, &[0, 1, 2, 3, 4]),
-            (4, Class::Allow, &[1, 3]),
-            (5, Class::Allow, &[]),
-            (6, Class::Restrict, &[3, 9]), // 9 is out of range: ignored
-        ];
-        let mut b = ClassListsBuilder::new(6);
-        for &(pos, class, ids) in rules {
-            b.add(ids, class, pos);
-        }
-        let lists = b.build();
-        for id in 0..7u32 {
-            let held = |want: Class| -> Vec<u32> {
-                rules.iter().filter(|(_, c, ids)| *c == want && ids.contains(&id) && id < 6).map(|r| r.0).collect()
-            };
-            let r = lists.reading(id as usize);
-            assert_eq!(r.allow, held(Class::Allow), "allow of {id}");
-            assert_eq!(r.pass, held(Class::Pass), "pass of {id}");
-            assert_eq!(r.restrict, held(Class::Restrict), "restrict of {id}");
-        }
-        // {0}, {1}, {2}, {3}, {4}, {5}: 0 and 1 part at rule 4, 3 and 4 at rule 4 and 6.
-        assert_eq!(lists.classes(), 6);
-
-        // Readings no rule tells apart stay one class.
-        let mut b = ClassListsBuilder::new(1000);
-        let evens: Vec<u32> = (0..1000).step_by(2).collect();
-        for pos in 0..50 {
-            b.add(&evens, Class::Pass, pos);
-        }
-        let lists = b.build();
-        assert_eq!(lists.classes(), 2);
-        assert_eq!(lists.reading(998).pass.len(), 50);
-        assert!(lists.reading(999).pass.is_empty());
-    }
 
     fn drain(mut m: Merge<'_>, end: u32) -> Vec<(u32, u8)> {
         std::iter::from_fn(|| m.next_below(end)).collect()

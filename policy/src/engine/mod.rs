@@ -7,6 +7,7 @@
 //! hash lookup finds the source's group, then only the rules that group (or no
 //! identity clause) admits are walked, in order.
 
+mod classes;
 mod decision;
 mod egress;
 #[cfg(test)]
@@ -35,7 +36,8 @@ use crate::config::{Action, TierDefaultAction};
 use crate::model::universe::pod_labels;
 use crate::model::{Group, IdentityMatch, Policy, PolicySet, Rule, SourceView, Universe};
 use fixedbitset::FixedBitSet;
-use index::{position, Class, ClassLists, ClassListsBuilder, FreeIndex, Merge, Reading};
+use classes::{Class, ClassLists, ClassListsBuilder, ClauseId, Reading};
+use index::{position, FreeIndex, Merge};
 use index::{ADDRESS_ALLOW, ADDRESS_PASS, ADDRESS_RESTRICT, CERTIFICATE_PASS, CERTIFICATE_RESTRICT, FREE};
 use crate::path::{normalize, PathError};
 use crate::ranges::PortSet;
@@ -121,36 +123,6 @@ pub struct Needs {
     pub http: bool,
 }
 
-/// The readings of the source clauses that rules share (at Calico's shape
-/// ~1.9 rules a clause): each distinct clause's groups are found once, and
-/// kept only until its last rule is listed.
-struct SharedClauses<'a> {
-    /// Per clause: its rules still to list, and its readings once found.
-    clauses: HashMap<&'a IdentityMatch, (u32, Option<Vec<u32>>)>,
-}
-
-impl<'a> SharedClauses<'a> {
-    /// Counts the rules of each clause, one clause per rule.
-    fn counting(clauses: impl Iterator<Item = &'a IdentityMatch>) -> Self {
-        let mut counted: HashMap<&'a IdentityMatch, (u32, Option<Vec<u32>>)> = HashMap::new();
-        for clause in clauses {
-            counted.entry(clause).or_default().0 += 1;
-        }
-        SharedClauses { clauses: counted }
-    }
-
-    /// Lists one more rule of `clause` with `list`, given the clause's
-    /// readings: found by `find` for its first rule, let go after its last.
-    fn list(&mut self, clause: &'a IdentityMatch, find: impl FnOnce() -> Vec<u32>, list: impl FnOnce(&[u32])) {
-        let Some((left, kept)) = self.clauses.get_mut(clause) else { return list(&find()) };
-        *left = left.saturating_sub(1);
-        list(kept.get_or_insert_with(find));
-        if *left == 0 {
-            self.clauses.remove(clause);
-        }
-    }
-}
-
 impl WorkloadPolicy {
     pub fn new(set: Arc<PolicySet>, workload: &Workload) -> WorkloadPolicy {
         let local_labels = pod_labels(&workload.namespace, &workload.service_account, &workload.labels);
@@ -224,15 +196,11 @@ impl WorkloadPolicy {
         let mut deny_by_identity = false;
         let certified = universe.certified();
         let mut by_certificate = ClassListsBuilder::new(certified.map_or(0, Universe::group_count));
-        let identity_rules = || {
-            rules
-                .iter()
-                .filter_map(|&i| set.rules.get(i as usize))
-                .filter(|r| !r.source.identity.is_empty() && !r.source.identity.depends_on_sets())
-        };
-        let mut address_clauses = SharedClauses::counting(identity_rules().map(|r| &r.source.identity));
-        let mut certificate_clauses =
-            SharedClauses::counting(identity_rules().filter(|r| r.action != Action::Allow).map(|r| &r.source.identity));
+        // Rules share source clauses (at Calico's shape ~1.9 rules a clause
+        // over the whole config): each distinct clause's readings are found
+        // once, refine the partition, and are let go.
+        let mut address_clauses: HashMap<&IdentityMatch, ClauseId> = HashMap::new();
+        let mut certificate_clauses: HashMap<&IdentityMatch, ClauseId> = HashMap::new();
         for (pos, &index) in (0u32..).zip(&rules) {
             let Some(rule) = set.rules.get(index as usize) else { continue };
             let identity = &rule.source.identity;
@@ -247,18 +215,23 @@ impl WorkloadPolicy {
             if class != Class::Allow {
                 deny_by_identity = true;
                 restricting.push(pos);
-                let find = || certified.map(|u| identity.matching_groups(u)).iter().flat_map(FixedBitSet::ones).map(position).collect();
-                certificate_clauses.list(identity, find, |readings| by_certificate.add(readings, class, pos));
+                let clause = *certificate_clauses.entry(identity).or_insert_with(|| {
+                    let readings: Vec<u32> =
+                        certified.map(|u| identity.matching_groups(u)).iter().flat_map(FixedBitSet::ones).map(position).collect();
+                    by_certificate.clause(&readings)
+                });
+                by_certificate.add(clause, class, pos);
             }
-            let find = || {
+            let clause = *address_clauses.entry(identity).or_insert_with(|| {
                 let mut readings: Vec<u32> = identity.matching_groups(universe).ones().map(position).collect();
                 if identity.matches_unknown() {
                     readings.push(position(unknown_reading));
                 }
-                readings
-            };
-            address_clauses.list(identity, find, |readings| by_address.add(readings, class, pos));
+                by_address.clause(&readings)
+            });
+            by_address.add(clause, class, pos);
         }
+        drop((address_clauses, certificate_clauses));
         WorkloadPolicy {
             free: FreeIndex::new(&free),
             set,
