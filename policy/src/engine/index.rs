@@ -212,6 +212,17 @@ fn seek(list: &[u32], target: u32) -> &[u32] {
     list.get(lo + window.partition_point(|&p| p < target)..).unwrap_or(&[])
 }
 
+/// Counts per slot -> where each slot starts, in place: the step of a
+/// counting sort and of laying rows out from their lengths (both shift the
+/// counts one slot up first, so slot `i` ends up at the sum before it).
+pub(crate) fn running_totals(counts: &mut [u32]) {
+    let mut total = 0u32;
+    for c in counts {
+        total = total.saturating_add(*c);
+        *c = total;
+    }
+}
+
 pub(super) fn position(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }

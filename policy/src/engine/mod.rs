@@ -13,7 +13,7 @@ mod egress;
 #[cfg(test)]
 mod egress_tests;
 mod facts;
-mod index;
+pub(crate) mod index;
 mod staged;
 #[cfg(test)]
 mod staged_tests;
@@ -231,6 +231,8 @@ impl WorkloadPolicy {
             });
             by_address.add(clause, class, pos);
         }
+        // The clause maps are done with: freed before the rows are allocated,
+        // which lowers the peak (Wasm memory never shrinks).
         drop((address_clauses, certificate_clauses));
         WorkloadPolicy {
             free: FreeIndex::new(&free),

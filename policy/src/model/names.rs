@@ -12,6 +12,8 @@
 
 use std::collections::{BinaryHeap, HashMap};
 
+use crate::engine::index::running_totals;
+
 /// A string's id in [`Strings`].
 pub type Sym = u32;
 
@@ -33,8 +35,8 @@ type Triple = (u32, u32, u32);
 /// than sort_unstable's.
 pub(crate) fn sorted(triples: Vec<Triple>) -> Vec<Triple> {
     // Counting needs one slot per possible value: worth it while that stays
-    // near the number of triples.
-    let limit = triples.len().saturating_mul(8).max(1 << 16);
+    // near the number of triples (so a few triples never take a large table).
+    let limit = triples.len().saturating_mul(8).max(1 << 10);
     let keys: [fn(&Triple) -> u32; 3] = [|t| t.2, |t| t.1, |t| t.0];
     let widest = keys.iter().map(|key| triples.iter().map(key).max().unwrap_or(0) as usize).max().unwrap_or(0);
     if widest >= limit {
@@ -54,12 +56,7 @@ pub(crate) fn sorted(triples: Vec<Triple>) -> Vec<Triple> {
                 *c += 1;
             }
         }
-        for i in 1..counts.len() {
-            let before = counts.get(i - 1).copied().unwrap_or(0);
-            if let Some(c) = counts.get_mut(i) {
-                *c += before;
-            }
-        }
+        running_totals(&mut counts);
         let mut out = vec![(0, 0, 0); items.len()];
         for &t in &items {
             if let Some(at) = counts.get_mut(key(&t) as usize) {
