@@ -59,6 +59,15 @@ impl Payload {
     pub(crate) fn table(&self) -> &[u8] {
         self.bytes.get(self.json.end..).unwrap_or(&[])
     }
+
+    /// The JSON document alone, the rest of the payload let go.
+    pub(crate) fn into_json(self) -> Vec<u8> {
+        let Payload { mut bytes, json } = self;
+        bytes.truncate(json.end);
+        bytes.drain(..json.start.min(bytes.len()));
+        bytes.shrink_to_fit();
+        bytes
+    }
 }
 
 /// The payload of a `compressed` field's text.

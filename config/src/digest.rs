@@ -18,9 +18,32 @@ pub struct Digest(Sha256);
 impl Digest {
     /// First 16 hex digits of the digest of `config`.
     pub fn revision(config: &PluginConfig) -> String {
+        let mut d = Digest::of_config_with(config, config.policies.len());
+        config.policies.iter().for_each(|p| d.policy(p));
+        d.finish(config)
+    }
+
+    /// The revision of `config` with its policies fed one at a time (as a
+    /// reader that compiles them in turn has them): this, then
+    /// [`Digest::policy`] for each of the `policies`, then [`Digest::finish`]
+    /// with the same config, equals [`Digest::revision`] of the config
+    /// holding those policies. `config`'s own `policies` are not read.
+    pub fn of_config_with(config: &PluginConfig, policies: usize) -> Digest {
         let mut d = Digest(Sha256::new());
-        config.feed(&mut d);
-        d.0.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect()
+        config.head(&mut d);
+        // A Vec's encoding: its length, then its items.
+        d.number(policies as u64);
+        d
+    }
+
+    pub fn policy(&mut self, spec: &PolicySpec) {
+        spec.feed(self);
+    }
+
+    /// First 16 hex digits of the digest.
+    pub fn finish(mut self, config: &PluginConfig) -> String {
+        config.tail(&mut self);
+        self.0.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect()
     }
 
     fn tag(&mut self, tag: u8) {
@@ -173,15 +196,24 @@ impl Canonical for PortSpec {
 }
 
 /// Structs field by field, in declaration order; destructured so a new field
-/// cannot be left out.
-impl Canonical for PluginConfig {
-    fn feed(&self, d: &mut Digest) {
+/// cannot be left out. The config's in two parts around its policies, which
+/// a reader may have one at a time.
+impl PluginConfig {
+    fn head(&self, d: &mut Digest) {
+        let PluginConfig { version, revision, scope, tiers, .. } = self;
+        d.number(u64::from(*version));
+        revision.feed(d);
+        scope.feed(d);
+        tiers.feed(d);
+    }
+
+    fn tail(&self, d: &mut Digest) {
         let PluginConfig {
-            version,
-            revision,
-            scope,
-            tiers,
-            policies,
+            version: _,
+            revision: _,
+            scope: _,
+            tiers: _,
+            policies: _,
             endpoints,
             endpoint_table,
             namespaces,
@@ -190,11 +222,6 @@ impl Canonical for PluginConfig {
             services,
             staged_policies,
         } = self;
-        d.number(u64::from(*version));
-        revision.feed(d);
-        scope.feed(d);
-        tiers.feed(d);
-        policies.feed(d);
         endpoints.feed(d);
         namespaces.feed(d);
         service_accounts.feed(d);

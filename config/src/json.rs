@@ -88,6 +88,12 @@ impl ReadError {
         self.within(Step::Field(name))
     }
 
+    /// The error as found in item `index` of list field `name` (for an item
+    /// read on its own, after the list).
+    pub(crate) fn in_item(self, name: &'static str, index: usize) -> Self {
+        self.within(Step::Index(index)).within(Step::Field(name))
+    }
+
     /// `policies[3].ingress[0].action`; empty at the top level.
     pub fn path(&self) -> String {
         let mut out = String::new();
@@ -151,6 +157,95 @@ pub struct Reader<'a> {
 impl<'a> Reader<'a> {
     pub fn new(text: &'a [u8]) -> Self {
         Reader { text, pos: 0, depth: 0 }
+    }
+
+    /// Bytes read so far: after a value, where it ends.
+    pub(crate) fn offset(&self) -> usize {
+        self.pos
+    }
+
+    /// Whitespace skipped: where the next value starts.
+    pub(crate) fn value_start(&mut self) -> usize {
+        self.skip_whitespace();
+        self.pos
+    }
+
+    /// A reader of `text` from byte `pos`: one value of a document read
+    /// before, its errors placed as in the whole document.
+    pub(crate) fn at(text: &'a [u8], pos: usize) -> Self {
+        Reader { text, pos, depth: 0 }
+    }
+
+    /// Passes over one value without reading it, only finding where it ends
+    /// (brackets balanced, strings and their escapes stepped over), without
+    /// recursion or allocation. Lenient: it refuses only text whose end it
+    /// cannot find. A text the typed reader accepts ends here where it ends
+    /// there, so whoever skips a value must read it properly later, and
+    /// read the whole document again for the exact error if anything fails.
+    pub(crate) fn skip_value(&mut self) -> Result<()> {
+        let mut open = 0usize;
+        loop {
+            match self.peek() {
+                None => return Err(self.syntax("EOF while parsing a value")),
+                Some(b'"') => {
+                    self.pos += 1;
+                    loop {
+                        let rest = self.text.get(self.pos..).unwrap_or_default();
+                        let Some(at) = rest.iter().position(|&b| matches!(b, b'"' | b'\\')) else {
+                            self.pos = self.text.len();
+                            return Err(self.syntax("EOF while parsing a string"));
+                        };
+                        let quote = rest.get(at) == Some(&b'"');
+                        self.pos += at + if quote { 1 } else { 2 };
+                        if quote {
+                            break;
+                        }
+                    }
+                }
+                Some(b'{' | b'[') => {
+                    self.pos += 1;
+                    open += 1;
+                    continue;
+                }
+                Some(b'}' | b']') if open > 0 => {
+                    self.pos += 1;
+                    open -= 1;
+                }
+                Some(b',' | b':') if open > 0 => {
+                    self.pos += 1;
+                    continue;
+                }
+                Some(_) => {
+                    let rest = self.text.get(self.pos..).unwrap_or_default();
+                    let token = rest
+                        .iter()
+                        .position(|&b| matches!(b, b' ' | b'\t' | b'\n' | b'\r' | b',' | b':' | b'"' | b'[' | b']' | b'{' | b'}'))
+                        .unwrap_or(rest.len());
+                    if token == 0 {
+                        self.pos += 1;
+                        return Err(self.syntax("expected a value"));
+                    }
+                    self.pos += token;
+                }
+            }
+            if open == 0 {
+                return Ok(());
+            }
+        }
+    }
+
+    /// After a value read with [`Reader::at`]: it ends at `end`, where its
+    /// document's reader found it to end (as an array item: else the
+    /// document's reader would have wanted the array to go on).
+    pub(crate) fn ends_at(&mut self, end: usize) -> Result<()> {
+        match self.pos == end {
+            true => Ok(()),
+            false => {
+                self.skip_whitespace();
+                self.pos += 1;
+                Err(self.syntax("expected `,` or `]`"))
+            }
+        }
     }
 
     fn fail(&self, kind: ErrorKind, problem: impl Into<String>) -> ReadError {

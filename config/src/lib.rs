@@ -24,6 +24,7 @@ use crate::json::Json;
 
 pub use digest::Digest;
 pub use endpoint_table::{EndpointTable, TableError};
+pub use read::DeferredPolicies;
 
 /// The only config format version this build understands.
 pub const CONFIG_VERSION: u32 = 1;

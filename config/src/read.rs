@@ -9,29 +9,103 @@
 use std::collections::BTreeMap;
 
 use super::*;
-use crate::json::{one_of, Reader, Result, Unknown};
+use crate::json::{one_of, ReadError, Reader, Result, Unknown};
 
 impl PluginConfig {
     /// Reads config JSON text, plain or compressed (see [`crate::compressed`]).
     /// The top level must be an object.
     pub fn from_json(bytes: &[u8]) -> Result<PluginConfig> {
-        document(bytes, true)
+        document(bytes, true, None)
+    }
+
+    /// [`PluginConfig::from_json`] with `policies` left as their text, each
+    /// read in turn later ([`DeferredPolicies`]); the config's `policies` is
+    /// empty. Reading them all, in order, gives what `from_json` gives: the
+    /// same policies, or the same first error at the same place.
+    pub fn from_json_deferring_policies(bytes: Vec<u8>) -> Result<(PluginConfig, DeferredPolicies)> {
+        let mut deferred = Deferred::default();
+        let config = match document(&bytes, true, Some(&mut deferred)) {
+            Ok(config) => config,
+            // A skipped policy may hold an error the document's reader would
+            // have met first: read it all again, as `from_json` does, for that one.
+            Err(e) => return Err(document(&bytes, true, None).err().unwrap_or(e)),
+        };
+        let (text, envelope) = match deferred.payload {
+            Some(payload) => (payload.into_json(), deferred.envelope),
+            None => (bytes, None),
+        };
+        Ok((config, DeferredPolicies { text, items: deferred.items, envelope }))
     }
 }
 
+/// A config's policies as their JSON text: at Calico's scale ~3 MB of text
+/// against ~25 MB read into [`PolicySpec`]s, so a reader that compiles one
+/// at a time (the filter) never holds them all, and reads each once.
+#[derive(Debug, Default)]
+pub struct DeferredPolicies {
+    /// The document the policies are in (a compressed config's inner one).
+    text: Vec<u8>,
+    /// Each policy's bytes in `text`, in order.
+    items: Vec<std::ops::Range<usize>>,
+    /// A compressed config's: the error its `compressed` field reports for
+    /// an error in the inner document (its problem to be filled in).
+    envelope: Option<ReadError>,
+}
+
+impl DeferredPolicies {
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Each policy read, in order. Only their ends were found when the
+    /// document was read, so a policy of the wrong shape fails here, with
+    /// the error `from_json` reports for it: every other part of the
+    /// document was read without error, so it is the document's first.
+    pub fn iter(&self) -> impl Iterator<Item = Result<PolicySpec>> + '_ {
+        self.items.iter().enumerate().map(|(i, range)| {
+            let mut r = Reader::at(&self.text, range.start);
+            let read = policy(&mut r).and_then(|p| r.ends_at(range.end).map(|()| p));
+            read.map_err(|e| {
+                let e = e.in_item("policies", i);
+                match &self.envelope {
+                    Some(envelope) => {
+                        let mut outer = envelope.clone();
+                        outer.problem = format!("in the compressed document: {e}");
+                        outer
+                    }
+                    None => e,
+                }
+            })
+        })
+    }
+}
+
+/// Where a deferring read keeps the policies.
+#[derive(Default)]
+struct Deferred {
+    items: Vec<std::ops::Range<usize>>,
+    /// A compressed config's payload, whose document the items are in.
+    payload: Option<crate::compressed::Payload>,
+    envelope: Option<ReadError>,
+}
+
 /// A whole document; `envelope`: it may be the compressed form (whose
-/// payload may not be compressed again).
-fn document(bytes: &[u8], envelope: bool) -> Result<PluginConfig> {
+/// payload may not be compressed again); `deferred`: keep the policies as text.
+fn document(bytes: &[u8], envelope: bool, deferred: Option<&mut Deferred>) -> Result<PluginConfig> {
     let mut r = Reader::new(bytes);
     if !r.at_object() {
         return Err(r.invalid("must be a JSON object"));
     }
-    let config = plugin_config(&mut r, envelope)?;
+    let config = plugin_config(&mut r, envelope, deferred)?;
     r.finish()?;
     Ok(config)
 }
 
-fn plugin_config(r: &mut Reader, envelope: bool) -> Result<PluginConfig> {
+fn plugin_config(r: &mut Reader, envelope: bool, mut deferred: Option<&mut Deferred>) -> Result<PluginConfig> {
     const FIELDS: &[&str] = &[
         "version", "revision", "scope", "tiers", "policies", "endpoints", "endpointTable", "namespaces", "serviceAccounts", "networkSets", "services",
         "stagedPolicies", "compressed",
@@ -49,7 +123,10 @@ fn plugin_config(r: &mut Reader, envelope: bool) -> Result<PluginConfig> {
             "revision" => c.revision = r.optional(Reader::string)?,
             "scope" => c.scope = r.optional(strings)?,
             "tiers" => c.tiers = r.list(tier)?,
-            "policies" => c.policies = r.list(policy)?,
+            "policies" => match deferred.as_deref_mut() {
+                Some(d) => d.items = policy_ranges(r)?,
+                None => c.policies = r.list(policy)?,
+            },
             "endpoints" => c.endpoints = r.list(endpoint)?,
             "endpointTable" => c.endpoint_table = r.optional(endpoint_table)?,
             "namespaces" => c.namespaces = r.list(namespace)?,
@@ -58,7 +135,7 @@ fn plugin_config(r: &mut Reader, envelope: bool) -> Result<PluginConfig> {
             "services" => c.services = r.list(service)?,
             "stagedPolicies" => c.staged_policies = r.list(policy)?,
             _ if !envelope => return Err(r.invalid("a compressed config's document may not be compressed again")),
-            _ => compressed = Some(compressed_document(r)?),
+            _ => compressed = Some(compressed_document(r, deferred.as_deref_mut())?),
         }
         Ok(())
     })?;
@@ -74,18 +151,37 @@ fn plugin_config(r: &mut Reader, envelope: bool) -> Result<PluginConfig> {
     Ok(inner)
 }
 
-/// The document a `compressed` field holds, with its endpoint table's bytes.
-fn compressed_document(r: &mut Reader) -> Result<PluginConfig> {
+/// Where each policy is: skipped, not read (see [`Reader::skip_value`]).
+fn policy_ranges(r: &mut Reader) -> Result<Vec<std::ops::Range<usize>>> {
+    let mut items = Vec::new();
+    r.array(&mut |r| {
+        let start = r.value_start();
+        r.skip_value()?;
+        items.push(start..r.offset());
+        Ok(())
+    })?;
+    Ok(items)
+}
+
+/// The document a `compressed` field holds, with its endpoint table's bytes;
+/// `deferred`: its policies are kept as text, and so the payload.
+fn compressed_document(r: &mut Reader, mut deferred: Option<&mut Deferred>) -> Result<PluginConfig> {
     let text = r.string()?;
     let payload = crate::compressed::unpack(text.as_bytes()).map_err(|e| r.invalid(e.to_string()))?;
     drop(text);
-    let mut config = document(payload.json(), false).map_err(|e| r.invalid(format!("in the compressed document: {e}")))?;
+    let mut config = document(payload.json(), false, deferred.as_deref_mut())
+        .map_err(|e| r.invalid(format!("in the compressed document: {e}")))?;
     if !payload.table().is_empty() {
         if config.endpoint_table.is_some() {
             return Err(r.invalid("the compressed document has an `endpointTable` and table bytes after it; give one"));
         }
         let table = EndpointTable::from_bytes(payload.table()).map_err(|e| r.invalid(format!("the endpoint table after the document: {e}")))?;
         config.endpoint_table = Some(table);
+    }
+    if let Some(d) = deferred {
+        d.payload = Some(payload);
+        // As `plugin_config`'s object reports an error in this field.
+        d.envelope = Some(r.invalid(String::new()).in_field("compressed"));
     }
     Ok(config)
 }

@@ -510,6 +510,13 @@ fn rejected_json_text() {
     for (what, text, field, fragment) in rows {
         let errors = errors_of(what, from_text(text));
         assert_one_error(what, &errors, "plugin config", field, fragment);
+        // The filter's readers keep the policies as text, checked as they are read: the same error.
+        let owned = PolicySet::from_json_owned(text.as_bytes().to_vec()).err().map(|e| e.0);
+        assert_eq!(owned.as_ref(), Some(&errors), "{what}: from_json_owned");
+        for workload in row_workloads() {
+            let kept = PolicySet::for_workload(text.as_bytes().to_vec(), &workload).err().map(|e| e.0);
+            assert_eq!(kept.as_ref(), Some(&errors), "{what}: for_workload");
+        }
         // Every error past the first byte says where it is.
         if field.starts_with("line ") {
             assert!(errors[0].problem.ends_with(&format!("at {field}")), "{what}: {}", errors[0]);

@@ -7,7 +7,7 @@ use wasm_bindgen_test::wasm_bindgen_test as test;
 use std::collections::BTreeMap;
 
 use super::*;
-use crate::{EndpointSpec, EndpointTable, ServiceAccountSpec, CONFIG_VERSION};
+use crate::{EndpointSpec, EndpointTable, PolicySpec, ServiceAccountSpec, CONFIG_VERSION};
 
 const POLICY: &str = r#"{"version": 1, "revision": "r7", "tiers": [{"name": "default"}],
   "policies": [{"name": "allow-customer", "namespace": "yaobank", "tier": "default", "selector": "app == 'summary'",
@@ -210,3 +210,72 @@ fn damaged_or_hostile_payloads_are_refused_with_the_reason() {
     let read = PluginConfig::from_json(envelope(&payload(good_json, &table)).as_bytes()).unwrap();
     assert_eq!(read.endpoint_specs().len(), 2);
 }
+
+/// A reader that keeps the policies as text (finding only where each ends)
+/// and reads each later reads the same config, plain or compressed, and
+/// refuses bad text with `from_json`'s error, at the same place, whether the
+/// first error is in a policy or elsewhere.
+#[test]
+fn policies_kept_as_text_read_as_parsed() {
+    let deferring = |text: &str| -> Result<PluginConfig, crate::json::ReadError> {
+        let (rest, deferred) = PluginConfig::from_json_deferring_policies(text.as_bytes().to_vec())?;
+        let policies = deferred.iter().collect::<Result<Vec<PolicySpec>, _>>()?;
+        Ok(PluginConfig { policies, ..rest })
+    };
+    let good = config(3);
+    let plain = serde_json::to_string(&good).unwrap();
+    let compressed = good.to_compressed_json().unwrap().to_string();
+    let escapes = r#"{"version": 1, "policies": [ {"name": "a\"]}[", "selector": "x == '}'"} , {"name": "b", "order": -1.5e2}]}"#;
+    for text in [POLICY.to_string(), plain, compressed, escapes.to_string()] {
+        assert_eq!(deferring(&text).unwrap(), PluginConfig::from_json(text.as_bytes()).unwrap(), "{text}");
+    }
+    let bad = [
+        // A policy of the wrong shape, then an endpoint of the wrong shape: the policy's is first.
+        r#"{"version": 1, "policies": [{"name": "a"}, {"name": "b", "ingress": [{"action": "allow"}]}],
+            "endpoints": [{"namespace": "x"}]}"#,
+        // Only in a policy.
+        r#"{"version": 1, "policies": [{"name": "a"}, {"name": "b", "types": ["ingress"]}]}"#,
+        r#"{"version": 1, "policies": [{"name": "a", "ingress": [{"action": "Allow", "protocol": "TCP", "destination": {"ports": [70000]}}]}]}"#,
+        // Syntax a skip passes over: a bad literal, a bad number, a raw control character, a lone surrogate.
+        r#"{"version": 1, "policies": [{"name": "a", "order": tru}]}"#,
+        r#"{"version": 1, "policies": [{"name": "a", "order": 01}]}"#,
+        "{\"version\": 1, \"policies\": [{\"name\": \"a\tb\"}]}",
+        r#"{"version": 1, "policies": [{"name": "a\u0001"}, {"name": "b\udc00"}]}"#,
+        // Brackets that do not match, inside and around a policy.
+        r#"{"version": 1, "policies": [{"name": "a"]}, {"name": "b"}]}"#,
+        r#"{"version": 1, "policies": [{"name": "a"} {"name": "b"}]}"#,
+        r#"{"version": 1, "policies": [{"name": "a"}, ]}"#,
+        r#"{"version": 1, "policies": [{"name": "a"}"#,
+        r#"{"version": 1, "policies": [{"name": "a}]}"#,
+        r#"{"version": 1, "policies": ["a", 1, null]}"#,
+        r#"{"version": 1, "policies": [{"name": "a", "metadata": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}]}"#,
+        // An error after the policies only.
+        r#"{"version": 1, "policies": [{"name": "a"}], "endpoints": [{"namespace": "x"}]}"#,
+        r#"{"version": 1, "policies": [{"name": "a"}], "version": 1}"#,
+    ];
+    for text in bad {
+        let whole = PluginConfig::from_json(text.as_bytes()).unwrap_err();
+        let read = deferring(text).unwrap_err();
+        assert_eq!((read.path(), read.to_string()), (whole.path(), whole.to_string()), "{text}");
+        let wrapped = envelope(&payload(text, &[]));
+        let whole = PluginConfig::from_json(wrapped.as_bytes()).unwrap_err();
+        let read = deferring(&wrapped).unwrap_err();
+        assert_eq!((read.path(), read.to_string()), (whole.path(), whole.to_string()), "compressed {text}");
+    }
+}
+
+/// The revision's encoding is pinned: a filter and a control of different
+/// builds must name the same config alike (the digest fed with the policies
+/// one at a time is the same as over the whole config).
+#[test]
+fn the_revision_is_stable_across_builds() {
+    let c = config(3);
+    assert_eq!(crate::Digest::revision(&c), PINNED_REVISION);
+    let mut d = crate::Digest::of_config_with(&PluginConfig { policies: Vec::new(), ..c.clone() }, c.policies.len());
+    c.policies.iter().for_each(|p| d.policy(p));
+    assert_eq!(d.finish(&c), PINNED_REVISION);
+}
+
+/// `Digest::revision(&config(3))` as the builds before policies were read in
+/// turn computed it.
+const PINNED_REVISION: &str = "e6a0365efc94beab";

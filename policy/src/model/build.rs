@@ -15,7 +15,7 @@ use super::names::{label_set, StringsBuilder, Sym};
 use super::universe::{network_set_labels, pod_labels, GroupEntry, Names, NetworkSet, ServiceAccountLabels, SpecialSyms, Universe};
 use super::{EntityMatch, HttpMatch, PathMatch, Policy, PolicySet, Rule, ServiceMatch, StagedChange, Tier};
 use crate::config::{
-    Action, Digest, StagedAction, EntityRuleSpec, HttpMatchSpec, PluginConfig, PolicySpec, PolicyType, PortSpec, ProtocolSpec, RuleSpec,
+    Action, DeferredPolicies, Digest, StagedAction, EntityRuleSpec, HttpMatchSpec, PluginConfig, PolicySpec, PolicyType, PortSpec, ProtocolSpec, RuleSpec,
     TierDefaultAction, CONFIG_VERSION,
 };
 use crate::json::{ErrorKind, ReadError};
@@ -91,6 +91,41 @@ fn builtin_tier(name: &str) -> Option<Tier> {
     Some(Tier { name: name.to_string(), order: Some(order), default_action })
 }
 
+/// The position of tier `name`: declared, or built-in and added on first use
+/// (in the order policies, then staged ones, name them).
+fn tier_of(tiers: &mut Vec<Tier>, name: &str) -> Option<usize> {
+    if let Some(i) = tiers.iter().position(|t| t.name == name) {
+        return Some(i);
+    }
+    tiers.push(builtin_tier(name)?);
+    Some(tiers.len() - 1)
+}
+
+/// Where a build's policies come from.
+enum Specs {
+    /// The config's own, borrowed.
+    InConfig,
+    /// Taken out of the config, each let go once compiled.
+    Owned(Vec<PolicySpec>),
+    /// As text, each read, compiled and let go in turn.
+    Deferred(DeferredPolicies),
+}
+
+impl Specs {
+    fn len(&self, config: &PluginConfig) -> usize {
+        match self {
+            Specs::InConfig => config.policies.len(),
+            Specs::Owned(specs) => specs.len(),
+            Specs::Deferred(deferred) => deferred.len(),
+        }
+    }
+}
+
+/// Config JSON text -> config with its policies left as text.
+fn read_deferring(bytes: Vec<u8>) -> Result<(PluginConfig, DeferredPolicies), ConfigErrors> {
+    PluginConfig::from_json_deferring_policies(bytes).map_err(|e| ConfigErrors(vec![ConfigError::from(e)]))
+}
+
 /// Orders ascending with unset last, as Calico sorts tiers and policies.
 fn order_key(order: Option<f64>) -> f64 {
     order.unwrap_or(f64::INFINITY)
@@ -102,13 +137,14 @@ impl PolicySet {
         PolicySet::from_config(&read(bytes)?)
     }
 
-    /// [`PolicySet::from_json`], letting go of the text before compiling: at
-    /// Calico's scale it is 13 MB of a Wasm VM's peak, and Wasm memory does
-    /// not shrink afterwards.
+    /// [`PolicySet::from_json`] for a filter: the policies are kept as text
+    /// and each is read, compiled and let go in turn once the endpoints are
+    /// indexed, so their parsed specs (at Calico's scale ~25 MB) are never
+    /// all held at once: Wasm memory does not shrink, so a VM's peak is what
+    /// it keeps.
     pub fn from_json_owned(bytes: Vec<u8>) -> Result<PolicySet, ConfigErrors> {
-        let config = read(&bytes);
-        drop(bytes);
-        PolicySet::from_config_owned(config?)
+        let (config, deferred) = read_deferring(bytes)?;
+        PolicySet::build(&config, Specs::Deferred(deferred), None)
     }
 
     /// [`PolicySet::from_json_owned`] for one workload, as its filter
@@ -120,44 +156,33 @@ impl PolicySet {
     /// rules are not held in every VM. [`PolicySet::policies_in_config`]
     /// still counts them all.
     pub fn for_workload(bytes: Vec<u8>, workload: &crate::engine::Workload) -> Result<PolicySet, ConfigErrors> {
-        let config = read(&bytes);
-        drop(bytes);
-        PolicySet::from_config_for(config?, workload)
+        let (config, deferred) = read_deferring(bytes)?;
+        PolicySet::build(&config, Specs::Deferred(deferred), Some(workload))
     }
 
     /// [`PolicySet::for_workload`] from a config already read.
-    pub fn from_config_for(config: PluginConfig, workload: &crate::engine::Workload) -> Result<PolicySet, ConfigErrors> {
-        PolicySet::consuming(config, Some(workload))
+    pub fn from_config_for(mut config: PluginConfig, workload: &crate::engine::Workload) -> Result<PolicySet, ConfigErrors> {
+        let specs = std::mem::take(&mut config.policies);
+        PolicySet::build(&config, Specs::Owned(specs), Some(workload))
     }
 
     pub fn from_config(config: &PluginConfig) -> Result<PolicySet, ConfigErrors> {
-        PolicySet::build(config, None, Digest::revision(config), None)
+        PolicySet::build(config, Specs::InConfig, None)
     }
 
     /// [`PolicySet::from_config`], letting go of each policy's spec once it
     /// is compiled: at Calico's scale the specs are tens of MB of a Wasm VM's
     /// peak while the compiled policies grow, and Wasm memory does not shrink.
-    pub fn from_config_owned(config: PluginConfig) -> Result<PolicySet, ConfigErrors> {
-        PolicySet::consuming(config, None)
-    }
-
-    /// Builds from `config`'s own specs, letting go of each once compiled.
-    fn consuming(mut config: PluginConfig, workload: Option<&crate::engine::Workload>) -> Result<PolicySet, ConfigErrors> {
-        // The revision covers the policies: taken before they are let go.
-        let revision = Digest::revision(&config);
+    pub fn from_config_owned(mut config: PluginConfig) -> Result<PolicySet, ConfigErrors> {
         let specs = std::mem::take(&mut config.policies);
-        PolicySet::build(&config, Some(specs), revision, workload)
+        PolicySet::build(&config, Specs::Owned(specs), None)
     }
 
-    /// `specs`: the policies, taken out of `config` (else its own are read);
-    /// `revision`: the whole config's; `workload`: keep only the policies
-    /// that select it.
-    fn build(
-        config: &PluginConfig,
-        specs: Option<Vec<PolicySpec>>,
-        revision: String,
-        workload: Option<&crate::engine::Workload>,
-    ) -> Result<PolicySet, ConfigErrors> {
+    /// `specs`: where the policies come from (`config`'s own are read only
+    /// for [`Specs::InConfig`]); `workload`: keep only the policies that
+    /// select it. The revision is the whole config's, its policies fed to
+    /// the digest as they are compiled.
+    fn build(config: &PluginConfig, specs: Specs, workload: Option<&crate::engine::Workload>) -> Result<PolicySet, ConfigErrors> {
         let mut b = Builder::default();
         if config.version != CONFIG_VERSION {
             b.error("plugin config", "version", format!("unsupported version {} (this build reads {CONFIG_VERSION})", config.version));
@@ -168,8 +193,10 @@ impl PolicySet {
                 b.error("plugin config", "scope", "must list one or more namespace names");
             }
         }
-        let tiers = b.tiers(config, specs.as_deref().unwrap_or(&config.policies));
-        let policies_in_config = specs.as_ref().map_or(config.policies.len(), Vec::len);
+        // Built-in tiers are added as policies name them.
+        let mut tiers = b.tiers(config);
+        let policies_in_config = specs.len(config);
+        let mut digest = Digest::of_config_with(config, policies_in_config);
         // Built first, so that policies can be kept by whom they select; its
         // errors still follow the policies' in the report.
         let mut endpoints = Builder::default();
@@ -179,13 +206,22 @@ impl PolicySet {
             (Some(w), Some(labels)) => policy.selects_workload(&w.namespace, &w.service_account, labels, &universe),
             _ => true,
         };
+        let mut fed = |spec: &PolicySpec| digest.policy(spec);
         let mut policies = match specs {
-            Some(specs) => b.policies(specs.into_iter(), &tiers, false, &keep),
-            None => b.policies(config.policies.iter(), &tiers, false, &keep),
+            Specs::InConfig => b.policies(config.policies.iter(), &mut tiers, false, &keep, &mut fed),
+            Specs::Owned(specs) => b.policies(specs.into_iter(), &mut tiers, false, &keep, &mut fed),
+            Specs::Deferred(deferred) => {
+                let mut unread = None;
+                let specs = deferred.iter().map_while(|spec| spec.map_err(|e| unread = Some(e)).ok());
+                let policies = b.policies(specs, &mut tiers, false, &keep, &mut fed);
+                if let Some(e) = unread {
+                    return Err(ConfigErrors(vec![ConfigError::from(e)]));
+                }
+                policies
+            }
         };
-        // Staged policies are all kept: a staged Set whose new version no
-        // longer selects the workload still removes the old one from its view.
-        let mut staged = b.policies(config.staged_policies.iter(), &tiers, true, &|_| true);
+        let revision = digest.finish(config);
+        let mut staged = b.policies(config.staged_policies.iter(), &mut tiers, true, &|_| true, &mut |_| {});
         b.errors.append(&mut endpoints.errors);
         let services = Arc::new(b.services(config, &universe));
         if !b.errors.is_empty() {
@@ -270,7 +306,9 @@ fn in_evaluation_order(mut policies: Vec<(Policy, Vec<Rule>)>, tiers: &[Tier]) -
             .then_with(|| a.name.cmp(&b.name))
             .then_with(|| a.namespace.cmp(&b.namespace))
     });
-    let mut rules = Vec::new();
+    // Sized exactly: at Calico's scale the rules are ~15 MB, and growing by
+    // doubling would hold old and new buffers at once, then keep the slack.
+    let mut rules = Vec::with_capacity(policies.iter().map(|(_, rules)| rules.len()).sum());
     let mut sorted = Vec::with_capacity(policies.len());
     for (index, (mut policy, policy_rules)) in policies.into_iter().enumerate() {
         let start = rules.len();
@@ -341,7 +379,8 @@ impl Builder {
     }
 
     /// `policies`: the config's (possibly taken out of it).
-    fn tiers(&mut self, config: &PluginConfig, policies: &[PolicySpec]) -> Vec<Tier> {
+    /// The declared tiers; [`tier_of`] adds the built-in ones policies name.
+    fn tiers(&mut self, config: &PluginConfig) -> Vec<Tier> {
         let mut tiers: Vec<Tier> = Vec::new();
         for (i, spec) in config.tiers.iter().enumerate() {
             let object = format!("Tier/{}", spec.name);
@@ -361,33 +400,24 @@ impl Builder {
                 .unwrap_or(TierDefaultAction::Deny);
             tiers.push(Tier { name: spec.name.clone(), order, default_action });
         }
-        // Built-in tiers that policies use without declaring them.
-        for spec in policies.iter().chain(&config.staged_policies) {
-            let name = spec.tier.as_deref().unwrap_or("default");
-            if !tiers.iter().any(|t| t.name == name) {
-                if let Some(t) = builtin_tier(name) {
-                    tiers.push(t);
-                }
-            }
-        }
         tiers
     }
 
-    /// The policies of one list (`staged`: the staged policies), each with
-    /// its rules; a policy with errors is left out (and reported).
-    /// Compiles `specs` in order; an owned spec is let go once compiled.
+    /// Compiles `specs`, each passed to `fed` first; keeps those `keep` holds.
     fn policies<S: Borrow<PolicySpec>>(
         &mut self,
-        specs: impl ExactSizeIterator<Item = S>,
-        tiers: &[Tier],
+        specs: impl Iterator<Item = S>,
+        tiers: &mut Vec<Tier>,
         staged: bool,
         keep: &dyn Fn(&Policy) -> bool,
+        fed: &mut dyn FnMut(&PolicySpec),
     ) -> Vec<(Policy, Vec<Rule>)> {
-        let mut policies = Vec::with_capacity(specs.len());
+        let mut policies = Vec::new();
         let mut seen = BTreeSet::new();
         let list = if staged { "stagedPolicies" } else { "policies" };
         for (i, spec) in specs.enumerate() {
             let spec: &PolicySpec = spec.borrow();
+            fed(spec);
             let object = if spec.name.is_empty() { format!("{list}[{i}]") } else { policy_object(spec, staged) };
             if !spec.name.is_empty() && !seen.insert((spec.namespace.clone(), spec.name.clone())) {
                 self.error(&object, "metadata.name", if staged { "duplicate staged policy" } else { "duplicate policy" });
@@ -405,7 +435,7 @@ impl Builder {
         policies
     }
 
-    fn policy(&mut self, spec: &PolicySpec, object: &str, tiers: &[Tier]) -> Option<(Policy, Vec<Rule>)> {
+    fn policy(&mut self, spec: &PolicySpec, object: &str, tiers: &mut Vec<Tier>) -> Option<(Policy, Vec<Rule>)> {
         let before = self.errors.len();
         if spec.name.is_empty() {
             self.error(object, "metadata.name", "must not be empty");
@@ -414,7 +444,7 @@ impl Builder {
             self.error(object, "metadata.namespace", "must not be empty (omit it for a global policy)");
         }
         let tier_name = spec.tier.as_deref().unwrap_or("default");
-        let tier = tiers.iter().position(|t| t.name == tier_name);
+        let tier = tier_of(tiers, tier_name);
         if tier.is_none() {
             self.error(object, "spec.tier", format!("tier {tier_name:?} is not declared"));
         }
