@@ -1,6 +1,7 @@
 //! The config parser and compiler: arbitrary bytes into `PolicySet::from_json`.
 //!
-//! It must never panic. When the bytes compile: the config's own canonical
+//! It must never panic, and the filter's entry point (which reads policies
+//! after the rest) must agree with it. When the bytes compile: the config's own canonical
 //! JSON reads back as the same config and compiles to the same revision; and for workloads the config
 //! names, every request its vocabulary suggests gets a decision that keeps the
 //! engine's invariants (index = reference walk, provenance, two factors).
@@ -13,7 +14,13 @@ use krites_policy::{PluginConfig, PolicySet, WorkloadPolicy};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let set = match PolicySet::from_json(data) {
+    // The filter's reader skips each policy and reads it later (the whole
+    // text again on an error): the same errors, the same revision.
+    let owned = PolicySet::from_json_owned(data.to_vec());
+    let whole = PolicySet::from_json(data);
+    assert_eq!(owned.as_ref().err(), whole.as_ref().err(), "from_json_owned and from_json disagree on {:?}", String::from_utf8_lossy(data));
+    assert_eq!(owned.as_ref().ok().map(PolicySet::revision), whole.as_ref().ok().map(PolicySet::revision));
+    let set = match whole {
         Ok(set) => set,
         Err(errors) => {
             // Every error names an object and a field.

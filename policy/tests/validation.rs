@@ -27,7 +27,7 @@ fn compile(config: &Value) -> Result<PolicySet, ConfigErrors> {
     assert_eq!(via_json.as_ref().ok().map(PolicySet::revision), via_owned.as_ref().ok().map(PolicySet::revision));
     // It lets go of each policy's spec as it compiles it: the same policies, rules and tiers.
     let shape = |set: &PolicySet| {
-        let ids = |rules: &[krites_policy::model::Rule]| rules.iter().map(|r| r.id.clone()).collect::<Vec<_>>();
+        let ids = |rules: &krites_policy::model::Rules| rules.iter().map(|r| r.id.clone()).collect::<Vec<_>>();
         let tiers = set.tiers().iter().map(|t| (t.name.clone(), t.default_action)).collect::<Vec<_>>();
         (set.policies().iter().map(|p| p.id.clone()).collect::<Vec<_>>(), ids(set.rules()), tiers)
     };
@@ -500,6 +500,9 @@ fn rejected_json_text() {
          "namespaces[0].labels.x", "duplicate label `x`"),
         ("null for a list", "{\"version\": 1, \"policies\": null}", "policies", "invalid type: null, expected an array"),
         ("version as a float", "{\"version\": 1.0}", "version", "invalid type: floating point `1.0`"),
+        ("a policy's shape before an unknown version",
+         "{\"version\": 0, \"policies\": [{\"name\": \"p\", \"types\": [\"ingress\"]}]}",
+         "policies[0].types[0]", "unknown variant `ingress`"),
         ("order out of range", "{\"version\": 1, \"tiers\": [{\"name\": \"t\", \"order\": 1e400}]}", "tiers[0].order", "number out of range"),
         ("raw control character in a string", "{\"version\": 1, \"revision\": \"a\tb\"}", "line 1 column 30", "control character"),
         ("lone surrogate", "{\"version\": 1, \"revision\": \"\\udc00\"}", "line 1 column 34", "lone trailing surrogate"),

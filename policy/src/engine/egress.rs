@@ -358,7 +358,7 @@ impl EgressPolicy {
         CachedDecision {
             verdict: d.verdict,
             reason: d.reason,
-            rule: d.rule.and_then(|r| self.set.rules.iter().position(|x| std::ptr::eq(x, r))),
+            rule: d.rule.and_then(|r| self.set.rules.id_of(r)),
             tier: d.tier.and_then(|t| self.tiers.iter().position(|x| x.name == t)),
             target: (d.target.ip, d.target.port),
             endpoints: d.endpoints,

@@ -13,7 +13,7 @@ use super::identity::{IdentityMatch, NamespaceClause, ServiceAccountClause};
 use super::services::{Service, ServiceEndpoint, ServicePort, Services};
 use super::names::{label_set, StringsBuilder, Sym};
 use super::universe::{network_set_labels, pod_labels, GroupEntry, Names, NetworkSet, ServiceAccountLabels, SpecialSyms, Universe};
-use super::{EntityMatch, HttpMatch, PathMatch, Policy, PolicySet, Rule, ServiceMatch, StagedChange, Tier};
+use super::{EntityMatch, HttpMatch, PathMatch, Policy, PolicySet, Rule, Rules, ServiceMatch, StagedChange, Tier};
 use crate::config::{
     Action, DeferredPolicies, Digest, StagedAction, EntityRuleSpec, HttpMatchSpec, PluginConfig, PolicySpec, PolicyType, PortSpec, ProtocolSpec, RuleSpec,
     TierDefaultAction, CONFIG_VERSION,
@@ -77,7 +77,7 @@ impl std::error::Error for ConfigErrors {}
 
 const MAX_HTTP_ITEMS: usize = 20;
 /// Calico's limit on rules per direction in one policy.
-const MAX_RULES: usize = 1024;
+pub(super) const MAX_RULES: usize = 1024;
 const MAX_PATH_LEN: usize = 1024;
 
 /// Calico's built-in tiers, used when a policy names one the config does not declare.
@@ -185,6 +185,13 @@ impl PolicySet {
     fn build(config: &PluginConfig, specs: Specs, workload: Option<&crate::engine::Workload>) -> Result<PolicySet, ConfigErrors> {
         let mut b = Builder::default();
         if config.version != CONFIG_VERSION {
+            // A policy not read yet may not be the config's shape: reading
+            // it is the first error, as for a reader that read them all.
+            if let Specs::Deferred(deferred) = &specs {
+                if let Some(e) = deferred.iter().find_map(Result::err) {
+                    return Err(ConfigErrors(vec![ConfigError::from(e)]));
+                }
+            }
             b.error("plugin config", "version", format!("unsupported version {} (this build reads {CONFIG_VERSION})", config.version));
             return Err(ConfigErrors(b.errors));
         }
@@ -295,8 +302,8 @@ impl PolicySet {
 }
 
 /// Sorts policies into evaluation order (tier order, then policy order,
-/// then name, then namespace) and lays their rules out in one list.
-fn in_evaluation_order(mut policies: Vec<(Policy, Vec<Rule>)>, tiers: &[Tier]) -> (Vec<Policy>, Vec<Rule>) {
+/// then name, then namespace); their rules stay in their own blocks.
+fn in_evaluation_order(mut policies: Vec<(Policy, Vec<Rule>)>, tiers: &[Tier]) -> (Vec<Policy>, Rules) {
     policies.sort_by(|(a, _), (b, _)| {
         let ta = tiers.get(a.tier).map(|t| order_key(t.order)).unwrap_or(f64::INFINITY);
         let tb = tiers.get(b.tier).map(|t| order_key(t.order)).unwrap_or(f64::INFINITY);
@@ -306,23 +313,18 @@ fn in_evaluation_order(mut policies: Vec<(Policy, Vec<Rule>)>, tiers: &[Tier]) -
             .then_with(|| a.name.cmp(&b.name))
             .then_with(|| a.namespace.cmp(&b.namespace))
     });
-    // Sized exactly: at Calico's scale the rules are ~15 MB, and growing by
-    // doubling would hold old and new buffers at once, then keep the slack.
-    let mut rules = Vec::with_capacity(policies.iter().map(|(_, rules)| rules.len()).sum());
+    let mut blocks = Vec::with_capacity(policies.len());
     let mut sorted = Vec::with_capacity(policies.len());
-    for (index, (mut policy, policy_rules)) in policies.into_iter().enumerate() {
-        let start = rules.len();
-        let ingress = policy.rules.len();
-        for mut rule in policy_rules {
-            rule.policy = index;
-            rules.push(rule);
-        }
+    for (index, (mut policy, mut rules)) in policies.into_iter().enumerate() {
+        rules.iter_mut().for_each(|rule| rule.policy = index);
         // `policy()` lists the ingress rules first, then the egress ones.
-        policy.rules = start..start + ingress;
-        policy.egress_rules = start + ingress..rules.len();
+        let (start, ingress, end) = (Rules::id(index, 0), Rules::id(index, policy.rules.len()), Rules::id(index, rules.len()));
+        policy.rules = start..ingress;
+        policy.egress_rules = ingress..end;
+        blocks.push(rules);
         sorted.push(policy);
     }
-    (sorted, rules)
+    (sorted, Rules::new(blocks))
 }
 
 fn policy_object(spec: &PolicySpec, staged: bool) -> String {

@@ -6,6 +6,7 @@
 mod addresses;
 mod build;
 mod referenced;
+mod rules;
 pub mod identity;
 pub mod names;
 pub mod services;
@@ -15,6 +16,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 pub use build::{ConfigError, ConfigErrors};
+pub use rules::Rules;
 pub use identity::{IdentityMatch, NamespaceClause, ServiceAccountClause, SourceView};
 pub use services::{Service, ServiceEndpoint, ServicePort, Services};
 pub use universe::{Group, NetworkSet, Universe};
@@ -29,7 +31,7 @@ use crate::selector::Selector;
 pub struct PolicySet {
     pub(crate) tiers: Vec<Tier>,
     pub(crate) policies: Vec<Policy>,
-    pub(crate) rules: Vec<Rule>,
+    pub(crate) rules: Rules,
     pub(crate) universe: Arc<Universe>,
     pub(crate) services: Arc<Services>,
     pub(crate) revision: String,
@@ -86,7 +88,7 @@ impl PolicySet {
         &self.policies
     }
 
-    pub fn rules(&self) -> &[Rule] {
+    pub fn rules(&self) -> &Rules {
         &self.rules
     }
 
@@ -132,7 +134,7 @@ pub struct Policy {
     pub applies_to_egress: bool,
     /// A staged policy of a staged view (what it would do), else `None`.
     pub staged: Option<StagedAction>,
-    /// Ingress rules: indexes into [`PolicySet::rules`].
+    /// Ingress rules: ids in [`PolicySet::rules`].
     pub rules: Range<usize>,
     /// Egress rules, likewise.
     pub egress_rules: Range<usize>,

@@ -20,7 +20,7 @@ impl PolicySet {
         let universe = &*self.universe;
         let mut referenced = universe.empty_set();
         for policy in self.policies.iter().filter(|p| keep(p)) {
-            for rule in self.rules.get(policy.rules.clone()).unwrap_or(&[]) {
+            for rule in self.rules.range(policy.rules.clone()) {
                 let clause = &rule.source.identity;
                 if clause.is_empty() {
                     continue;
@@ -44,7 +44,7 @@ impl PolicySet {
             }
             // Egress rules read the destination by its owner alone (no
             // certificate is involved on the way out).
-            for rule in self.rules.get(policy.egress_rules.clone()).unwrap_or(&[]) {
+            for rule in self.rules.range(policy.egress_rules.clone()) {
                 let clause = &rule.destination.identity;
                 if !clause.is_empty() {
                     referenced.union_with(&differs_from_unknown(clause, universe));
@@ -79,8 +79,8 @@ impl PolicySet {
         let sets = universe.network_sets();
         let mut referenced = vec![false; sets.len()];
         for policy in self.policies.iter().filter(|p| keep(p)) {
-            let ingress = self.rules.get(policy.rules.clone()).unwrap_or(&[]);
-            let egress = self.rules.get(policy.egress_rules.clone()).unwrap_or(&[]);
+            let ingress = self.rules.range(policy.rules.clone());
+            let egress = self.rules.range(policy.egress_rules.clone());
             for rule in ingress.iter().chain(egress) {
                 for clause in [&rule.source.identity, &rule.destination.identity] {
                     if !clause.depends_on_sets() {
