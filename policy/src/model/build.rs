@@ -228,6 +228,8 @@ impl PolicySet {
             }
         };
         let revision = digest.finish(config);
+        // Staged policies are all kept: a staged Set whose new version no
+        // longer selects the workload still removes the old one from its view.
         let mut staged = b.policies(config.staged_policies.iter(), &mut tiers, true, &|_| true, &mut |_| {});
         b.errors.append(&mut endpoints.errors);
         let services = Arc::new(b.services(config, &universe));
@@ -380,7 +382,6 @@ impl Builder {
         }
     }
 
-    /// `policies`: the config's (possibly taken out of it).
     /// The declared tiers; [`tier_of`] adds the built-in ones policies name.
     fn tiers(&mut self, config: &PluginConfig) -> Vec<Tier> {
         let mut tiers: Vec<Tier> = Vec::new();
