@@ -30,11 +30,12 @@ impl PluginConfig {
             // have met first: read it all again, as `from_json` does, for that one.
             Err(e) => return Err(document(&bytes, true, None).err().unwrap_or(e)),
         };
-        let (text, envelope) = match deferred.payload {
-            Some(payload) => (payload.into_json(), deferred.envelope),
-            None => (bytes, None),
+        let mut policies = deferred.policies;
+        policies.text = match deferred.payload {
+            Some(payload) => payload.into_json(),
+            None => bytes,
         };
-        Ok((config, DeferredPolicies { text, items: deferred.items, envelope }))
+        Ok((config, policies))
     }
 }
 
@@ -72,11 +73,7 @@ impl DeferredPolicies {
             read.map_err(|e| {
                 let e = e.in_item("policies", i);
                 match &self.envelope {
-                    Some(envelope) => {
-                        let mut outer = envelope.clone();
-                        outer.problem = format!("in the compressed document: {e}");
-                        outer
-                    }
+                    Some(envelope) => in_compressed_document(envelope.clone(), e),
                     None => e,
                 }
             })
@@ -84,13 +81,20 @@ impl DeferredPolicies {
     }
 }
 
-/// Where a deferring read keeps the policies.
+/// Where a deferring read keeps the policies (their text is the whole
+/// document's, or the payload's).
 #[derive(Default)]
 struct Deferred {
-    items: Vec<std::ops::Range<usize>>,
-    /// A compressed config's payload, whose document the items are in.
+    policies: DeferredPolicies,
+    /// A compressed config's payload, whose document the policies are in.
     payload: Option<crate::compressed::Payload>,
-    envelope: Option<ReadError>,
+}
+
+/// An error in a compressed config's inner document `e`, as the envelope
+/// reports it: `at` the end of its `compressed` string.
+fn in_compressed_document(mut at: ReadError, e: ReadError) -> ReadError {
+    at.problem = format!("in the compressed document: {e}");
+    at
 }
 
 /// A whole document; `envelope`: it may be the compressed form (whose
@@ -124,7 +128,7 @@ fn plugin_config(r: &mut Reader, envelope: bool, mut deferred: Option<&mut Defer
             "scope" => c.scope = r.optional(strings)?,
             "tiers" => c.tiers = r.list(tier)?,
             "policies" => match deferred.as_deref_mut() {
-                Some(d) => d.items = policy_ranges(r)?,
+                Some(d) => d.policies.items = policy_ranges(r)?,
                 None => c.policies = r.list(policy)?,
             },
             "endpoints" => c.endpoints = r.list(endpoint)?,
@@ -169,8 +173,8 @@ fn compressed_document(r: &mut Reader, mut deferred: Option<&mut Deferred>) -> R
     let text = r.string()?;
     let payload = crate::compressed::unpack(text.as_bytes()).map_err(|e| r.invalid(e.to_string()))?;
     drop(text);
-    let mut config = document(payload.json(), false, deferred.as_deref_mut())
-        .map_err(|e| r.invalid(format!("in the compressed document: {e}")))?;
+    let mut config =
+        document(payload.json(), false, deferred.as_deref_mut()).map_err(|e| in_compressed_document(r.invalid(String::new()), e))?;
     if !payload.table().is_empty() {
         if config.endpoint_table.is_some() {
             return Err(r.invalid("the compressed document has an `endpointTable` and table bytes after it; give one"));
@@ -181,7 +185,7 @@ fn compressed_document(r: &mut Reader, mut deferred: Option<&mut Deferred>) -> R
     if let Some(d) = deferred {
         d.payload = Some(payload);
         // As `plugin_config`'s object reports an error in this field.
-        d.envelope = Some(r.invalid(String::new()).in_field("compressed"));
+        d.policies.envelope = Some(r.invalid(String::new()).in_field("compressed"));
     }
     Ok(config)
 }

@@ -529,6 +529,41 @@ fn rejected_json_text() {
     }
 }
 
+/// A rule's id holds its policy's place in 20 bits (the engine keeps ids in
+/// 32): a config with more policies, staged ones counted, is refused before
+/// any is compiled, rather than have one policy's rules read as another's.
+/// A policy that is not the config's shape is still the first error. Native
+/// only: the text is 20 MB.
+#[cfg(not(target_arch = "wasm32"))]
+#[test]
+fn more_policies_than_rule_ids_hold_are_refused() {
+    const LIMIT: usize = 1 << 20;
+    let text = |policies: usize, staged: &str, last: &str| {
+        let mut text = String::from("{\"version\": 1, \"policies\": [");
+        for i in 0..policies {
+            text.push_str(if i + 1 == policies { last } else { "{\"name\": \"p\"}," });
+        }
+        text + "], \"stagedPolicies\": [" + staged + "]}"
+    };
+    let first_errors = |text: String| {
+        let via_json = from_text(&text).err().map(|e| e.0);
+        let via_owned = PolicySet::from_json_owned(text.clone().into_bytes()).err().map(|e| e.0);
+        let via_workload = PolicySet::for_workload(text.into_bytes(), &row_workloads()[0]).err().map(|e| e.0);
+        assert_eq!(via_json, via_owned, "from_json and from_json_owned");
+        assert_eq!(via_json, via_workload, "from_json and for_workload");
+        via_json.unwrap_or_default()
+    };
+    let rows: &[(&str, usize, &str, &str, &str, &str)] = &[
+        ("one policy too many", LIMIT + 1, "", "{\"name\": \"p\"}", "policies", "1048577 policies (staged ones included) are more than the 1048576"),
+        ("the limit, and one staged", LIMIT, "{\"name\": \"s\", \"stagedAction\": \"Delete\"}", "{\"name\": \"p\"}", "policies", "1048577 policies"),
+        ("too many, the last misshapen", LIMIT + 1, "", "{\"name\": \"p\", \"types\": [\"ingress\"]}", "policies[1048576].types[0]", "unknown variant `ingress`"),
+    ];
+    for &(what, policies, staged, last, field, fragment) in rows {
+        let errors = first_errors(text(policies, staged, last));
+        assert_one_error(what, &errors, "plugin config", field, fragment);
+    }
+}
+
 /// A policy without a name is named by its position.
 #[test]
 fn empty_policy_name_is_rejected() {

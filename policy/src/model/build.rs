@@ -13,6 +13,7 @@ use super::identity::{IdentityMatch, NamespaceClause, ServiceAccountClause};
 use super::services::{Service, ServiceEndpoint, ServicePort, Services};
 use super::names::{label_set, StringsBuilder, Sym};
 use super::universe::{network_set_labels, pod_labels, GroupEntry, Names, NetworkSet, ServiceAccountLabels, SpecialSyms, Universe};
+use super::rules::MAX_POLICIES;
 use super::{EntityMatch, HttpMatch, PathMatch, Policy, PolicySet, Rule, Rules, ServiceMatch, StagedChange, Tier};
 use crate::config::{
     Action, DeferredPolicies, Digest, StagedAction, EntityRuleSpec, HttpMatchSpec, PluginConfig, PolicySpec, PolicyType, PortSpec, ProtocolSpec, RuleSpec,
@@ -54,12 +55,19 @@ impl From<ReadError> for ConfigError {
 
 /// Config JSON text -> config, its one error as the config's errors.
 fn read(bytes: &[u8]) -> Result<PluginConfig, ConfigErrors> {
-    PluginConfig::from_json(bytes).map_err(|e| ConfigErrors(vec![ConfigError::from(e)]))
+    Ok(PluginConfig::from_json(bytes)?)
 }
 
 /// Every problem found in a config.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigErrors(pub Vec<ConfigError>);
+
+/// A config that cannot be read has that one error.
+impl From<ReadError> for ConfigErrors {
+    fn from(e: ReadError) -> Self {
+        ConfigErrors(vec![ConfigError::from(e)])
+    }
+}
 
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -79,6 +87,13 @@ const MAX_HTTP_ITEMS: usize = 20;
 /// Calico's limit on rules per direction in one policy.
 pub(super) const MAX_RULES: usize = 1024;
 const MAX_PATH_LEN: usize = 1024;
+
+/// A set holds at most [`MAX_POLICIES`] policies, staged ones counted: a
+/// staged view holds the enforced policies it does not replace, and them.
+pub(super) fn too_many_policies(policies: usize, staged: usize) -> Option<String> {
+    let count = policies.saturating_add(staged);
+    (count > MAX_POLICIES).then(|| format!("{count} policies (staged ones included) are more than the {MAX_POLICIES} a set holds"))
+}
 
 /// Calico's built-in tiers, used when a policy names one the config does not declare.
 fn builtin_tier(name: &str) -> Option<Tier> {
@@ -105,8 +120,6 @@ fn tier_of(tiers: &mut Vec<Tier>, name: &str) -> Option<usize> {
 enum Specs {
     /// The config's own, borrowed.
     InConfig,
-    /// Taken out of the config, each let go once compiled.
-    Owned(Vec<PolicySpec>),
     /// As text, each read, compiled and let go in turn.
     Deferred(DeferredPolicies),
 }
@@ -115,7 +128,6 @@ impl Specs {
     fn len(&self, config: &PluginConfig) -> usize {
         match self {
             Specs::InConfig => config.policies.len(),
-            Specs::Owned(specs) => specs.len(),
             Specs::Deferred(deferred) => deferred.len(),
         }
     }
@@ -123,7 +135,7 @@ impl Specs {
 
 /// Config JSON text -> config with its policies left as text.
 fn read_deferring(bytes: Vec<u8>) -> Result<(PluginConfig, DeferredPolicies), ConfigErrors> {
-    PluginConfig::from_json_deferring_policies(bytes).map_err(|e| ConfigErrors(vec![ConfigError::from(e)]))
+    Ok(PluginConfig::from_json_deferring_policies(bytes)?)
 }
 
 /// Orders ascending with unset last, as Calico sorts tiers and policies.
@@ -160,22 +172,8 @@ impl PolicySet {
         PolicySet::build(&config, Specs::Deferred(deferred), Some(workload))
     }
 
-    /// [`PolicySet::for_workload`] from a config already read.
-    pub fn from_config_for(mut config: PluginConfig, workload: &crate::engine::Workload) -> Result<PolicySet, ConfigErrors> {
-        let specs = std::mem::take(&mut config.policies);
-        PolicySet::build(&config, Specs::Owned(specs), Some(workload))
-    }
-
     pub fn from_config(config: &PluginConfig) -> Result<PolicySet, ConfigErrors> {
         PolicySet::build(config, Specs::InConfig, None)
-    }
-
-    /// [`PolicySet::from_config`], letting go of each policy's spec once it
-    /// is compiled: at Calico's scale the specs are tens of MB of a Wasm VM's
-    /// peak while the compiled policies grow, and Wasm memory does not shrink.
-    pub fn from_config_owned(mut config: PluginConfig) -> Result<PolicySet, ConfigErrors> {
-        let specs = std::mem::take(&mut config.policies);
-        PolicySet::build(&config, Specs::Owned(specs), None)
     }
 
     /// `specs`: where the policies come from (`config`'s own are read only
@@ -184,15 +182,20 @@ impl PolicySet {
     /// the digest as they are compiled.
     fn build(config: &PluginConfig, specs: Specs, workload: Option<&crate::engine::Workload>) -> Result<PolicySet, ConfigErrors> {
         let mut b = Builder::default();
-        if config.version != CONFIG_VERSION {
+        let refused = if config.version != CONFIG_VERSION {
+            Some(("version", format!("unsupported version {} (this build reads {CONFIG_VERSION})", config.version)))
+        } else {
+            too_many_policies(specs.len(config), config.staged_policies.len()).map(|problem| ("policies", problem))
+        };
+        if let Some((field, problem)) = refused {
             // A policy not read yet may not be the config's shape: reading
             // it is the first error, as for a reader that read them all.
             if let Specs::Deferred(deferred) = &specs {
                 if let Some(e) = deferred.iter().find_map(Result::err) {
-                    return Err(ConfigErrors(vec![ConfigError::from(e)]));
+                    return Err(e.into());
                 }
             }
-            b.error("plugin config", "version", format!("unsupported version {} (this build reads {CONFIG_VERSION})", config.version));
+            b.error("plugin config", field, problem);
             return Err(ConfigErrors(b.errors));
         }
         if let Some(scope) = &config.scope {
@@ -216,13 +219,12 @@ impl PolicySet {
         let mut fed = |spec: &PolicySpec| digest.policy(spec);
         let mut policies = match specs {
             Specs::InConfig => b.policies(config.policies.iter(), &mut tiers, false, &keep, &mut fed),
-            Specs::Owned(specs) => b.policies(specs.into_iter(), &mut tiers, false, &keep, &mut fed),
             Specs::Deferred(deferred) => {
                 let mut unread = None;
                 let specs = deferred.iter().map_while(|spec| spec.map_err(|e| unread = Some(e)).ok());
                 let policies = b.policies(specs, &mut tiers, false, &keep, &mut fed);
                 if let Some(e) = unread {
-                    return Err(ConfigErrors(vec![ConfigError::from(e)]));
+                    return Err(e.into());
                 }
                 policies
             }

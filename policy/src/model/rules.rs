@@ -14,6 +14,13 @@ use super::Rule;
 const PLACE_BITS: u32 = 12;
 const _: () = assert!(2 * super::build::MAX_RULES <= 1 << PLACE_BITS);
 
+/// The most policies one set holds: a rule id must fit in 32 bits, as the
+/// engine's indexes keep it (`u32`) and as a `usize` is in the module, where
+/// release builds do not check a shift's overflow. Past it, ids would alias
+/// another policy's rules: a wrong decision, not an error. A set is refused
+/// instead, on every target, so `control check` and the filter agree.
+pub(crate) const MAX_POLICIES: usize = 1 << (32 - PLACE_BITS);
+
 /// Rules by id: `policy << PLACE_BITS | place`, where `policy` is the
 /// policy's position in evaluation order and `place` the rule's in the
 /// policy (ingress rules first). Ids ascend in evaluation order, and each
@@ -79,7 +86,25 @@ mod tests {
 
     use std::sync::Arc;
 
+    use super::{Rules, MAX_POLICIES, PLACE_BITS};
+    use crate::model::build::{too_many_policies, MAX_RULES};
     use crate::PolicySet;
+
+    /// The last rule of the last policy a set may hold has the largest id
+    /// that fits in 32 bits; one policy more, staged or enforced, is refused.
+    #[test]
+    fn rule_ids_fit_in_32_bits_up_to_the_policy_limit() {
+        let last = Rules::id(MAX_POLICIES - 1, 2 * MAX_RULES - 1);
+        assert!(u32::try_from(last).is_ok() && last >> PLACE_BITS == MAX_POLICIES - 1);
+        assert_eq!((MAX_POLICIES as u64) << PLACE_BITS, 1 << 32);
+        for (policies, staged) in [(MAX_POLICIES, 0), (MAX_POLICIES - 1, 1), (0, MAX_POLICIES), (0, 0)] {
+            assert_eq!(too_many_policies(policies, staged), None, "{policies} + {staged}");
+        }
+        for (policies, staged) in [(MAX_POLICIES + 1, 0), (MAX_POLICIES, 1), (1, MAX_POLICIES), (usize::MAX, usize::MAX)] {
+            let problem = too_many_policies(policies, staged).expect("refused");
+            assert!(problem.contains(&MAX_POLICIES.to_string()), "{problem}");
+        }
+    }
 
     /// Three policies in two tiers, given out of order: ids ascend in
     /// evaluation order, each policy's ingress and egress rules are ranges,
