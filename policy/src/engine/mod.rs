@@ -198,9 +198,10 @@ impl WorkloadPolicy {
         let mut by_certificate = ClassListsBuilder::new(certified.map_or(0, Universe::group_count));
         // Rules share source clauses (at Calico's shape ~1.9 rules a clause
         // over the whole config): each distinct clause's readings are found
-        // once, refine the partition, and are let go.
-        let mut address_clauses: HashMap<&IdentityMatch, ClauseId> = HashMap::new();
-        let mut certificate_clauses: HashMap<&IdentityMatch, ClauseId> = HashMap::new();
+        // once per class of rule it serves, refine that class's partition,
+        // and are let go.
+        let mut address_clauses: HashMap<(&IdentityMatch, Class), ClauseId> = HashMap::new();
+        let mut certificate_clauses: HashMap<(&IdentityMatch, Class), ClauseId> = HashMap::new();
         for (pos, &index) in (0u32..).zip(&rules) {
             let Some(rule) = set.rules.get(index as usize) else { continue };
             let identity = &rule.source.identity;
@@ -215,21 +216,21 @@ impl WorkloadPolicy {
             if class != Class::Allow {
                 deny_by_identity = true;
                 restricting.push(pos);
-                let clause = *certificate_clauses.entry(identity).or_insert_with(|| {
+                let clause = *certificate_clauses.entry((identity, class)).or_insert_with(|| {
                     let readings: Vec<u32> =
                         certified.map(|u| identity.matching_groups(u)).iter().flat_map(FixedBitSet::ones).map(position).collect();
-                    by_certificate.clause(&readings)
+                    by_certificate.clause(class, &readings)
                 });
-                by_certificate.add(clause, class, pos);
+                by_certificate.add(clause, pos);
             }
-            let clause = *address_clauses.entry(identity).or_insert_with(|| {
+            let clause = *address_clauses.entry((identity, class)).or_insert_with(|| {
                 let mut readings: Vec<u32> = identity.matching_groups(universe).ones().map(position).collect();
                 if identity.matches_unknown() {
                     readings.push(position(unknown_reading));
                 }
-                by_address.clause(&readings)
+                by_address.clause(class, &readings)
             });
-            by_address.add(clause, class, pos);
+            by_address.add(clause, pos);
         }
         // The clause maps are done with: freed before the rows are allocated,
         // which lowers the peak (Wasm memory never shrinks).
