@@ -14,7 +14,7 @@
 //! and the index build by ~40%; a partition per class, not one for all
 //! three, then cut the index from 14.7 to 9.6 MB (no row repeats another).
 
-use super::index::{position, running_totals, Csr};
+use super::index::{position, running_totals, Csr, Positions};
 use crate::config::Action;
 
 /// How the two-factor check sees a rule's action.
@@ -47,9 +47,9 @@ impl Class {
 /// The identity rules one reading of the source satisfies, by class.
 #[derive(Debug, Clone, Copy, Default)]
 pub(super) struct Reading<'a> {
-    pub allow: &'a [u32],
-    pub pass: &'a [u32],
-    pub restrict: &'a [u32],
+    pub allow: Positions<'a>,
+    pub pass: Positions<'a>,
+    pub restrict: Positions<'a>,
 }
 
 /// Identity rules per reading id, by class. Each class of rules keeps its
@@ -70,7 +70,21 @@ pub(super) struct ClassLists {
 #[derive(Debug, Default)]
 struct Rows {
     row_of: Vec<u32>,
-    rows: Csr,
+    rows: Values,
+}
+
+/// A class's rows, as 16-bit positions when every position fits: at
+/// Calico's scale the rows hold 2.2M positions.
+#[derive(Debug)]
+enum Values {
+    Narrow(Csr<u16>),
+    Wide(Csr<u32>),
+}
+
+impl Default for Values {
+    fn default() -> Self {
+        Values::Narrow(Csr::default())
+    }
 }
 
 impl Rows {
@@ -79,8 +93,15 @@ impl Rows {
         self.row_of.iter().map(|&c| c as usize + 1).max().unwrap_or(0)
     }
 
-    fn get(&self, id: usize) -> &[u32] {
-        self.row_of.get(id).map_or(&[], |&row| self.rows.get(row as usize))
+    fn get(&self, id: usize) -> Positions<'_> {
+        self.row_of.get(id).map_or(Positions::default(), |&row| self.row(row as usize))
+    }
+
+    fn row(&self, row: usize) -> Positions<'_> {
+        match &self.rows {
+            Values::Narrow(rows) => Positions::Narrow(rows.get(row)),
+            Values::Wide(rows) => Positions::Wide(rows.get(row)),
+        }
     }
 }
 
@@ -255,6 +276,16 @@ impl Partition {
     /// One row per part. Any two parts differ in some clause, which has a
     /// rule of this class: no two rows are the same.
     fn build(self) -> Rows {
+        let rows = match self.rules.iter().map(|&(_, pos)| pos).max() {
+            Some(last) if last > u32::from(u16::MAX) => Values::Wide(self.rows(|pos| pos)),
+            // Every position fits: the cast is exact.
+            _ => Values::Narrow(self.rows(|pos| pos as u16)),
+        };
+        Rows { row_of: self.part_of, rows }
+    }
+
+    /// The rows, each position written as `narrow` gives it.
+    fn rows<T: Copy + Default>(&self, narrow: impl Fn(u32) -> T) -> Csr<T> {
         let mut offsets = vec![0u32; self.size.len() + 1];
         let mut stack = Vec::new();
         for &(clause, _) in &self.rules {
@@ -265,20 +296,20 @@ impl Partition {
             });
         }
         running_totals(&mut offsets);
-        let mut values = vec![0; offsets.last().copied().unwrap_or(0) as usize];
+        let mut values = vec![T::default(); offsets.last().copied().unwrap_or(0) as usize];
         // Rules come in ascending position, so each part's row fills in order.
         let mut next = offsets.clone();
         for &(clause, pos) in &self.rules {
             self.each_part(clause, &mut stack, |c| {
                 if let Some(at) = next.get_mut(c) {
                     if let Some(slot) = values.get_mut(*at as usize) {
-                        *slot = pos;
+                        *slot = narrow(pos);
                     }
                     *at += 1;
                 }
             });
         }
-        Rows { row_of: self.part_of, rows: Csr::from_parts(offsets, values) }
+        Csr::from_parts(offsets, values)
     }
 }
 
@@ -312,13 +343,14 @@ mod tests {
                 rules.iter().filter(|(_, c, r)| *c == want && r.contains(&id) && id < ids).map(|r| r.0).collect()
             };
             let r = lists.reading(id as usize);
-            assert_eq!(r.allow, held(Class::Allow), "allow of {id}");
-            assert_eq!(r.pass, held(Class::Pass), "pass of {id}");
-            assert_eq!(r.restrict, held(Class::Restrict), "restrict of {id}");
+            let listed = |list: Positions<'_>| list.iter().collect::<Vec<u32>>();
+            assert_eq!(listed(r.allow), held(Class::Allow), "allow of {id}");
+            assert_eq!(listed(r.pass), held(Class::Pass), "pass of {id}");
+            assert_eq!(listed(r.restrict), held(Class::Restrict), "restrict of {id}");
         }
         // A class's rows are all different: readings with the same rules share one.
         for (kind, rows) in lists.kinds.iter().enumerate() {
-            let mut seen: Vec<&[u32]> = (0..rows.rows_len()).map(|row| rows.rows.get(row)).collect();
+            let mut seen: Vec<Vec<u32>> = (0..rows.rows_len()).map(|row| rows.row(row).iter().collect()).collect();
             seen.sort_unstable();
             let all = seen.len();
             seen.dedup();
@@ -350,7 +382,7 @@ mod tests {
         let lists = lists_of(1000, &rules);
         assert_eq!(lists.rows(), [1, 2, 1]);
         assert_eq!(lists.reading(998).pass.len(), 50);
-        assert!(lists.reading(999).pass.is_empty());
+        assert_eq!(lists.reading(999).pass.len(), 0);
     }
 
     /// A clause covers the parts of its classes that later clauses split off,
@@ -376,6 +408,24 @@ mod tests {
         let lists = lists_of(8, &allow);
         assert_lists(8, &allow, &lists);
         assert_eq!(lists.rows(), [6, 1, 1], "{{0,1}} {{2}} {{3}} {{4}} {{5}} {{6,7}}");
+    }
+
+    /// A class's rows are 16-bit while its positions fit, else 32-bit,
+    /// each class on its own; either way every reading gets its rules.
+    #[test]
+    fn positions_past_16_bits_are_kept_whole() {
+        let rules: &[(u32, Class, &[u32])] = &[
+            (3, Class::Allow, &[0, 1]),
+            (7, Class::Pass, &[1]),
+            (65_535, Class::Allow, &[1, 2]),
+            (65_536, Class::Restrict, &[0]),
+            (100_000, Class::Restrict, &[0, 2]),
+            (u32::MAX - 1, Class::Restrict, &[2]),
+        ];
+        let lists = lists_of(3, rules);
+        assert_lists(3, rules, &lists);
+        let wide = lists.kinds.each_ref().map(|k| matches!(k.rows, Values::Wide(_)));
+        assert_eq!(wide, [false, false, true]);
     }
 
     /// Pseudo-random clauses over many readings: every reading's lists are

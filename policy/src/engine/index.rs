@@ -30,9 +30,9 @@ const WIDE_RULE_INTERVALS: usize = 64;
 /// Per-id sorted lists in one buffer (compressed sparse rows): id i's list is
 /// `values[offsets[i]..offsets[i+1]]`.
 #[derive(Debug, Default)]
-pub(super) struct Csr {
+pub(super) struct Csr<T = u32> {
     offsets: Vec<u32>,
-    values: Vec<u32>,
+    values: Vec<T>,
 }
 
 impl Csr {
@@ -46,13 +46,15 @@ impl Csr {
         }
         Csr { offsets, values }
     }
+}
 
+impl<T> Csr<T> {
     /// Rows already laid out: `offsets` ascending from 0, the last `values.len()`.
-    pub(super) fn from_parts(offsets: Vec<u32>, values: Vec<u32>) -> Csr {
+    pub(super) fn from_parts(offsets: Vec<u32>, values: Vec<T>) -> Csr<T> {
         Csr { offsets, values }
     }
 
-    pub(super) fn get(&self, id: usize) -> &[u32] {
+    pub(super) fn get(&self, id: usize) -> &[T] {
         match (self.offsets.get(id), self.offsets.get(id + 1)) {
             (Some(&lo), Some(&hi)) => self.values.get(lo as usize..hi as usize).unwrap_or(&[]),
             _ => &[],
@@ -133,6 +135,69 @@ impl FreeIndex {
     }
 }
 
+/// A sorted list of rule positions, as 16-bit numbers where the workload's
+/// rules are few enough (at Calico's scale ~11k): the identity index's rows
+/// are most of a compiled workload policy, and every VM holds its own.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Positions<'a> {
+    Narrow(&'a [u16]),
+    Wide(&'a [u32]),
+}
+
+impl Default for Positions<'_> {
+    fn default() -> Self {
+        Positions::Wide(&[])
+    }
+}
+
+impl<'a> From<&'a [u32]> for Positions<'a> {
+    fn from(list: &'a [u32]) -> Self {
+        Positions::Wide(list)
+    }
+}
+
+impl<'a> Positions<'a> {
+    pub(super) fn first(self) -> Option<u32> {
+        match self {
+            Positions::Narrow(l) => l.first().map(|&p| u32::from(p)),
+            Positions::Wide(l) => l.first().copied(),
+        }
+    }
+
+    /// The list without its first position.
+    fn rest(self) -> Self {
+        match self {
+            Positions::Narrow(l) => Positions::Narrow(l.get(1..).unwrap_or(&[])),
+            Positions::Wide(l) => Positions::Wide(l.get(1..).unwrap_or(&[])),
+        }
+    }
+
+    /// The suffix from the first position `>= target` (see [`seek`]).
+    fn seek(self, target: u32) -> Self {
+        match self {
+            Positions::Narrow(l) => Positions::Narrow(seek(l, target)),
+            Positions::Wide(l) => Positions::Wide(seek(l, target)),
+        }
+    }
+
+    #[cfg(test)]
+    pub(super) fn len(self) -> usize {
+        match self {
+            Positions::Narrow(l) => l.len(),
+            Positions::Wide(l) => l.len(),
+        }
+    }
+
+    #[cfg(test)]
+    pub(super) fn iter(self) -> impl Iterator<Item = u32> + 'a {
+        let (narrow, wide) = match self {
+            Positions::Narrow(l) => (l, &[][..]),
+            Positions::Wide(l) => (&[][..], l),
+        };
+        narrow.iter().map(|&p| u32::from(p)).chain(wide.iter().copied())
+    }
+}
+
 /// Up to this many lists are merged.
 const SLOTS: usize = 7;
 
@@ -140,42 +205,49 @@ const SLOTS: usize = 7;
 /// once, with the bits of the lists that hold it; optionally also the
 /// intersection of two lists (positions both hold).
 pub(super) struct Merge<'a> {
-    lists: [(&'a [u32], u8); SLOTS],
-    both: Option<(&'a [u32], &'a [u32], u8)>,
+    /// Each list after its head, its head (`EXHAUSTED` when none) and bits:
+    /// the heads are compared at every step, and kept as numbers they need
+    /// no look at the list's width.
+    lists: [(Positions<'a>, u32, u8); SLOTS],
+    both: Option<(Positions<'a>, Positions<'a>, u8)>,
 }
+
+/// The head of an exhausted list: above every position (a position is below
+/// the workload's rule count, which is below this).
+const EXHAUSTED: u32 = u32::MAX;
 
 impl<'a> Merge<'a> {
     /// The lists from position `start` on; empty lists may be passed freely.
-    pub(super) fn new(lists: &[(&'a [u32], u8)], both: Option<(&'a [u32], &'a [u32], u8)>, start: u32) -> Merge<'a> {
+    pub(super) fn new(lists: &[(Positions<'a>, u8)], both: Option<(Positions<'a>, Positions<'a>, u8)>, start: u32) -> Merge<'a> {
         // Galloping: a tier's start is usually near the list's head.
-        let from = |l: &'a [u32]| seek(l, start);
-        let mut slots: [(&'a [u32], u8); SLOTS] = [(&[], 0); SLOTS];
+        let mut slots: [(Positions<'a>, u32, u8); SLOTS] = [(Positions::default(), EXHAUSTED, 0); SLOTS];
         for (slot, &(list, bits)) in slots.iter_mut().zip(lists) {
-            *slot = (from(list), bits);
+            let list = list.seek(start);
+            *slot = (list.rest(), list.first().unwrap_or(EXHAUSTED), bits);
         }
-        Merge { lists: slots, both: both.map(|(a, b, bits)| (from(a), from(b), bits)) }
+        Merge { lists: slots, both: both.map(|(a, b, bits)| (a.seek(start), b.seek(start), bits)) }
     }
 
     /// The next position below `end`, with the bits of the lists holding it.
     pub(super) fn next_below(&mut self, end: u32) -> Option<(u32, u8)> {
         let common = self.both.as_mut().and_then(|(a, b, _)| align(a, b));
-        let pos = self.lists.iter().filter_map(|(l, _)| l.first().copied()).chain(common).min()?;
+        let head = self.lists.iter().map(|&(_, head, _)| head).min().unwrap_or(EXHAUSTED);
+        let pos = common.map_or(head, |c| c.min(head));
         if pos >= end {
             return None;
         }
         let mut members = 0;
-        for (list, bits) in &mut self.lists {
-            if let Some((&head, rest)) = list.split_first() {
-                if head == pos {
-                    *list = rest;
-                    members |= *bits;
-                }
+        for (list, head, bits) in &mut self.lists {
+            if *head == pos {
+                *head = list.first().unwrap_or(EXHAUSTED);
+                *list = list.rest();
+                members |= *bits;
             }
         }
         if let Some((a, b, bits)) = &mut self.both {
             if common == Some(pos) {
-                *a = a.get(1..).unwrap_or(&[]);
-                *b = b.get(1..).unwrap_or(&[]);
+                *a = a.rest();
+                *b = b.rest();
                 members |= *bits;
             }
         }
@@ -185,9 +257,20 @@ impl<'a> Merge<'a> {
 
 /// Advances `a` and `b` to their first common position (by galloping in the
 /// other list, so a short list skips through a long one in few steps).
-fn align(a: &mut &[u32], b: &mut &[u32]) -> Option<u32> {
+fn align(a: &mut Positions<'_>, b: &mut Positions<'_>) -> Option<u32> {
+    use Positions::{Narrow, Wide};
+    // Settled once per width: the loop then reads plain slices.
+    match (a, b) {
+        (Narrow(a), Narrow(b)) => align_lists(a, b),
+        (Narrow(a), Wide(b)) => align_lists(a, b),
+        (Wide(a), Narrow(b)) => align_lists(a, b),
+        (Wide(a), Wide(b)) => align_lists(a, b),
+    }
+}
+
+fn align_lists<A: Copy + Into<u32>, B: Copy + Into<u32>>(a: &mut &[A], b: &mut &[B]) -> Option<u32> {
     loop {
-        let (&x, &y) = (a.first()?, b.first()?);
+        let (x, y) = ((*a.first()?).into(), (*b.first()?).into());
         if x == y {
             return Some(x);
         }
@@ -201,15 +284,16 @@ fn align(a: &mut &[u32], b: &mut &[u32]) -> Option<u32> {
 
 /// The suffix of sorted `list` from its first position `>= target`, found by
 /// exponential then binary search: O(log distance), not O(log length).
-fn seek(list: &[u32], target: u32) -> &[u32] {
+fn seek<T: Copy + Into<u32>>(list: &[T], target: u32) -> &[T] {
+    let below = |p: &T| (*p).into() < target;
     let mut bound = 1;
-    while list.get(bound).is_some_and(|&p| p < target) {
+    while list.get(bound).is_some_and(below) {
         bound *= 2;
     }
     // Everything up to bound/2 is below target; the answer is at most bound.
     let lo = bound / 2;
     let window = list.get(lo..(bound + 1).min(list.len())).unwrap_or(&[]);
-    list.get(lo + window.partition_point(|&p| p < target)..).unwrap_or(&[])
+    list.get(lo + window.partition_point(below)..).unwrap_or(&[])
 }
 
 /// Counts per slot -> where each slot starts, in place: the step of a
@@ -235,27 +319,33 @@ mod tests {
         std::iter::from_fn(|| m.next_below(end)).collect()
     }
 
+    /// Lists of either width merge alike.
     #[test]
     fn merge_yields_each_position_once_with_its_lists() {
-        let (a, b, c) = ([1, 4, 7, 9], [2, 4, 9], [4, 5]);
-        let m = Merge::new(&[(&a, 1), (&b, 2), (&c, 4)], None, 2);
+        let (a, b, c) = ([1u32, 4, 7, 9], [2u16, 4, 9], [4u32, 5]);
+        let m = Merge::new(&[(a[..].into(), 1), (Positions::Narrow(&b), 2), (c[..].into(), 4)], None, 2);
         assert_eq!(drain(m, 9), vec![(2, 2), (4, 7), (5, 4), (7, 1)]);
     }
 
     #[test]
     fn seek_finds_the_first_position_not_below() {
         let list: Vec<u32> = (0..100).map(|i| i * 3).collect();
+        let narrow: Vec<u16> = (0..100).map(|i| i * 3).collect();
         for target in 0..310 {
             let expected = list.partition_point(|&p| p < target);
             assert_eq!(seek(&list, target).len(), list.len() - expected, "target {target}");
+            assert_eq!(Positions::Narrow(&narrow).seek(target).len(), list.len() - expected, "target {target}");
         }
-        assert!(seek(&[], 5).is_empty());
+        assert!(seek::<u32>(&[], 5).is_empty());
+        // Past every 16-bit position.
+        assert_eq!(Positions::Narrow(&[7, u16::MAX]).seek(70_000).len(), 0);
+        assert_eq!(Positions::Narrow(&[7, u16::MAX]).seek(8).iter().collect::<Vec<_>>(), [65_535]);
     }
 
     #[test]
     fn merge_intersects_the_pair() {
-        let (free, p, q) = ([3, 8], [1, 2, 5, 6, 8, 10, 12], [0, 5, 9, 10, 11]);
-        let m = Merge::new(&[(&free, 1)], Some((&p, &q, 6)), 0);
+        let (free, p, q) = ([3u32, 8], [1u16, 2, 5, 6, 8, 10, 12], [0u32, 5, 9, 10, 11]);
+        let m = Merge::new(&[(free[..].into(), 1)], Some((Positions::Narrow(&p), q[..].into(), 6)), 0);
         assert_eq!(drain(m, 100), vec![(3, 1), (5, 6), (8, 1), (10, 6)]);
     }
 

@@ -37,7 +37,7 @@ use crate::model::universe::pod_labels;
 use crate::model::{Group, IdentityMatch, Policy, PolicySet, Rule, SourceView, Universe};
 use fixedbitset::FixedBitSet;
 use classes::{Class, ClassLists, ClassListsBuilder, ClauseId, Reading};
-use index::{position, FreeIndex, Merge};
+use index::{position, FreeIndex, Merge, Positions};
 use index::{ADDRESS_ALLOW, ADDRESS_PASS, ADDRESS_RESTRICT, CERTIFICATE_PASS, CERTIFICATE_RESTRICT, FREE};
 use crate::path::{normalize, PathError};
 use crate::ranges::PortSet;
@@ -400,7 +400,7 @@ impl WorkloadPolicy {
                 self.by_certificate.reading(c as usize),
                 Judged::ByMembership { allow_by_address, deny_by_certificate: true },
             ),
-            None => (Reading { restrict: &self.restricting, ..Reading::default() }, Judged::Evaluate { allow_by_address }),
+            None => (Reading { restrict: self.restricting[..].into(), ..Reading::default() }, Judged::Evaluate { allow_by_address }),
         }
     }
 
@@ -737,13 +737,13 @@ impl<'a> Candidates<'a> {
         let Candidates::Lists(Plan { free: [free, narrowed], address: a, certificate: c, identity }) = self else {
             return Cursor::Range(start);
         };
-        let free = [(free, FREE), (narrowed, FREE)];
+        let free = [(free.into(), FREE), (narrowed.into(), FREE)];
         let merge = match identity {
             Judged::Settled => {
                 Merge::new(&[free[0], free[1], (a.allow, ADDRESS_ALLOW), (a.pass, ADDRESS_PASS), (a.restrict, ADDRESS_RESTRICT)], None, start)
             }
             Judged::ByMembership { allow_by_address, .. } => {
-                let allow = if allow_by_address { a.allow } else { &[] };
+                let allow = if allow_by_address { a.allow } else { Positions::default() };
                 let restrict = [(allow, ADDRESS_ALLOW), (a.restrict, ADDRESS_RESTRICT), (c.restrict, CERTIFICATE_RESTRICT)];
                 if after_disputed_pass {
                     let both = (a.pass, c.pass, ADDRESS_PASS | CERTIFICATE_PASS);
@@ -757,7 +757,7 @@ impl<'a> Candidates<'a> {
             // that could match (the address's Pass and Deny/Log rules are
             // among the certificate's).
             Judged::Evaluate { allow_by_address } => {
-                let allow = if allow_by_address { a.allow } else { &[] };
+                let allow = if allow_by_address { a.allow } else { Positions::default() };
                 Merge::new(&[free[0], free[1], (allow, ADDRESS_ALLOW), (c.restrict, CERTIFICATE_RESTRICT)], None, start)
             }
         };
