@@ -8,11 +8,14 @@
 //! under a field named `selector` or `...Selector`, at any depth, in the
 //! policies and the staged policies. A selector field added to the config
 //! later is covered without a change here; a selector that does not parse
-//! (never in a config control validated) keeps every label.
+//! (never in a config control validated) keeps every label. A key a pod
+//! inherits (`pcns.env`, `pcsa.team`) reads its namespace's or service
+//! account's label (`env`, `team`): both are kept.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use krites_policy::config::{EndpointSpec, PluginConfig};
+use krites_policy::model::universe::special::{NAMESPACE_PREFIX, SERVICE_ACCOUNT_PREFIX};
 use krites_policy::selector::Selector;
 use serde_json::Value;
 
@@ -27,7 +30,12 @@ pub fn keys_read(config: &PluginConfig) -> Option<BTreeSet<String>> {
         let selector = Selector::parse(text).ok()?;
         let mut read = BTreeSet::new();
         selector.label_keys(&mut read);
-        keys.extend(read.into_iter().map(str::to_string));
+        for key in read {
+            if let Some(inherited) = key.strip_prefix(NAMESPACE_PREFIX).or_else(|| key.strip_prefix(SERVICE_ACCOUNT_PREFIX)) {
+                keys.insert(inherited.to_string());
+            }
+            keys.insert(key.to_string());
+        }
     }
     Some(keys)
 }
@@ -69,4 +77,33 @@ pub fn project(config: &mut PluginConfig, keys: &BTreeSet<String>) {
     config.service_accounts.iter_mut().for_each(|s| keep(&mut s.labels));
     config.service_accounts.retain(|s| !s.labels.is_empty());
     config.network_sets.iter_mut().for_each(|s| keep(&mut s.labels));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A selector naming an inherited label keeps the namespace's or service
+    /// account's label it reads, and the pod's own label of that key.
+    #[test]
+    fn inherited_keys_keep_the_labels_they_read() {
+        let config = PluginConfig::from_json(
+            br#"{"version": 1,
+                "policies": [{"name": "p", "selector": "pcns.env == 'prod'",
+                              "ingress": [{"action": "Deny", "source": {"selector": "pcsa.team == 'ops' || app == 'x'"}}]}],
+                "endpoints": [{"namespace": "prod", "serviceAccount": "tool", "labels": {"app": "x", "pcns.env": "dev", "env": "y", "tier": "z"}, "ips": ["10.0.0.1"]}],
+                "namespaces": [{"name": "prod", "labels": {"env": "prod", "owner": "a"}}, {"name": "dev", "labels": {"owner": "b"}}],
+                "serviceAccounts": [{"namespace": "prod", "name": "tool", "labels": {"team": "ops", "cost": "c"}}]}"#,
+        )
+        .expect("config reads");
+        let keys = keys_read(&config).expect("selectors parse");
+        let want: BTreeSet<String> = ["app", "env", "pcns.env", "pcsa.team", "team"].map(String::from).into();
+        assert_eq!(keys, want);
+        let mut projected = config.clone();
+        project(&mut projected, &keys);
+        let labels = |pairs: &[(&str, &str)]| pairs.iter().map(|&(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>();
+        assert_eq!(projected.endpoints[0].labels, labels(&[("app", "x"), ("env", "y"), ("pcns.env", "dev")]));
+        assert_eq!(projected.namespaces.iter().map(|n| (n.name.as_str(), n.labels.clone())).collect::<Vec<_>>(), [("prod", labels(&[("env", "prod")]))]);
+        assert_eq!(projected.service_accounts[0].labels, labels(&[("team", "ops")]));
+    }
 }

@@ -158,7 +158,9 @@ impl WorkloadPolicy {
                     }
                     rules.push(position(index));
                 } else if destination.set_nets.is_some()
-                    && !destination.not_selector.as_ref().is_some_and(|s| s.matches(&local_labels))
+                    && !destination.not_selector.as_ref().is_some_and(|s| {
+                        s.matches(&universe.inherited(&workload.namespace, &workload.service_account, &local_labels))
+                    })
                 {
                     destination_sets.push((position(rules.len()), true));
                     rules.push(position(index));

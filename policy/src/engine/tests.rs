@@ -479,6 +479,49 @@ fn log_rules_are_reported_and_do_not_decide() {
 }
 
 /// Every address of the fixture, every peer variant, both methods: the index agrees.
+/// Calico's endpoints inherit their namespace's labels as `pcns.<key>` and
+/// their service account's as `pcsa.<key>` (each with
+/// `projectcalico.org/name`), and selectors may name them: in a policy's
+/// selector, in rule selectors read from an address, and from a
+/// certificate, which vouches for the namespace and account. A pod's own
+/// label of the same key comes first.
+#[test]
+fn selectors_read_inherited_namespace_and_service_account_labels() {
+    let policies = json!([
+        {"name": "staging-only", "tier": "security", "order": 0, "selector": "pcns.env == 'staging'",
+         "ingress": [{"action": "Allow"}]},
+        {"name": "inh", "tier": "security", "order": 1, "selector": "pcns.env == 'prod' && app == 'db'", "ingress": [
+            {"action": "Deny", "source": {"selector": "pcsa.team == 'ops'"}},
+            {"action": "Pass", "source": {"selector": "pcns.env == 'dev'"}},
+            {"action": "Allow", "source": {"selector": "pcsa.pci == 'yes' && pcns.projectcalico.org/name == 'prod'"}},
+            {"action": "Allow", "source": {"selector": "pcsa.projectcalico.org/name == 'web' && !has(pcsa.pci)"}, "http": {"methods": ["GET"]}}
+        ]},
+        p("b", json!({"ingress": [
+            {"action": "Allow", "source": {"selector": "pcns.env == 'dev'"}, "http": {"methods": ["POST"]}}
+        ]}))
+    ]);
+    let own = json!([{"namespace": "prod", "serviceAccount": "web", "labels": {"app": "web", "pcns.env": "dev"}, "ips": ["10.1.0.7"]}]);
+    let policy = one_workload(policies, own);
+    assert_eq!(policy.policies_selecting(), 2, "inh and b select prod/db; staging-only does not");
+    let (tool, web) = (spiffe("dev", "tool"), spiffe("prod", "web"));
+    use Reason::*;
+    use Verdict::*;
+    let cases: Vec<(&str, Req<'_>, Verdict, Reason, &str)> = vec![
+        ("an ops account is denied", req(TOOL, None, "GET", "/"), Deny, DenyRule, "security/inh/ingress[0]"),
+        ("dev passes on, GET", req(DEV_WEB, None, "GET", "/"), Deny, TierDefaultDeny, "tier/default"),
+        ("dev passes on, POST", req(DEV_WEB, None, "POST", "/"), Allow, AllowRule, "default/b/ingress[0]"),
+        ("a pci account in prod", req(API, None, "DELETE", "/"), Allow, AllowRule, "security/inh/ingress[2]"),
+        ("prod web, GET", req(WEB, Some(&web), "GET", "/"), Allow, AllowRule, "security/inh/ingress[3]"),
+        ("prod web, POST", req(WEB, Some(&web), "POST", "/"), Deny, TierDefaultDeny, "tier/security"),
+        ("an own pcns.env label comes first", req("10.1.0.7", None, "POST", "/"), Allow, AllowRule, "default/b/ingress[0]"),
+        ("an unknown address inherits nothing", req(OUTSIDE, None, "GET", "/"), Deny, TierDefaultDeny, "tier/security"),
+        ("a stolen ops certificate is denied", req(WEB, Some(&tool), "GET", "/"), Deny, DenyRule, "security/inh/ingress[0]"),
+    ];
+    for (what, r, verdict, reason, by) in cases {
+        assert_eq!(decide(&policy, &r), (verdict, reason, by.to_string()), "{what}");
+    }
+}
+
 #[test]
 fn index_agrees_with_direct_evaluation_exhaustively() {
     let policies = json!([

@@ -148,11 +148,15 @@ impl IdentityMatch {
             return self.matches(view, universe);
         }
         // In a matching set: only the owner's own labels can still exclude it.
-        let excluded = |labels: &dyn Labels| self.not_selector.as_ref().is_some_and(|s| s.matches(labels));
+        let excluded = |namespace, service_account, labels: &dyn Labels| {
+            self.not_selector.as_ref().is_some_and(|s| s.matches(&universe.inherited(namespace, service_account, labels)))
+        };
         match view {
             SourceView::Unknown => true,
-            SourceView::Pod { labels, .. } => !excluded(labels),
-            SourceView::Certified { namespace, service_account } => !excluded(&CertifiedLabels { namespace, service_account }),
+            SourceView::Pod { namespace, service_account, labels } => !excluded(namespace, service_account, labels),
+            SourceView::Certified { namespace, service_account } => {
+                !excluded(namespace, service_account, &CertifiedLabels { namespace, service_account })
+            }
         }
     }
 
@@ -184,8 +188,9 @@ impl IdentityMatch {
     }
 
     fn matches_parts(&self, namespace: &str, service_account: &str, pod: &dyn Labels, universe: &Universe) -> bool {
-        self.selector.as_ref().is_none_or(|s| s.matches(pod))
-            && self.not_selector.as_ref().is_none_or(|s| !s.matches(pod))
+        let pod = universe.inherited(namespace, service_account, pod);
+        self.selector.as_ref().is_none_or(|s| s.matches(&pod))
+            && self.not_selector.as_ref().is_none_or(|s| !s.matches(&pod))
             && self.namespace_matches(namespace, universe)
             && self.service_account_matches(namespace, service_account, universe)
     }

@@ -155,7 +155,7 @@ impl Policy {
     /// Does the policy's selection (either direction) include such a workload?
     pub fn selects_workload(&self, namespace: &str, service_account: &str, pod_labels: &dyn crate::selector::Labels, universe: &Universe) -> bool {
         self.namespace.as_deref().is_none_or(|ns| ns == namespace)
-            && self.selector.matches(pod_labels)
+            && self.selector.matches(&universe.inherited(namespace, service_account, pod_labels))
             && self.namespace_selector.as_ref().is_none_or(|s| s.matches(&universe.namespace_labels(namespace)))
             && self
                 .service_account_selector

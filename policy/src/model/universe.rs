@@ -24,6 +24,11 @@ pub mod special {
     /// On namespaces and service accounts: their own name.
     pub const NAME: &str = "projectcalico.org/name";
     pub const K8S: &str = "k8s";
+    /// Prefixes of the labels an endpoint inherits from its namespace's and
+    /// its service account's profiles (Calico's `kns.`/`ksa.` profiles'
+    /// `labelsToApply`): `pcns.env`, `pcsa.projectcalico.org/name`.
+    pub const NAMESPACE_PREFIX: &str = "pcns.";
+    pub const SERVICE_ACCOUNT_PREFIX: &str = "pcsa.";
 }
 
 /// The ids of the strings Calico's special labels use.
@@ -115,6 +120,49 @@ impl Eq for Group<'_> {}
 impl Labels for Group<'_> {
     fn label(&self, key: &str) -> Option<&str> {
         label_in(self.strings, &self.entry.labels, key)
+    }
+}
+
+/// A pod's labels with those Calico's endpoints inherit from their
+/// namespace's and service account's profiles: `pcns.<key>` is the
+/// namespace's label `<key>` and `pcsa.<key>` the service account's (each
+/// with `projectcalico.org/name`, its name). An endpoint's own label of the
+/// same key comes first, as Felix lets an endpoint's labels override its
+/// profiles'. Selectors may name them directly; Calico's own rewriting of
+/// namespace and service account selectors uses them.
+pub struct Inherited<'a> {
+    pod: &'a dyn Labels,
+    namespace: NamedLabels<'a>,
+    service_account: NamedLabels<'a>,
+}
+
+impl Labels for Inherited<'_> {
+    fn label(&self, key: &str) -> Option<&str> {
+        if let Some(own) = self.pod.label(key) {
+            return Some(own);
+        }
+        if let Some(key) = key.strip_prefix(special::NAMESPACE_PREFIX) {
+            return self.namespace.label(key);
+        }
+        self.service_account.label(key.strip_prefix(special::SERVICE_ACCOUNT_PREFIX)?)
+    }
+}
+
+/// Does `selector` name a label endpoints inherit ([`Inherited`])?
+fn names_inherited(selector: &Selector) -> bool {
+    let inherited = |key: &str| key.starts_with(special::NAMESPACE_PREFIX) || key.starts_with(special::SERVICE_ACCOUNT_PREFIX);
+    match selector {
+        Selector::All | Selector::Global => false,
+        Selector::Has(k)
+        | Selector::Eq(k, _)
+        | Selector::Ne(k, _)
+        | Selector::In(k, _)
+        | Selector::NotIn(k, _)
+        | Selector::Contains(k, _)
+        | Selector::StartsWith(k, _)
+        | Selector::EndsWith(k, _) => inherited(k),
+        Selector::Not(inner) => names_inherited(inner),
+        Selector::And(parts) | Selector::Or(parts) => parts.iter().any(names_inherited),
     }
 }
 
@@ -372,9 +420,26 @@ impl Universe {
         set
     }
 
-    /// Groups whose pod labels match `selector`.
+    /// Groups whose pod labels, with those they inherit, match `selector`.
     pub(crate) fn groups_matching(&self, selector: &Selector) -> FixedBitSet {
-        self.index.eval(selector, self.groups.len(), &self.names.strings)
+        if !names_inherited(selector) {
+            return self.index.eval(selector, self.groups.len(), &self.names.strings);
+        }
+        // Rare: evaluated per group (the index holds the groups' own labels only).
+        let mut set = self.empty_set();
+        for (g, entry) in self.groups.iter().enumerate() {
+            let group = Group { entry, strings: &self.names.strings };
+            if selector.matches(&self.inherited(group.namespace(), group.service_account(), &group)) {
+                set.insert(g);
+            }
+        }
+        set
+    }
+
+    /// `pod`'s labels with those a pod of `namespace` running as
+    /// `service_account` inherits.
+    pub fn inherited<'a>(&'a self, namespace: &'a str, service_account: &'a str, pod: &'a dyn Labels) -> Inherited<'a> {
+        Inherited { pod, namespace: self.namespace_labels(namespace), service_account: self.service_account_labels(namespace, service_account) }
     }
 
     /// The runs of `ids` (a sorted list of group ids) whose groups share
