@@ -74,6 +74,10 @@ fn source() -> impl Strategy<Value = Value> {
         prop::sample::select(NAMESPACES.to_vec()).prop_map(|ns| json!({"namespaceSelector": format!("env == '{ns}'")})),
         Just(json!({"namespaceSelector": "env == 'prod'", "serviceAccounts": {"names": ["api", "web"]}})),
         Just(json!({"selector": "projectcalico.org/serviceaccount == 'api'"})),
+        // Labels pods inherit from their namespace and service account.
+        prop::sample::select(NAMESPACES.to_vec()).prop_map(|ns| json!({"selector": format!("pcns.env == '{ns}'")})),
+        Just(json!({"selector": "pcsa.team == 'shop' && app != 'db'"})),
+        Just(json!({"notSelector": "pcns.projectcalico.org/name == 'prod' || has(pcsa.team)"})),
         Just(json!({"nets": ["10.0.0.0/29"]})),
         // Address clauses in several shapes, so the address-narrowed lists of
         // rules without identity clauses are exercised (and IPv6-only nets).
