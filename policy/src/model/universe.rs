@@ -150,20 +150,9 @@ impl Labels for Inherited<'_> {
 
 /// Does `selector` name a label endpoints inherit ([`Inherited`])?
 fn names_inherited(selector: &Selector) -> bool {
-    let inherited = |key: &str| key.starts_with(special::NAMESPACE_PREFIX) || key.starts_with(special::SERVICE_ACCOUNT_PREFIX);
-    match selector {
-        Selector::All | Selector::Global => false,
-        Selector::Has(k)
-        | Selector::Eq(k, _)
-        | Selector::Ne(k, _)
-        | Selector::In(k, _)
-        | Selector::NotIn(k, _)
-        | Selector::Contains(k, _)
-        | Selector::StartsWith(k, _)
-        | Selector::EndsWith(k, _) => inherited(k),
-        Selector::Not(inner) => names_inherited(inner),
-        Selector::And(parts) | Selector::Or(parts) => parts.iter().any(names_inherited),
-    }
+    let mut inherited = false;
+    selector.each_key(&mut |key| inherited |= key.starts_with(special::NAMESPACE_PREFIX) || key.starts_with(special::SERVICE_ACCOUNT_PREFIX));
+    inherited
 }
 
 /// A pod's labels as Calico's selectors see them.

@@ -97,6 +97,14 @@ impl Selector {
     /// Adds every label key this selector reads to `keys`. A label whose key
     /// no selector of a config reads changes none of its decisions.
     pub fn label_keys<'a>(&'a self, keys: &mut BTreeSet<&'a str>) {
+        self.each_key(&mut |k| {
+            keys.insert(k);
+        });
+    }
+
+    /// Calls `f` with every label key this selector reads (as often as it
+    /// is read).
+    pub fn each_key<'a>(&'a self, f: &mut dyn FnMut(&'a str)) {
         match self {
             Selector::All | Selector::Global => {}
             Selector::Has(k)
@@ -106,11 +114,9 @@ impl Selector {
             | Selector::NotIn(k, _)
             | Selector::Contains(k, _)
             | Selector::StartsWith(k, _)
-            | Selector::EndsWith(k, _) => {
-                keys.insert(k);
-            }
-            Selector::Not(inner) => inner.label_keys(keys),
-            Selector::And(parts) | Selector::Or(parts) => parts.iter().for_each(|p| p.label_keys(keys)),
+            | Selector::EndsWith(k, _) => f(k),
+            Selector::Not(inner) => inner.each_key(f),
+            Selector::And(parts) | Selector::Or(parts) => parts.iter().for_each(|p| p.each_key(f)),
         }
     }
 }
