@@ -130,10 +130,13 @@ impl Labels for Group<'_> {
 /// same key comes first, as Felix lets an endpoint's labels override its
 /// profiles'. Selectors may name them directly; Calico's own rewriting of
 /// namespace and service account selectors uses them.
+/// The namespace's and account's labels are looked up only when a key asks
+/// for them: most selectors never do, and this is read on request paths.
 pub struct Inherited<'a> {
     pod: &'a dyn Labels,
-    namespace: NamedLabels<'a>,
-    service_account: NamedLabels<'a>,
+    namespace: &'a str,
+    service_account: &'a str,
+    universe: &'a Universe,
 }
 
 impl Labels for Inherited<'_> {
@@ -142,9 +145,10 @@ impl Labels for Inherited<'_> {
             return Some(own);
         }
         if let Some(key) = key.strip_prefix(special::NAMESPACE_PREFIX) {
-            return self.namespace.label(key);
+            return self.universe.namespace_labels(self.namespace).value(key);
         }
-        self.service_account.label(key.strip_prefix(special::SERVICE_ACCOUNT_PREFIX)?)
+        let key = key.strip_prefix(special::SERVICE_ACCOUNT_PREFIX)?;
+        self.universe.service_account_labels(self.namespace, self.service_account).value(key)
     }
 }
 
@@ -212,6 +216,13 @@ enum OwnLabels<'a> {
 
 impl Labels for NamedLabels<'_> {
     fn label(&self, key: &str) -> Option<&str> {
+        self.value(key)
+    }
+}
+
+impl<'a> NamedLabels<'a> {
+    /// [`Labels::label`], borrowed from what these labels borrow.
+    fn value(&self, key: &str) -> Option<&'a str> {
         if key == special::NAME {
             return Some(self.name);
         }
@@ -428,7 +439,7 @@ impl Universe {
     /// `pod`'s labels with those a pod of `namespace` running as
     /// `service_account` inherits.
     pub fn inherited<'a>(&'a self, namespace: &'a str, service_account: &'a str, pod: &'a dyn Labels) -> Inherited<'a> {
-        Inherited { pod, namespace: self.namespace_labels(namespace), service_account: self.service_account_labels(namespace, service_account) }
+        Inherited { pod, namespace, service_account, universe: self }
     }
 
     /// The runs of `ids` (a sorted list of group ids) whose groups share
