@@ -49,7 +49,7 @@ use proxy_wasm::types::Action;
 use crate::adapter::{self, ListenerDirection, RequestData};
 use crate::host::{self, Level};
 use crate::metrics::{FilterDenial, Metrics};
-use crate::plugin::{EnvoyHost, Enforcement, Shared};
+use crate::plugin::{EnvoyHost, Enforcement, Policies, Shared};
 
 thread_local! {
     /// What each HTTP-role root context of this VM enforces, by context id.
@@ -97,9 +97,14 @@ struct Judgement {
     line: Option<(Level, String)>,
 }
 
-/// The connection's verdict under every config published in this VM: the
-/// strictest one wins (a failed shard fails closed, as its HTTP filter does).
-fn judge(data: &RequestData) -> Judgement {
+/// What a connection's log line adds when only an HTTP request on it could be allowed.
+const ONLY_HTTP: &str = "; only an HTTP request could be allowed, and this filter chain has no HTTP filter (declare the port HTTP)";
+
+/// The strictest judgement over every config published in this VM: an
+/// out-of-scope config lets the connection through, a failed one fails
+/// closed (`failed`: what its log line adds), and each other one is judged
+/// by `judge`.
+fn strictest(data: &RequestData, failed: &str, judge: impl Fn(&Shared, &Policies) -> Judgement) -> Judgement {
     PUBLISHED.with(|p| {
         let Ok(p) = p.try_borrow() else {
             return fail_closed(FilterDenial::NoConfig, data, "");
@@ -111,51 +116,53 @@ fn judge(data: &RequestData) -> Judgement {
         for (_, shared) in p.iter() {
             let judged = match &shared.enforcement {
                 Enforcement::OutOfScope => Judgement { kind: Kind::Allow, reason: None, counter: None, line: None },
-                Enforcement::FailClosed(why) => fail_closed(*why, data, ""),
-                Enforcement::Policy(policy) => {
-                    let facts = data.facts();
-                    let verdict = policy.ingress.decide_connection(&facts);
-                    let kind = match verdict {
-                        ConnectionVerdict::Allow(_) => Kind::Allow,
-                        ConnectionVerdict::HttpDecides(_) => Kind::HttpOnly,
-                        ConnectionVerdict::Deny(_) => Kind::Deny,
-                    };
-                    let decision = verdict.decision();
-                    if let Some(staged) = &policy.staged {
-                        // A TCP chain allows only what a connection may carry: as enforced.
-                        let would = staged.view.ingress.decide_connection(&facts);
-                        let would_verdict = if matches!(would, ConnectionVerdict::Allow(_)) { Verdict::Allow } else { Verdict::Deny };
-                        let line = staged.record(
-                            "connection",
-                            (if kind == Kind::Allow { Verdict::Allow } else { Verdict::Deny }, decision.policy),
-                            (would_verdict, would.decision().policy),
-                            || would.decision().to_string(),
-                        );
-                        if let Some(line) = line {
-                            host::log(Level::Info, &format!("{line}; {}; revision {}", describe(data), shared.revision));
-                        }
-                    }
-                    let level = match kind {
-                        Kind::Allow => Level::Debug,
-                        _ if decision.identity.is_conflict() => Level::Warn,
-                        _ => Level::Info,
-                    };
-                    let line = host::log_enabled(level).then(|| {
-                        let only_http = if kind == Kind::HttpOnly {
-                            "; only an HTTP request could be allowed, and this filter chain has no HTTP filter (declare the port HTTP)"
-                        } else {
-                            ""
-                        };
-                        (level, format!("krites: {decision}{only_http}; {}; revision {}", describe(data), shared.revision))
-                    });
-                    Judgement { kind, reason: Some(decision.reason), counter: shared.connection_counters.counter(decision), line }
-                }
+                Enforcement::FailClosed(why) => fail_closed(*why, data, failed),
+                Enforcement::Policy(policies) => judge(shared, policies),
             };
             if judged.kind > strictest.kind || (judged.kind == strictest.kind && strictest.line.is_none()) {
                 strictest = judged;
             }
         }
         strictest
+    })
+}
+
+/// The connection's verdict under every config published in this VM: the
+/// strictest one wins (a failed shard fails closed, as its HTTP filter does).
+fn judge(data: &RequestData) -> Judgement {
+    strictest(data, "", |shared, policy| {
+        let facts = data.facts();
+        let verdict = policy.ingress.decide_connection(&facts);
+        let kind = match verdict {
+            ConnectionVerdict::Allow(_) => Kind::Allow,
+            ConnectionVerdict::HttpDecides(_) => Kind::HttpOnly,
+            ConnectionVerdict::Deny(_) => Kind::Deny,
+        };
+        let decision = verdict.decision();
+        if let Some(staged) = &policy.staged {
+            // A TCP chain allows only what a connection may carry: as enforced.
+            let would = staged.view.ingress.decide_connection(&facts);
+            let would_verdict = if matches!(would, ConnectionVerdict::Allow(_)) { Verdict::Allow } else { Verdict::Deny };
+            let line = staged.record(
+                "connection",
+                (if kind == Kind::Allow { Verdict::Allow } else { Verdict::Deny }, decision.policy),
+                (would_verdict, would.decision().policy),
+                || would.decision().to_string(),
+            );
+            if let Some(line) = line {
+                host::log(Level::Info, &format!("{line}; {}; revision {}", describe(data), shared.revision));
+            }
+        }
+        let level = match kind {
+            Kind::Allow => Level::Debug,
+            _ if decision.identity.is_conflict() => Level::Warn,
+            _ => Level::Info,
+        };
+        let line = host::log_enabled(level).then(|| {
+            let only_http = if kind == Kind::HttpOnly { ONLY_HTTP } else { "" };
+            (level, format!("krites: {decision}{only_http}; {}; revision {}", describe(data), shared.revision))
+        });
+        Judgement { kind, reason: Some(decision.reason), counter: shared.connection_counters.counter(decision), line }
     })
 }
 
@@ -168,63 +175,40 @@ fn fail_closed(why: FilterDenial, data: &RequestData, detail: &str) -> Judgement
 /// The egress verdict of a connection the workload opens, under every config
 /// published in this VM (the strictest wins, as for ingress).
 fn judge_egress(data: &RequestData, cluster: &str) -> Judgement {
-    PUBLISHED.with(|p| {
-        let Ok(p) = p.try_borrow() else {
-            return fail_closed(FilterDenial::NoConfig, data, "");
+    strictest(data, " (egress)", |shared, policies| {
+        let egress = &policies.egress;
+        let facts = data.egress_facts(Some(cluster));
+        // Rules with `http` never match a connection (they are
+        // Allow rules only): the connection's own walk is exact.
+        let verdict = egress.decide_connection(&facts);
+        let kind = match verdict {
+            EgressConnectionVerdict::Allow(_) => Kind::Allow,
+            EgressConnectionVerdict::HttpDecides(_) => Kind::HttpOnly,
+            EgressConnectionVerdict::Deny(_) => Kind::Deny,
         };
-        if p.is_empty() {
-            return fail_closed(FilterDenial::NoConfig, data, "; no HTTP-role config is loaded in this VM");
-        }
-        let mut strictest = Judgement { kind: Kind::Allow, reason: None, counter: None, line: None };
-        for (_, shared) in p.iter() {
-            let judged = match &shared.enforcement {
-                Enforcement::OutOfScope => Judgement { kind: Kind::Allow, reason: None, counter: None, line: None },
-                Enforcement::FailClosed(why) => fail_closed(*why, data, " (egress)"),
-                Enforcement::Policy(policies) => {
-                    let egress = &policies.egress;
-                    let facts = data.egress_facts(Some(cluster));
-                    // Rules with `http` never match a connection (they are
-                    // Allow rules only): the connection's own walk is exact.
-                    let verdict = egress.decide_connection(&facts);
-                    let kind = match verdict {
-                        EgressConnectionVerdict::Allow(_) => Kind::Allow,
-                        EgressConnectionVerdict::HttpDecides(_) => Kind::HttpOnly,
-                        EgressConnectionVerdict::Deny(_) => Kind::Deny,
-                    };
-                    let decision = *verdict.decision();
-                    if let Some(staged) = &policies.staged {
-                        let would = *staged.view.egress.decide_connection(&facts).decision();
-                        let would_verdict = would.verdict;
-                        let line = staged.record(
-                            "egress connection",
-                            (if kind == Kind::Allow { Verdict::Allow } else { Verdict::Deny }, decision.policy),
-                            (would_verdict, would.policy),
-                            || would.to_string(),
-                        );
-                        if let Some(line) = line {
-                            host::log(Level::Info, &format!("{line}; {}; revision {}", describe_egress(data, cluster), shared.revision));
-                        }
-                    }
-                    let level = if kind == Kind::Allow { Level::Debug } else { Level::Info };
-                    let line = host::log_enabled(level).then(|| {
-                        let only_http = if kind == Kind::HttpOnly {
-                            "; only an HTTP request could be allowed, and this filter chain has no HTTP filter (declare the port HTTP)"
-                        } else {
-                            ""
-                        };
-                        (
-                            level,
-                            format!("krites: egress {decision}{only_http}; {}; revision {}", describe_egress(data, cluster), shared.revision),
-                        )
-                    });
-                    Judgement { kind, reason: Some(decision.reason), counter: shared.egress_connection_counters.egress_counter(&decision), line }
-                }
-            };
-            if judged.kind > strictest.kind || (judged.kind == strictest.kind && strictest.line.is_none()) {
-                strictest = judged;
+        let decision = *verdict.decision();
+        if let Some(staged) = &policies.staged {
+            let would = *staged.view.egress.decide_connection(&facts).decision();
+            let would_verdict = would.verdict;
+            let line = staged.record(
+                "egress connection",
+                (if kind == Kind::Allow { Verdict::Allow } else { Verdict::Deny }, decision.policy),
+                (would_verdict, would.policy),
+                || would.to_string(),
+            );
+            if let Some(line) = line {
+                host::log(Level::Info, &format!("{line}; {}; revision {}", describe_egress(data, cluster), shared.revision));
             }
         }
-        strictest
+        let level = if kind == Kind::Allow { Level::Debug } else { Level::Info };
+        let line = host::log_enabled(level).then(|| {
+            let only_http = if kind == Kind::HttpOnly { ONLY_HTTP } else { "" };
+            (
+                level,
+                format!("krites: egress {decision}{only_http}; {}; revision {}", describe_egress(data, cluster), shared.revision),
+            )
+        });
+        Judgement { kind, reason: Some(decision.reason), counter: shared.egress_connection_counters.egress_counter(&decision), line }
     })
 }
 
