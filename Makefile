@@ -36,6 +36,12 @@ setup:
 # The module keeps only the exports in filter/exports.txt (see there why):
 # wasm-metadce drops the others, then wasm-opt the code they alone reached.
 WASM_EXPORTS_GRAPH := target/krites-exports.json
+# Envoy's V8 compiles every function with TurboFan before the first request
+# (proxy-wasm-cpp-host turns Liftoff off), its memory grows faster than a
+# function's size, and Envoy's allocator keeps what it freed. wasm-opt by
+# default inlines every function into its only caller, which made one 46 KB
+# configure function; bounding that keeps the module's functions small.
+WASM_OPT_INLINING := --one-caller-inline-max-function-size=100
 
 build:
 	$(CARGO) build -p krites-filter --target $(WASM_TARGET) --profile $(WASM_PROFILE)
@@ -48,7 +54,7 @@ build:
 	  for (i = 1; i <= n; i++) printf ",{\"name\":\"e%d\",\"export\":\"%s\"}", i, e[i]; print "]" }' \
 	  filter/exports.txt > $(WASM_EXPORTS_GRAPH)
 	@wasm-metadce $(WASM_OPT_FEATURES) $(WASM_BUILT) --graph-file $(WASM_EXPORTS_GRAPH) -o $(WASM_OUT).trimmed >/dev/null
-	wasm-opt -O3 $(WASM_OPT_FEATURES) --strip-debug --strip-producers $(WASM_OUT).trimmed -o $(WASM_OUT)
+	wasm-opt -O3 $(WASM_OPT_FEATURES) $(WASM_OPT_INLINING) --strip-debug --strip-producers $(WASM_OUT).trimmed -o $(WASM_OUT)
 	@rm -f $(WASM_OUT).trimmed
 	@cd wasm-out && sha256sum krites.wasm > krites.wasm.sha256
 	@echo "built $(WASM_OUT): $$(stat -c %s $(WASM_OUT)) bytes, sha256 $$(cut -d' ' -f1 wasm-out/krites.wasm.sha256)"

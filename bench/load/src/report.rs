@@ -35,6 +35,46 @@ pub struct Measurement {
     pub envoy_peak_rss_kib: u64,
     /// The out-of-process authorizer's memory (ext_authz only).
     pub authorizer_rss_kib: Option<u64>,
+    /// The server Envoy's memory by part, at the end of the run.
+    pub memory: Option<MemoryBreakdown>,
+}
+
+/// One Wasm VM's linear memory.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WasmMemory {
+    /// Its current size: Wasm memory grows and never shrinks, so this is the VM's peak.
+    pub size_kib: u64,
+    /// Of it, resident.
+    pub resident_kib: u64,
+}
+
+/// Where a server Envoy's memory is, besides its binary.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MemoryBreakdown {
+    /// Resident in file mappings: Envoy's binary and libraries.
+    pub file_backed_kib: u64,
+    /// Resident anonymous memory: the rest, of which the parts below.
+    pub anonymous_kib: u64,
+    /// One per Wasm VM that instantiated the module.
+    pub wasm_memories: Vec<WasmMemory>,
+    /// Envoy's heap in use (V8's compiled module and its bookkeeping live here).
+    pub heap_allocated_kib: u64,
+    /// Freed but kept by tcmalloc (page heap and thread caches), which Envoy
+    /// does not return without `memory_allocator_manager`: V8's compile of
+    /// the module peaks here.
+    pub heap_free_kib: u64,
+}
+
+impl MemoryBreakdown {
+    pub fn wasm_resident_kib(&self) -> u64 {
+        self.wasm_memories.iter().map(|m| m.resident_kib).sum()
+    }
+
+    /// Anonymous memory neither Wasm memory nor Envoy's heap: V8's isolates
+    /// (one per VM), its compiled code, thread stacks.
+    pub fn other_anonymous_kib(&self) -> u64 {
+        self.anonymous_kib.saturating_sub(self.wasm_resident_kib() + self.heap_allocated_kib + self.heap_free_kib)
+    }
 }
 
 impl Measurement {
@@ -288,6 +328,23 @@ impl Report {
             }
             for (c, why) in &s.skipped {
                 let _ = writeln!(out, "   {c:<10} not run: {why}");
+            }
+            let mib = |kib: u64| kib as f64 / 1024.0;
+            for x in &s.measurements {
+                let Some(m) = &x.memory else { continue };
+                let each: Vec<String> = m.wasm_memories.iter().map(|w| format!("{:.1}/{:.1}", mib(w.resident_kib), mib(w.size_kib))).collect();
+                let _ = writeln!(
+                    out,
+                    "   memory {:<10} files {:.1} MiB; Envoy heap {:.1} MiB in use + {:.1} MiB freed and kept; other anonymous {:.1} MiB; {} Wasm memories {:.1} MiB resident{}",
+                    x.config,
+                    mib(m.file_backed_kib),
+                    mib(m.heap_allocated_kib),
+                    mib(m.heap_free_kib),
+                    mib(m.other_anonymous_kib()),
+                    m.wasm_memories.len(),
+                    mib(m.wasm_resident_kib()),
+                    if each.is_empty() { String::new() } else { format!(" (resident/size MiB: {})", each.join(", ")) }
+                );
             }
             if let Some(k) = s.get("krites") {
                 let r = |c: &str| s.get(c).map(|m| (ratio(k.rps, m.rps), ratio(k.cpu_us_per_request, m.cpu_us_per_request)));

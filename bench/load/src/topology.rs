@@ -27,6 +27,7 @@ use krites_testbed::istiod::{self, Authorization, HttpAuthz, MtlsMode, ProxyFile
 use krites_testbed::{envoy_binary, module_path, parse_stats, Identity, Pki, Request};
 use serde_json::Value;
 
+use crate::report::{MemoryBreakdown, WasmMemory};
 use crate::scenario::{Scenario, Source};
 
 /// A way to authorize the requests.
@@ -113,6 +114,29 @@ impl Proc {
             status.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         };
         Ok((field("VmRSS:").context("VmRSS")?, field("VmHWM:").context("VmHWM")?))
+    }
+
+    /// Where this Envoy's memory is: its Wasm VMs' linear memories (from
+    /// `/proc/<pid>/smaps`) and its own heap (tcmalloc, from admin `/memory`).
+    pub fn memory_breakdown(&self) -> Result<MemoryBreakdown> {
+        let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", self.pid()))?;
+        let maps = mappings(&smaps);
+        let resident = |anonymous: bool| maps.iter().filter(|m| m.anonymous == anonymous).map(|m| m.rss_kib).sum();
+        let mut breakdown = MemoryBreakdown {
+            file_backed_kib: resident(false),
+            anonymous_kib: resident(true),
+            wasm_memories: wasm_memories(&maps),
+            ..MemoryBreakdown::default()
+        };
+        if let Some(admin) = self.admin {
+            let resp = Request::new().to(admin).path("/memory").timeout(Duration::from_secs(10)).send()?;
+            let heap: Value = serde_json::from_str(&resp.body).context("admin /memory")?;
+            // tcmalloc reports byte counts as strings.
+            let field = |name: &str| heap.get(name).and_then(|v| v.as_str()).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) / 1024;
+            breakdown.heap_allocated_kib = field("allocated");
+            breakdown.heap_free_kib = field("pageheap_free") + field("total_thread_cache");
+        }
+        Ok(breakdown)
     }
 
     /// User + system CPU time so far, in seconds (from `/proc/<pid>/stat`, 100 ticks/s).
@@ -452,4 +476,52 @@ fn client_sidecars(
         h2_upgrade: true,
         access_log: None,
     }
+}
+
+/// One mapping of `/proc/<pid>/smaps`.
+struct Mapping {
+    start: u64,
+    end: u64,
+    perms: String,
+    anonymous: bool,
+    rss_kib: u64,
+}
+
+fn mappings(smaps: &str) -> Vec<Mapping> {
+    let mut out: Vec<Mapping> = Vec::new();
+    for line in smaps.lines() {
+        let mut fields = line.split_whitespace();
+        let Some(first) = fields.next() else { continue };
+        if let Some((a, b)) = first.split_once('-') {
+            if let (Ok(start), Ok(end)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) {
+                let perms = fields.next().unwrap_or_default().to_string();
+                // offset, device, inode, then the path (none for anonymous memory)
+                let anonymous = fields.nth(3).is_none();
+                out.push(Mapping { start, end, perms, anonymous, rss_kib: 0 });
+                continue;
+            }
+        }
+        if first == "Rss:" {
+            if let (Some(m), Some(kib)) = (out.last_mut(), fields.next().and_then(|v| v.parse().ok())) {
+                m.rss_kib = kib;
+            }
+        }
+    }
+    out
+}
+
+/// V8 (with Envoy's trap handler) reserves each Wasm memory as one region of
+/// several GiB: the memory's current pages, readable and writable, then the
+/// rest inaccessible until the module grows it. Each such pair is one VM's
+/// linear memory.
+fn wasm_memories(maps: &[Mapping]) -> Vec<WasmMemory> {
+    const RESERVATION: u64 = 4 << 30;
+    maps.windows(2)
+        .filter(|w| {
+            let (head, rest) = (&w[0], &w[1]);
+            head.anonymous && rest.anonymous && head.perms.starts_with("rw") && rest.perms.starts_with("---")
+                && rest.start == head.end && rest.end - head.start >= RESERVATION
+        })
+        .map(|w| WasmMemory { size_kib: (w[0].end - w[0].start) / 1024, resident_kib: w[0].rss_kib })
+        .collect()
 }

@@ -8,15 +8,16 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use super::addresses::{AddressIndexBuilder, Origin};
+use super::addresses::{AddressIndex, AddressIndexBuilder, Origin};
 use super::identity::{IdentityMatch, NamespaceClause, ServiceAccountClause};
 use super::services::{Service, ServiceEndpoint, ServicePort, Services};
 use super::names::{label_set, StringsBuilder, Sym};
-use super::universe::{network_set_labels, pod_labels, GroupEntry, Names, NetworkSet, ServiceAccountLabels, SpecialSyms, Universe};
+use super::universe::{network_set_labels, pod_labels, GroupEntry, NamespaceLabels, Names, NetworkSet, ServiceAccountLabels, SpecialSyms, Universe};
 use super::rules::MAX_POLICIES;
 use super::{EntityMatch, HttpMatch, PathMatch, Policy, PolicySet, Rule, Rules, ServiceMatch, StagedChange, Tier};
 use crate::config::{
     Action, DeferredPolicies, Digest, StagedAction, EntityRuleSpec, HttpMatchSpec, PluginConfig, PolicySpec, PolicyType, PortSpec, ProtocolSpec, RuleSpec,
+    ServicePortSpec,
     TierDefaultAction, CONFIG_VERSION,
 };
 use crate::json::{ErrorKind, ReadError};
@@ -181,23 +182,8 @@ impl PolicySet {
     /// select it. The revision is the whole config's, its policies fed to
     /// the digest as they are compiled.
     fn build(config: &PluginConfig, specs: Specs, workload: Option<&crate::engine::Workload>) -> Result<PolicySet, ConfigErrors> {
+        refuse_unbuildable(config, &specs)?;
         let mut b = Builder::default();
-        let refused = if config.version != CONFIG_VERSION {
-            Some(("version", format!("unsupported version {} (this build reads {CONFIG_VERSION})", config.version)))
-        } else {
-            too_many_policies(specs.len(config), config.staged_policies.len()).map(|problem| ("policies", problem))
-        };
-        if let Some((field, problem)) = refused {
-            // A policy not read yet may not be the config's shape: reading
-            // it is the first error, as for a reader that read them all.
-            if let Specs::Deferred(deferred) = &specs {
-                if let Some(e) = deferred.iter().find_map(Result::err) {
-                    return Err(e.into());
-                }
-            }
-            b.error("plugin config", field, problem);
-            return Err(ConfigErrors(b.errors));
-        }
         if let Some(scope) = &config.scope {
             if scope.is_empty() || scope.iter().any(String::is_empty) {
                 b.error("plugin config", "scope", "must list one or more namespace names");
@@ -238,70 +224,126 @@ impl PolicySet {
         if !b.errors.is_empty() {
             return Err(ConfigErrors(b.errors));
         }
-        // Selectors match network sets by address: settled once the sets are known.
-        if !universe.network_sets().is_empty() {
-            for rule in policies.iter_mut().chain(staged.iter_mut()).flat_map(|(_, rules)| rules.iter_mut()) {
-                rule.source.identity.resolve_sets(&universe);
-                rule.destination.identity.resolve_sets(&universe);
-            }
-        }
-        // `services` matches read the Services' endpoints.
-        for rule in policies.iter_mut().chain(staged.iter_mut()).flat_map(|(_, rules)| rules.iter_mut()) {
-            for entity in [&mut rule.source, &mut rule.destination] {
-                let Some(m) = entity.service.as_mut() else { continue };
-                if let Some(s) = services.by_name(&m.namespace, &m.name) {
-                    let mut endpoints: Vec<ServiceEndpoint> = s.ports.iter().flat_map(|p| p.endpoints.iter().copied()).collect();
-                    endpoints.sort_unstable();
-                    endpoints.dedup();
-                    m.endpoints = endpoints;
-                }
-            }
-            if let Some(m) = &rule.source.service {
-                let ips: Vec<String> = m.endpoints.iter().map(|e| e.ip.to_string()).collect();
-                // Addresses the Service validated; an empty Service matches nothing.
-                rule.source.identity.service_nets = NetSet::parse(ips.iter().map(String::as_str)).ok().filter(|_| !ips.is_empty());
-            }
-        }
-        let universe = Arc::new(universe);
-        let assemble = |policies: Vec<(Policy, Vec<Rule>)>, staged_view: Option<Arc<PolicySet>>, changes: Vec<StagedChange>| {
-            let (policies, rules) = in_evaluation_order(policies, &tiers);
-            PolicySet {
-                tiers: tiers.clone(),
-                policies,
-                rules,
-                universe: Arc::clone(&universe),
-                services: Arc::clone(&services),
-                revision: revision.clone(),
-                producer_revision: config.revision.clone(),
-                scope: config.scope.clone(),
-                policies_in_config,
-                staged_view,
-                staged_changes: changes,
-            }
+        resolve_references(policies.iter_mut().chain(staged.iter_mut()).flat_map(|(_, rules)| rules.iter_mut()), &universe, &services);
+        let shared = Shared {
+            tiers,
+            universe: Arc::new(universe),
+            services,
+            revision,
+            producer_revision: config.revision.clone(),
+            scope: config.scope.clone(),
+            policies_in_config,
         };
         let staged_view = (!staged.is_empty()).then(|| {
-            // The policies as they would be: each staged one replaces (Set)
-            // or removes (Delete) the policy of its name.
-            let changes: Vec<StagedChange> = staged
-                .iter()
-                .map(|(p, _)| StagedChange {
-                    id: p.id.clone(),
-                    name: p.name.clone(),
-                    namespace: p.namespace.clone(),
-                    kind: p.kind.clone(),
-                    action: p.staged.unwrap_or(StagedAction::Set),
-                })
-                .collect();
-            let named: BTreeSet<(Option<&str>, &str)> = changes.iter().map(|c| (c.namespace.as_deref(), c.name.as_str())).collect();
-            let mut view: Vec<(Policy, Vec<Rule>)> = policies
-                .iter()
-                .filter(|(p, _)| !named.contains(&(p.namespace.as_deref(), p.name.as_str())))
-                .cloned()
-                .collect();
-            view.extend(staged.into_iter().filter(|(p, _)| p.staged == Some(StagedAction::Set)));
-            Arc::new(assemble(view, None, changes))
+            let (view, changes) = staged_view(&policies, staged);
+            Arc::new(shared.assemble(view, None, changes))
         });
-        Ok(assemble(policies, staged_view, Vec::new()))
+        Ok(shared.assemble(policies, staged_view, Vec::new()))
+    }
+}
+
+/// A config this build cannot compile at all: an unsupported version, or
+/// more policies than rule ids hold.
+///
+/// Large configure-time steps are kept out of line (`inline(never)` here,
+/// `--one-caller-inline-max-function-size` in `make build`): Envoy's V8
+/// compiles every function with TurboFan up front, and its memory grows
+/// faster than a function's size. One 46 KB function cost a sidecar ~17 MiB
+/// of heap that Envoy never returns.
+#[inline(never)]
+fn refuse_unbuildable(config: &PluginConfig, specs: &Specs) -> Result<(), ConfigErrors> {
+    let refused = if config.version != CONFIG_VERSION {
+        Some(("version", format!("unsupported version {} (this build reads {CONFIG_VERSION})", config.version)))
+    } else {
+        too_many_policies(specs.len(config), config.staged_policies.len()).map(|problem| ("policies", problem))
+    };
+    let Some((field, problem)) = refused else { return Ok(()) };
+    // A policy not read yet may not be the config's shape: reading it is
+    // the first error, as for a reader that read them all.
+    if let Specs::Deferred(deferred) = specs {
+        if let Some(e) = deferred.iter().find_map(Result::err) {
+            return Err(e.into());
+        }
+    }
+    Err(ConfigErrors(vec![ConfigError { object: "plugin config".into(), field: field.into(), problem }]))
+}
+
+/// Settles what rules name by reference once the config is read: network
+/// sets (selectors match them by address) and Services (their endpoints).
+#[inline(never)]
+fn resolve_references<'r>(rules: impl Iterator<Item = &'r mut Rule>, universe: &Universe, services: &Services) {
+    let resolve_sets = !universe.network_sets().is_empty();
+    for rule in rules {
+        if resolve_sets {
+            rule.source.identity.resolve_sets(universe);
+            rule.destination.identity.resolve_sets(universe);
+        }
+        for entity in [&mut rule.source, &mut rule.destination] {
+            let Some(m) = entity.service.as_mut() else { continue };
+            if let Some(s) = services.by_name(&m.namespace, &m.name) {
+                let mut endpoints: Vec<ServiceEndpoint> = s.ports.iter().flat_map(|p| p.endpoints.iter().copied()).collect();
+                endpoints.sort_unstable();
+                endpoints.dedup();
+                m.endpoints = endpoints;
+            }
+        }
+        if let Some(m) = &rule.source.service {
+            let ips: Vec<String> = m.endpoints.iter().map(|e| e.ip.to_string()).collect();
+            // Addresses the Service validated; an empty Service matches nothing.
+            rule.source.identity.service_nets = NetSet::parse(ips.iter().map(String::as_str)).ok().filter(|_| !ips.is_empty());
+        }
+    }
+}
+
+/// The policies as they would be with the staged ones applied: each staged
+/// one replaces (Set) or removes (Delete) the policy of its name.
+#[inline(never)]
+fn staged_view(policies: &[(Policy, Vec<Rule>)], staged: Vec<(Policy, Vec<Rule>)>) -> (Vec<(Policy, Vec<Rule>)>, Vec<StagedChange>) {
+    let changes: Vec<StagedChange> = staged
+        .iter()
+        .map(|(p, _)| StagedChange {
+            id: p.id.clone(),
+            name: p.name.clone(),
+            namespace: p.namespace.clone(),
+            kind: p.kind.clone(),
+            action: p.staged.unwrap_or(StagedAction::Set),
+        })
+        .collect();
+    let named: BTreeSet<(Option<&str>, &str)> = changes.iter().map(|c| (c.namespace.as_deref(), c.name.as_str())).collect();
+    let mut view: Vec<(Policy, Vec<Rule>)> =
+        policies.iter().filter(|(p, _)| !named.contains(&(p.namespace.as_deref(), p.name.as_str()))).cloned().collect();
+    view.extend(staged.into_iter().filter(|(p, _)| p.staged == Some(StagedAction::Set)));
+    (view, changes)
+}
+
+/// What a set and its staged view share.
+struct Shared {
+    tiers: Vec<Tier>,
+    universe: Arc<Universe>,
+    services: Arc<Services>,
+    revision: String,
+    producer_revision: Option<String>,
+    scope: Option<Vec<String>>,
+    policies_in_config: usize,
+}
+
+impl Shared {
+    #[inline(never)]
+    fn assemble(&self, policies: Vec<(Policy, Vec<Rule>)>, staged_view: Option<Arc<PolicySet>>, changes: Vec<StagedChange>) -> PolicySet {
+        let (policies, rules) = in_evaluation_order(policies, &self.tiers);
+        PolicySet {
+            tiers: self.tiers.clone(),
+            policies,
+            rules,
+            universe: Arc::clone(&self.universe),
+            services: Arc::clone(&self.services),
+            revision: self.revision.clone(),
+            producer_revision: self.producer_revision.clone(),
+            scope: self.scope.clone(),
+            policies_in_config: self.policies_in_config,
+            staged_view,
+            staged_changes: changes,
+        }
     }
 }
 
@@ -409,6 +451,7 @@ impl Builder {
     }
 
     /// Compiles `specs`, each passed to `fed` first; keeps those `keep` holds.
+    #[inline(never)]
     fn policies<S: Borrow<PolicySpec>>(
         &mut self,
         specs: impl Iterator<Item = S>,
@@ -440,6 +483,7 @@ impl Builder {
         policies
     }
 
+    #[inline(never)]
     fn policy(&mut self, spec: &PolicySpec, object: &str, tiers: &mut Vec<Tier>) -> Option<(Policy, Vec<Rule>)> {
         let before = self.errors.len();
         if spec.name.is_empty() {
@@ -519,6 +563,7 @@ impl Builder {
         Some((policy, rules))
     }
 
+    #[inline(never)]
     fn rule(&mut self, spec: &RuleSpec, object: &str, field: &str, policy_id: &str, policy_ns: Option<&str>) -> Option<Rule> {
         let before = self.errors.len();
         if let Some(v) = spec.ip_version {
@@ -660,6 +705,7 @@ impl Builder {
         number
     }
 
+    #[inline(never)]
     fn entity(&mut self, spec: Option<&EntityRuleSpec>, object: &str, field: &str, policy_ns: Option<&str>) -> Option<EntityMatch> {
         let Some(spec) = spec else {
             return Some(EntityMatch::any());
@@ -824,6 +870,7 @@ impl Builder {
         (Some(PortSet::from_ranges(ranges)), names)
     }
 
+    #[inline(never)]
     fn http(&mut self, spec: &HttpMatchSpec, object: &str, field: &str) -> Option<HttpMatch> {
         let before = self.errors.len();
         if spec.methods.len() > MAX_HTTP_ITEMS {
@@ -867,7 +914,8 @@ impl Builder {
         (self.errors.len() == before).then_some(HttpMatch { methods, paths })
     }
 
-    fn universe(&mut self, config: &PluginConfig) -> Universe {
+    #[inline(never)]
+    fn namespaces(&mut self, config: &PluginConfig) -> NamespaceLabels {
         let mut namespaces = HashMap::new();
         for (i, ns) in config.namespaces.iter().enumerate() {
             if ns.name.is_empty() {
@@ -876,17 +924,13 @@ impl Builder {
                 self.error(&format!("Namespace/{}", ns.name), "name", "duplicate namespace");
             }
         }
-        // The table's strings first, in one sort; then the JSON entries'.
-        let mut strings = StringsBuilder::default();
-        let table = config.endpoint_table.as_ref();
-        let table_ids = table.map(|t| strings.intern_list(t.strings().iter().map(String::as_str))).unwrap_or_default();
-        let empty = strings.intern("");
-        let from_table = |id: u32| table_ids.get(id as usize).copied().unwrap_or(empty);
-        let specials = SpecialSyms::new(&mut strings);
-        let intern_labels = |strings: &mut StringsBuilder, labels: &BTreeMap<String, String>| -> Vec<(Sym, Sym)> {
-            labels.iter().map(|(k, v)| (strings.intern(k), strings.intern(v))).collect()
-        };
+        namespaces
+    }
 
+    /// The config's service accounts (JSON, then the table's), their labels
+    /// interned; `from_table` maps a table string id to its `Sym`.
+    #[inline(never)]
+    fn service_accounts(&mut self, config: &PluginConfig, strings: &mut StringsBuilder, from_table: &dyn Fn(u32) -> Sym) -> ServiceAccountLabels {
         let mut service_accounts: ServiceAccountLabels = HashMap::new();
         let mut add_account = |this: &mut Self, object: String, (namespace, name): (&str, &str), key: (Sym, Sym), labels: Vec<(Sym, Sym)>| {
             if namespace.is_empty() {
@@ -899,15 +943,29 @@ impl Builder {
         };
         for (i, sa) in config.service_accounts.iter().enumerate() {
             let key = (strings.intern(&sa.namespace), strings.intern(&sa.name));
-            let labels = intern_labels(&mut strings, &sa.labels);
+            let labels = intern_labels(strings, &sa.labels);
             add_account(self, format!("serviceAccounts[{i}]"), (&sa.namespace, &sa.name), key, labels);
         }
+        let table = config.endpoint_table.as_ref();
         for (i, (t, sa)) in table.into_iter().flat_map(|t| t.service_accounts().iter().map(move |sa| (t, sa))).enumerate() {
             let key = (from_table(sa.namespace()), from_table(sa.name()));
             let labels = sa.label_ids().iter().map(|&(k, v)| (from_table(k), from_table(v))).collect();
             add_account(self, format!("endpointTable.serviceAccounts[{i}]"), (t.string(sa.namespace()), t.string(sa.name())), key, labels);
         }
+        service_accounts
+    }
 
+    /// The config's endpoints (JSON, then the table's) as groups of pods
+    /// alike, and which group owns each address.
+    #[inline(never)]
+    fn endpoint_groups(
+        &mut self,
+        config: &PluginConfig,
+        strings: &mut StringsBuilder,
+        from_table: &dyn Fn(u32) -> Sym,
+        specials: SpecialSyms,
+    ) -> (Vec<GroupEntry>, AddressIndex) {
+        let table = config.endpoint_table.as_ref();
         let mut groups: Vec<GroupEntry> = Vec::new();
         let mut group_of: HashMap<GroupEntry, u32> = HashMap::new();
         let mut id_of = |group: GroupEntry| match group_of.get(&group) {
@@ -943,7 +1001,7 @@ impl Builder {
                 continue;
             }
             let (namespace, service_account) = (strings.intern(&ep.namespace), strings.intern(&ep.service_account));
-            let labels = intern_labels(&mut strings, &ep.labels);
+            let labels = intern_labels(strings, &ep.labels);
             let id = id_of(GroupEntry::new(namespace, service_account, labels, specials));
             for (item, text) in (0u32..).zip(&ep.ips) {
                 match text.parse::<IpAddr>() {
@@ -980,11 +1038,27 @@ impl Builder {
             let problem = format!("{} already belongs to {}; an address must have one owner", clash.address, entry_object(clash.first.entry));
             self.error(&object, field, problem);
         }
+        (groups, addresses)
+    }
+
+    #[inline(never)]
+    fn universe(&mut self, config: &PluginConfig) -> Universe {
+        let namespaces = self.namespaces(config);
+        // The table's strings first, in one sort; then the JSON entries'.
+        let mut strings = StringsBuilder::default();
+        let table = config.endpoint_table.as_ref();
+        let table_ids = table.map(|t| strings.intern_list(t.strings().iter().map(String::as_str))).unwrap_or_default();
+        let empty = strings.intern("");
+        let from_table = |id: u32| table_ids.get(id as usize).copied().unwrap_or(empty);
+        let specials = SpecialSyms::new(&mut strings);
+        let service_accounts = self.service_accounts(config, &mut strings, &from_table);
+        let (groups, addresses) = self.endpoint_groups(config, &mut strings, &from_table, specials);
         let network_sets = self.network_sets(config);
         let names = Names { strings: strings.finish(), namespaces, service_accounts };
         Universe::new(names, specials, groups, addresses, network_sets)
     }
 
+    #[inline(never)]
     fn services(&mut self, config: &PluginConfig, universe: &Universe) -> Services {
         let mut list = Vec::new();
         let mut seen = BTreeSet::new();
@@ -1017,38 +1091,7 @@ impl Builder {
                     _ => ips.push(ip),
                 }
             }
-            let mut ports: Vec<ServicePort> = Vec::with_capacity(spec.ports.len());
-            for (j, port) in spec.ports.iter().enumerate() {
-                let field = format!("spec.ports[{j}]");
-                if port.port == 0 {
-                    self.error(&object, format!("{field}.port"), "0 is not a port number (1-65535)");
-                }
-                if ports.iter().any(|p| p.port == port.port) {
-                    self.error(&object, format!("{field}.port"), format!("duplicate port {}", port.port));
-                }
-                let mut endpoints = Vec::new();
-                for (k, group) in port.endpoints.iter().enumerate() {
-                    if group.port == 0 {
-                        self.error(&object, format!("{field}.endpoints[{k}].port"), "0 is not a port number (1-65535)");
-                    }
-                    for (l, text) in group.ips.iter().enumerate() {
-                        match text.parse::<IpAddr>() {
-                            Ok(ip) => endpoints.push(ServiceEndpoint { ip: ip.to_canonical(), port: group.port }),
-                            Err(_) => self.error(
-                                &object,
-                                format!("{field}.endpoints[{k}].ips[{l}]"),
-                                format!("{text:?} is not an IP address"),
-                            ),
-                        }
-                    }
-                }
-                endpoints.sort_unstable();
-                endpoints.dedup();
-                let mut seen = BTreeSet::new();
-                let representatives =
-                    endpoints.iter().filter(|e| seen.insert((universe.owner_of(e.ip), e.port))).copied().collect();
-                ports.push(ServicePort { port: port.port, endpoints, representatives });
-            }
+            let ports = self.service_ports(&object, &spec.ports, universe);
             if self.errors.len() == before {
                 list.push(Service { namespace: spec.namespace.clone(), name: spec.name.clone(), cluster_ips: ips, ports });
             }
@@ -1056,6 +1099,40 @@ impl Builder {
         Services::new(list)
     }
 
+    /// A Service's ports and the endpoints behind each.
+    #[inline(never)]
+    fn service_ports(&mut self, object: &str, specs: &[ServicePortSpec], universe: &Universe) -> Vec<ServicePort> {
+        let mut ports: Vec<ServicePort> = Vec::with_capacity(specs.len());
+        for (j, port) in specs.iter().enumerate() {
+            let field = format!("spec.ports[{j}]");
+            if port.port == 0 {
+                self.error(object, format!("{field}.port"), "0 is not a port number (1-65535)");
+            }
+            if ports.iter().any(|p| p.port == port.port) {
+                self.error(object, format!("{field}.port"), format!("duplicate port {}", port.port));
+            }
+            let mut endpoints = Vec::new();
+            for (k, group) in port.endpoints.iter().enumerate() {
+                if group.port == 0 {
+                    self.error(object, format!("{field}.endpoints[{k}].port"), "0 is not a port number (1-65535)");
+                }
+                for (l, text) in group.ips.iter().enumerate() {
+                    match text.parse::<IpAddr>() {
+                        Ok(ip) => endpoints.push(ServiceEndpoint { ip: ip.to_canonical(), port: group.port }),
+                        Err(_) => self.error(object, format!("{field}.endpoints[{k}].ips[{l}]"), format!("{text:?} is not an IP address")),
+                    }
+                }
+            }
+            endpoints.sort_unstable();
+            endpoints.dedup();
+            let mut seen = BTreeSet::new();
+            let representatives = endpoints.iter().filter(|e| seen.insert((universe.owner_of(e.ip), e.port))).copied().collect();
+            ports.push(ServicePort { port: port.port, endpoints, representatives });
+        }
+        ports
+    }
+
+    #[inline(never)]
     fn network_sets(&mut self, config: &PluginConfig) -> Vec<NetworkSet> {
         let mut sets = Vec::new();
         let mut seen = BTreeSet::new();
@@ -1095,6 +1172,10 @@ impl Builder {
         }
         sets
     }
+}
+
+fn intern_labels(strings: &mut StringsBuilder, labels: &BTreeMap<String, String>) -> Vec<(Sym, Sym)> {
+    labels.iter().map(|(k, v)| (strings.intern(k), strings.intern(v))).collect()
 }
 
 /// In a namespaceSelector, `global()` names non-namespaced entities, never a

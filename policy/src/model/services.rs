@@ -55,6 +55,7 @@ pub struct Services {
 
 impl Services {
     /// `list` must be validated (no duplicate names or ClusterIPs).
+    #[inline(never)]
     pub(crate) fn new(list: Vec<Service>) -> Services {
         let mut by_cluster_ip = HashMap::new();
         let mut by_name: HashMap<String, HashMap<String, u32>> = HashMap::new();

@@ -300,6 +300,7 @@ fn measure(scenario: &Scenario, topo: &Topology, rounds: usize, (load, latency):
                 (Authz::ExtAuthz, Some(p)) => p.memory_kib().ok().map(|m| m.0),
                 _ => None,
             },
+            memory: server.memory_breakdown().map_err(|e| eprintln!("[bench] {a}: no memory breakdown: {e:#}")).ok(),
         });
     }
     Ok(out)
