@@ -525,3 +525,35 @@ fn wasm_memories(maps: &[Mapping]) -> Vec<WasmMemory> {
         .map(|w| WasmMemory { size_kib: (w[0].end - w[0].start) / 1024, resident_kib: w[0].rss_kib })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SMAPS: &str = "\
+559bf86b3000-559bfcc2c000 r-xp 00000000 08:01 123 /usr/bin/envoy
+Rss:               46228 kB
+53f1bd400000-53f1bfc00000 rw-p 00000000 00:00 0 
+Rss:               44528 kB
+7f9592330000-7f95943b0000 rw-p 00000000 00:00 0 
+Rss:               28952 kB
+7f95943b0000-7f9792330000 ---p 00000000 00:00 0 
+Rss:                   0 kB
+7f9792340000-7f97943c0000 rw-p 00000000 00:00 0 
+Rss:               28000 kB
+7f97943c0000-7f97953c0000 ---p 00000000 00:00 0 
+Rss:                   0 kB
+";
+
+    #[test]
+    fn a_wasm_memory_is_a_writable_head_of_a_reservation_of_gib() {
+        let maps = mappings(SMAPS);
+        assert_eq!(maps.len(), 6);
+        assert!(!maps[0].anonymous && maps[1].anonymous);
+        // The first pair spans 8 GiB; the second only 16 MiB: no Wasm memory.
+        let memories = wasm_memories(&maps);
+        assert_eq!(memories.len(), 1);
+        assert_eq!(memories[0].size_kib, (0x7f95943b0000u64 - 0x7f9592330000) / 1024);
+        assert_eq!(memories[0].resident_kib, 28952);
+    }
+}
