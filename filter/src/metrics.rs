@@ -55,6 +55,8 @@ pub struct Metrics {
     pub config_rules: u32,
     pub config_endpoints: u32,
     pub config_compile_micros: u32,
+    /// The VM's linear memory after its last compile (it keeps the peak).
+    pub memory_linear_bytes: u32,
     /// The egress role (outbound listeners), counted apart from the inbound side.
     pub egress: EgressMetrics,
 }
@@ -170,6 +172,7 @@ impl Metrics {
             config_rules: u,
             config_endpoints: u,
             config_compile_micros: u,
+            memory_linear_bytes: u,
             egress: EgressMetrics::undefined(),
         }
     }
@@ -210,6 +213,7 @@ impl Metrics {
             config_rules: gauge("krites_config_rules"),
             config_endpoints: gauge("krites_config_endpoints"),
             config_compile_micros: gauge("krites_config_compile_micros"),
+            memory_linear_bytes: gauge("krites_memory_linear_bytes"),
             egress: EgressMetrics::define(),
         }
     }
@@ -235,5 +239,10 @@ impl Metrics {
 
     pub fn set(id: u32, value: u64) {
         host::record_metric(id, value);
+    }
+
+    /// The VM's memory now: after a compile, kept or refused.
+    pub fn record_memory(&self) {
+        Metrics::set(self.memory_linear_bytes, crate::memory::linear_bytes());
     }
 }

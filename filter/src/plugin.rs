@@ -216,6 +216,7 @@ impl RootContext for Root {
                 // Rejecting the update keeps the previous config enforcing.
                 host::log(Level::Error, &format!("krites: config rejected, keeping the last good config: {errors}"));
                 Metrics::bump(metrics.config_errors);
+                metrics.record_memory();
                 return false;
             }
         };
@@ -234,6 +235,7 @@ impl RootContext for Root {
                 &format!("krites: config {} is for other namespaces; {} is decided by its own namespace's config", set.revision(), workload.namespace),
             );
             Metrics::bump(metrics.config_loads);
+            metrics.record_memory();
             self.enforce(Shared::without_policy(Enforcement::OutOfScope, metrics, set.revision().to_string()));
             return true;
         }
@@ -285,6 +287,7 @@ impl RootContext for Root {
         Metrics::set(metrics.config_rules, policy.rule_count() as u64);
         Metrics::set(metrics.config_endpoints, set.universe().ip_count() as u64);
         Metrics::set(metrics.config_compile_micros, micros);
+        metrics.record_memory();
         host::log(
             Level::Info,
             &format!(

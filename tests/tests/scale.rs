@@ -34,19 +34,23 @@ fn load_in_envoy(scale: &Scale, form: &str, config: &str, dir: &std::path::Path,
     .unwrap();
     assert_eq!(sidecar.initial_ecds(), Some(EcdsOutcome::Accepted));
     let gauge = |n: &str| sidecar.stat(&format!("wasmcustom.{n}")).unwrap();
-    let (policies, rules, endpoints, micros) = (
+    let (policies, rules, endpoints, micros, linear) = (
         gauge("krites_config_policies"),
         gauge("krites_config_rules"),
         gauge("krites_config_endpoints"),
         gauge("krites_config_compile_micros"),
+        gauge("krites_memory_linear_bytes"),
     );
     println!(
         "on_configure in Envoy ({form}): {} bytes of config, {} policies / {endpoints} endpoint IPs; \
-         {policies} policies select the workload, {rules} rules apply; compiled in {:.1} ms",
+         {policies} policies select the workload, {rules} rules apply; compiled in {:.1} ms; linear memory {:.1} MiB",
         config.len(),
         scale.policies,
-        micros as f64 / 1000.0
+        micros as f64 / 1000.0,
+        linear as f64 / (1 << 20) as f64
     );
+    // The VM's stack alone is 1 MiB; a compiled config of this size holds more.
+    assert!(linear > 1 << 20, "krites_memory_linear_bytes = {linear}");
     assert_eq!(endpoints as usize, scale.endpoints);
     assert!(policies > 0 && rules > 0);
     // It decides: a plaintext request from an address no pod owns gets an answer, not an error.
